@@ -1,0 +1,390 @@
+//! Ordinary SQL around replication, on a normal (tokio-postgres) connection:
+//! preflight checks, the publication, the slot's state.
+//!
+//! Every check that can fail because of the server's setup says what to change.
+
+use std::fmt;
+
+use outboxd_pgoutput::Lsn;
+use tokio_postgres::{Client, NoTls};
+
+use crate::client::{parse_lsn, quote_ident};
+use crate::config::ConnectOptions;
+use crate::error::Error;
+use crate::tls;
+
+/// A `schema.table` name.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct TableName {
+    pub schema: String,
+    pub name: String,
+}
+
+impl TableName {
+    /// Parses `table` (schema `public`) or `schema.table`.
+    pub fn parse(s: &str) -> Result<TableName, Error> {
+        let (schema, name) = s.split_once('.').unwrap_or(("public", s));
+        if schema.is_empty() || name.is_empty() || name.contains('.') {
+            return Err(Error::config(format!(
+                "'{s}' is not a table name (use table or schema.table)"
+            )));
+        }
+        Ok(TableName {
+            schema: schema.to_owned(),
+            name: name.to_owned(),
+        })
+    }
+
+    /// The quoted form for SQL.
+    pub fn quoted(&self) -> String {
+        format!("{}.{}", quote_ident(&self.schema), quote_ident(&self.name))
+    }
+}
+
+impl fmt::Display for TableName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}", self.schema, self.name)
+    }
+}
+
+/// A replication slot as `pg_replication_slots` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SlotInfo {
+    pub name: String,
+    pub plugin: Option<String>,
+    pub slot_type: String,
+    pub database: Option<String>,
+    pub active_pid: Option<i32>,
+    pub restart_lsn: Option<Lsn>,
+    pub confirmed_flush_lsn: Option<Lsn>,
+    /// `reserved`, `extended`, `unreserved` or `lost`.
+    pub wal_status: Option<String>,
+    /// `pg_current_wal_lsn() - confirmed_flush_lsn`, in bytes.
+    pub lag_bytes: Option<i64>,
+}
+
+impl SlotInfo {
+    /// Whether WAL the slot needs is gone: the slot cannot be used any more.
+    pub fn is_lost(&self) -> bool {
+        self.wal_status.as_deref() == Some("lost")
+    }
+}
+
+/// A normal SQL session next to the replication stream.
+#[derive(Debug)]
+pub struct Admin {
+    client: Client,
+    peer: String,
+}
+
+impl Admin {
+    /// Connects with the same options (and TLS rules) as the replication connection.
+    pub async fn connect(opts: &ConnectOptions) -> Result<Admin, Error> {
+        let peer = opts.describe();
+        let config = opts.to_tokio_config();
+        let sql_err = |source| Error::Sql {
+            peer: peer.clone(),
+            source,
+        };
+        let client = match tls::client_config(opts)? {
+            None => {
+                let (client, connection) = config.connect(NoTls).await.map_err(sql_err)?;
+                tokio::spawn(drive(connection, peer.clone()));
+                client
+            }
+            Some(tls_config) => {
+                let tls = tokio_postgres_rustls::MakeRustlsConnect::new((*tls_config).clone());
+                let (client, connection) = config.connect(tls).await.map_err(sql_err)?;
+                tokio::spawn(drive(connection, peer.clone()));
+                client
+            }
+        };
+        Ok(Admin { client, peer })
+    }
+
+    /// The underlying client, for callers with SQL of their own.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    fn sql(&self, source: tokio_postgres::Error) -> Error {
+        Error::Sql {
+            peer: self.peer.clone(),
+            source,
+        }
+    }
+
+    async fn show(&self, setting: &str) -> Result<String, Error> {
+        let row = self
+            .client
+            .query_one("SELECT current_setting($1)", &[&setting])
+            .await
+            .map_err(|e| self.sql(e))?;
+        Ok(row.get(0))
+    }
+
+    /// `server_version_num`, e.g. 150018.
+    pub async fn server_version_num(&self) -> Result<u32, Error> {
+        self.show("server_version_num")
+            .await?
+            .parse()
+            .map_err(|_| Error::protocol("server_version_num is not a number"))
+    }
+
+    /// `wal_level` must be `logical`.
+    pub async fn check_wal_level(&self) -> Result<(), Error> {
+        let level = self.show("wal_level").await?;
+        if level != "logical" {
+            return Err(Error::Preflight(format!(
+                "wal_level is '{level}', logical decoding needs 'logical': set wal_level = \
+                 logical in postgresql.conf (or ALTER SYSTEM SET wal_level = logical) and \
+                 restart PostgreSQL; on managed services enable logical replication in the \
+                 instance's parameters"
+            )));
+        }
+        Ok(())
+    }
+
+    /// The user must have REPLICATION (or be superuser) to open a walsender.
+    pub async fn check_replication_role(&self) -> Result<(), Error> {
+        let row = self
+            .client
+            .query_one(
+                "SELECT current_user::text, rolreplication OR rolsuper FROM pg_roles \
+                 WHERE rolname = current_user",
+                &[],
+            )
+            .await
+            .map_err(|e| self.sql(e))?;
+        let user: String = row.get(0);
+        let allowed: bool = row.get(1);
+        if !allowed {
+            return Err(Error::Preflight(format!(
+                "role '{user}' may not stream replication: run ALTER ROLE \"{user}\" WITH \
+                 REPLICATION as a superuser (on managed services grant the provider's \
+                 replication role, e.g. rds_replication)"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Checks that `table` exists and has the columns the caller needs.
+    pub async fn check_table(&self, table: &TableName, columns: &[&str]) -> Result<(), Error> {
+        let rows = self
+            .client
+            .query(
+                "SELECT a.attname::text FROM pg_attribute a \
+                 JOIN pg_class c ON c.oid = a.attrelid \
+                 JOIN pg_namespace n ON n.oid = c.relnamespace \
+                 WHERE n.nspname = $1 AND c.relname = $2 AND a.attnum > 0 AND NOT a.attisdropped",
+                &[&table.schema, &table.name],
+            )
+            .await
+            .map_err(|e| self.sql(e))?;
+        if rows.is_empty() {
+            return Err(Error::Preflight(format!(
+                "table {table} does not exist (or is not visible to this user): create it \
+                 (outboxd init prints the DDL) or fix the configured table name"
+            )));
+        }
+        let present: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+        let missing: Vec<&str> = columns
+            .iter()
+            .copied()
+            .filter(|c| !present.iter().any(|p| p == c))
+            .collect();
+        if !missing.is_empty() {
+            return Err(Error::Preflight(format!(
+                "table {table} lacks column(s) {}: add them or map the configured column \
+                 names to the ones it has ({})",
+                missing.join(", "),
+                present.join(", ")
+            )));
+        }
+        Ok(())
+    }
+
+    /// Makes sure publication `name` publishes inserts of every table in `tables`.
+    /// Creates it (inserts only) when missing and `create` is true; otherwise reports
+    /// what to run.
+    pub async fn ensure_publication(
+        &self,
+        name: &str,
+        tables: &[TableName],
+        create: bool,
+    ) -> Result<(), Error> {
+        let existing = self
+            .client
+            .query_opt(
+                "SELECT pubinsert, puballtables FROM pg_publication WHERE pubname = $1",
+                &[&name],
+            )
+            .await
+            .map_err(|e| self.sql(e))?;
+        let table_list = tables
+            .iter()
+            .map(TableName::quoted)
+            .collect::<Vec<_>>()
+            .join(", ");
+        let ddl = format!(
+            "CREATE PUBLICATION {} FOR TABLE {table_list} WITH (publish = 'insert')",
+            quote_ident(name)
+        );
+        let Some(row) = existing else {
+            if !create {
+                return Err(Error::Preflight(format!(
+                    "publication '{name}' does not exist: run `{ddl}` as the tables' owner, \
+                     or let outboxd create it"
+                )));
+            }
+            self.client.batch_execute(&ddl).await.map_err(|e| {
+                Error::Preflight(format!(
+                    "could not create publication '{name}' ({e}): run `{ddl}` as the \
+                     tables' owner"
+                ))
+            })?;
+            tracing::info!(publication = name, tables = %table_list, "publication created");
+            return Ok(());
+        };
+        let publishes_inserts: bool = row.get(0);
+        if !publishes_inserts {
+            return Err(Error::Preflight(format!(
+                "publication '{name}' does not publish inserts: run ALTER PUBLICATION {} SET \
+                 (publish = 'insert')",
+                quote_ident(name)
+            )));
+        }
+        let published = self
+            .client
+            .query(
+                "SELECT schemaname::text, tablename::text FROM pg_publication_tables WHERE pubname = $1",
+                &[&name],
+            )
+            .await
+            .map_err(|e| self.sql(e))?;
+        let missing: Vec<&TableName> = tables
+            .iter()
+            .filter(|t| {
+                !published
+                    .iter()
+                    .any(|r| r.get::<_, String>(0) == t.schema && r.get::<_, String>(1) == t.name)
+            })
+            .collect();
+        if !missing.is_empty() {
+            let list = missing
+                .iter()
+                .map(|t| t.quoted())
+                .collect::<Vec<_>>()
+                .join(", ");
+            return Err(Error::Preflight(format!(
+                "publication '{name}' does not include {list}: run ALTER PUBLICATION {} ADD \
+                 TABLE {list}",
+                quote_ident(name)
+            )));
+        }
+        Ok(())
+    }
+
+    /// The slot's state, or `None` when there is no such slot.
+    pub async fn slot(&self, name: &str) -> Result<Option<SlotInfo>, Error> {
+        let row = self
+            .client
+            .query_opt(
+                "SELECT slot_name::text, plugin::text, slot_type, database::text, active_pid, \
+                        restart_lsn::text, confirmed_flush_lsn::text, wal_status, \
+                        (pg_current_wal_lsn() - confirmed_flush_lsn)::bigint \
+                 FROM pg_replication_slots WHERE slot_name = $1",
+                &[&name],
+            )
+            .await
+            .map_err(|e| self.sql(e))?;
+        let Some(row) = row else { return Ok(None) };
+        let lsn = |idx: usize| -> Result<Option<Lsn>, Error> {
+            row.get::<_, Option<String>>(idx)
+                .map(|s| parse_lsn(&s))
+                .transpose()
+        };
+        Ok(Some(SlotInfo {
+            name: row.get(0),
+            plugin: row.get(1),
+            slot_type: row.get(2),
+            database: row.get(3),
+            active_pid: row.get(4),
+            restart_lsn: lsn(5)?,
+            confirmed_flush_lsn: lsn(6)?,
+            wal_status: row.get(7),
+            lag_bytes: row.get(8),
+        }))
+    }
+
+    /// Checks that an existing slot can serve this database with pgoutput.
+    pub fn verify_slot(slot: &SlotInfo, database: &str) -> Result<(), Error> {
+        let mismatch = |reason: String| Error::SlotMismatch {
+            slot: slot.name.clone(),
+            reason,
+        };
+        if slot.slot_type != "logical" {
+            return Err(mismatch(format!(
+                "it is a {} slot; outboxd needs a logical pgoutput slot — use another slot name",
+                slot.slot_type
+            )));
+        }
+        if slot.plugin.as_deref() != Some("pgoutput") {
+            return Err(mismatch(format!(
+                "it uses the output plugin '{}', outboxd needs 'pgoutput' — use another slot name",
+                slot.plugin.as_deref().unwrap_or("?")
+            )));
+        }
+        if slot.database.as_deref() != Some(database) {
+            return Err(mismatch(format!(
+                "it belongs to database '{}', but outboxd connects to '{database}'",
+                slot.database.as_deref().unwrap_or("?")
+            )));
+        }
+        if slot.is_lost() {
+            return Err(Error::SlotInvalidated {
+                slot: slot.name.clone(),
+                reason: "pg_replication_slots.wal_status = 'lost'".to_owned(),
+            });
+        }
+        Ok(())
+    }
+
+    /// `pg_current_wal_lsn()`.
+    pub async fn current_wal_lsn(&self) -> Result<Lsn, Error> {
+        let row = self
+            .client
+            .query_one("SELECT pg_current_wal_lsn()::text", &[])
+            .await
+            .map_err(|e| self.sql(e))?;
+        parse_lsn(&row.get::<_, String>(0))
+    }
+}
+
+async fn drive<S, T>(connection: tokio_postgres::Connection<S, T>, peer: String)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    if let Err(e) = connection.await {
+        tracing::debug!(peer = %peer, error = %e, "admin connection ended");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_names() {
+        let t = TableName::parse("outbox").unwrap();
+        assert_eq!(t.to_string(), "public.outbox");
+        assert_eq!(t.quoted(), "\"public\".\"outbox\"");
+        assert_eq!(
+            TableName::parse("app.events").unwrap().schema,
+            "app".to_owned()
+        );
+        assert!(TableName::parse("a.b.c").is_err());
+        assert!(TableName::parse(".x").is_err());
+    }
+}

@@ -1,0 +1,252 @@
+//! The replication connection's commands: IDENTIFY_SYSTEM, slot creation,
+//! START_REPLICATION. Ordinary SQL belongs to [`crate::admin`].
+
+use std::time::Duration;
+
+use outboxd_pgoutput::Lsn;
+
+use crate::config::ConnectOptions;
+use crate::conn::PgConnection;
+use crate::error::{Error, ServerError};
+use crate::stream::{LogicalStream, StreamSettings};
+
+/// What IDENTIFY_SYSTEM reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SystemIdentity {
+    pub system_id: String,
+    pub timeline: u32,
+    /// The server's current WAL flush position.
+    pub xlog_pos: Lsn,
+    pub dbname: Option<String>,
+}
+
+/// What START_REPLICATION asks for.
+#[derive(Debug, Clone)]
+pub struct StartOptions {
+    pub slot: String,
+    /// Where to resume; `Lsn::ZERO` means "from the slot's confirmed position".
+    /// The server never goes back before `confirmed_flush_lsn`, whatever we ask.
+    pub start_lsn: Lsn,
+    pub publications: Vec<String>,
+    /// Ask for `pg_logical_emit_message` messages (PostgreSQL 14+).
+    pub messages: bool,
+}
+
+/// A walsender session before streaming starts.
+#[derive(Debug)]
+pub struct ReplicationClient {
+    conn: PgConnection,
+}
+
+impl ReplicationClient {
+    /// Opens a `replication=database` session.
+    pub async fn connect(opts: &ConnectOptions) -> Result<Self, Error> {
+        let conn = PgConnection::connect(opts, true).await?;
+        tracing::debug!(
+            peer = conn.peer(),
+            tls = conn.is_tls(),
+            server_version = conn.parameter("server_version").unwrap_or("?"),
+            "replication connection established"
+        );
+        Ok(ReplicationClient { conn })
+    }
+
+    /// The server's major version (14, 15, …).
+    pub fn server_major_version(&self) -> Option<u32> {
+        self.conn.server_major_version()
+    }
+
+    /// Whether the connection is encrypted.
+    pub fn is_tls(&self) -> bool {
+        self.conn.is_tls()
+    }
+
+    pub async fn identify_system(&mut self) -> Result<SystemIdentity, Error> {
+        let r = self.conn.simple_query("IDENTIFY_SYSTEM").await?;
+        let field = |name: &str| {
+            r.first(name)
+                .map(str::to_owned)
+                .ok_or_else(|| Error::protocol(format!("IDENTIFY_SYSTEM without {name}")))
+        };
+        Ok(SystemIdentity {
+            system_id: field("systemid")?,
+            timeline: field("timeline")?
+                .parse()
+                .map_err(|_| Error::protocol("IDENTIFY_SYSTEM timeline is not a number"))?,
+            xlog_pos: parse_lsn(&field("xlogpos")?)?,
+            dbname: r.first("dbname").map(str::to_owned),
+        })
+    }
+
+    /// The server's `wal_sender_timeout`; `None` when disabled (0).
+    pub async fn wal_sender_timeout(&mut self) -> Result<Option<Duration>, Error> {
+        let r = self.conn.simple_query("SHOW wal_sender_timeout").await?;
+        let value = r
+            .rows
+            .first()
+            .and_then(|row| row.first().cloned().flatten())
+            .ok_or_else(|| Error::protocol("SHOW wal_sender_timeout returned no value"))?;
+        parse_pg_duration(&value)
+            .map(|d| (!d.is_zero()).then_some(d))
+            .ok_or_else(|| Error::protocol(format!("cannot read wal_sender_timeout '{value}'")))
+    }
+
+    /// Creates a persistent pgoutput slot; returns its consistent point.
+    pub async fn create_slot(&mut self, slot: &str) -> Result<Lsn, Error> {
+        // NOEXPORT_SNAPSHOT is understood by every supported version (the newer
+        // `(SNAPSHOT 'nothing')` only from 15).
+        let r = self
+            .conn
+            .simple_query(&format!(
+                "CREATE_REPLICATION_SLOT {} LOGICAL pgoutput NOEXPORT_SNAPSHOT",
+                quote_ident(slot)
+            ))
+            .await?;
+        let point = r
+            .first("consistent_point")
+            .ok_or_else(|| Error::protocol("CREATE_REPLICATION_SLOT without consistent_point"))?;
+        parse_lsn(point)
+    }
+
+    /// Drops a slot (waiting for it to become inactive).
+    pub async fn drop_slot(&mut self, slot: &str) -> Result<(), Error> {
+        self.conn
+            .simple_query(&format!("DROP_REPLICATION_SLOT {} WAIT", quote_ident(slot)))
+            .await
+            .map(drop)
+    }
+
+    /// Starts streaming. Protocol version 1: whole transactions, after commit, in
+    /// commit order — nothing uncommitted ever reaches us.
+    pub async fn start(
+        mut self,
+        options: &StartOptions,
+        settings: StreamSettings,
+    ) -> Result<LogicalStream, Error> {
+        let publications = options
+            .publications
+            .iter()
+            .map(|p| quote_ident(p))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut sql = format!(
+            "START_REPLICATION SLOT {} LOGICAL {} (proto_version '1', publication_names {}",
+            quote_ident(&options.slot),
+            options.start_lsn,
+            quote_literal(&publications)
+        );
+        if options.messages {
+            sql.push_str(", messages 'true'");
+        }
+        sql.push(')');
+        match self.conn.start_copy_both(&sql).await {
+            Ok(()) => {}
+            Err(Error::Server { error, .. }) if error.code == "55006" => {
+                return Err(Error::SlotInUse {
+                    slot: options.slot.clone(),
+                    pid: active_pid_from_message(&error.message),
+                })
+            }
+            Err(Error::Server { error, .. }) if is_invalidated_slot_error(&error) => {
+                return Err(Error::SlotInvalidated {
+                    slot: options.slot.clone(),
+                    reason: error.to_string(),
+                })
+            }
+            Err(Error::Server { error, .. }) if error.code == "42704" => {
+                return Err(Error::SlotMismatch {
+                    slot: options.slot.clone(),
+                    reason: format!("{} — create it first (outboxd init --apply)", error.message),
+                })
+            }
+            Err(e) => return Err(e),
+        }
+        tracing::info!(slot = %options.slot, start = %options.start_lsn, "replication started");
+        Ok(LogicalStream::new(self.conn, options.start_lsn, settings))
+    }
+
+    /// Closes the session.
+    pub async fn close(self) {
+        self.conn.terminate().await;
+    }
+}
+
+/// SQLSTATE 55000 is also used for unrelated prerequisites (wal_level, say), so the
+/// text decides: PostgreSQL 13–17 say "invalidated" or "can no longer get changes".
+fn is_invalidated_slot_error(error: &ServerError) -> bool {
+    let text = format!(
+        "{} {}",
+        error.message,
+        error.detail.as_deref().unwrap_or("")
+    );
+    error.code == "55000"
+        && (text.contains("invalidated") || text.contains("can no longer get changes"))
+}
+
+fn active_pid_from_message(message: &str) -> Option<i32> {
+    // "replication slot \"x\" is active for PID 1234"
+    message
+        .rsplit(' ')
+        .next()
+        .and_then(|p| p.trim_end_matches('.').parse().ok())
+}
+
+pub(crate) fn parse_lsn(s: &str) -> Result<Lsn, Error> {
+    s.parse()
+        .map_err(|_| Error::protocol(format!("'{s}' is not an LSN")))
+}
+
+/// Reads a duration as `SHOW` prints it: `60s`, `500ms`, `1min`, `0`.
+fn parse_pg_duration(s: &str) -> Option<Duration> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().ok()?;
+    Some(match unit.trim() {
+        "" | "ms" => Duration::from_millis(n),
+        "s" => Duration::from_secs(n),
+        "min" => Duration::from_secs(n * 60),
+        "h" => Duration::from_secs(n * 3600),
+        "d" => Duration::from_secs(n * 86400),
+        "us" => Duration::from_micros(n),
+        _ => return None,
+    })
+}
+
+/// Quotes an identifier for the replication grammar.
+pub(crate) fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+fn quote_literal(value: &str) -> String {
+    format!("'{}'", value.replace('\'', "''"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_show_durations() {
+        assert_eq!(parse_pg_duration("60s"), Some(Duration::from_secs(60)));
+        assert_eq!(parse_pg_duration("1min"), Some(Duration::from_secs(60)));
+        assert_eq!(parse_pg_duration("250ms"), Some(Duration::from_millis(250)));
+        assert_eq!(parse_pg_duration("0"), Some(Duration::ZERO));
+        assert_eq!(parse_pg_duration("soon"), None);
+    }
+
+    #[test]
+    fn quotes() {
+        assert_eq!(quote_ident("a\"b"), "\"a\"\"b\"");
+        assert_eq!(quote_literal("\"p\",\"q's\""), "'\"p\",\"q''s\"'");
+    }
+
+    #[test]
+    fn pid_from_in_use_message() {
+        assert_eq!(
+            active_pid_from_message("replication slot \"s\" is active for PID 4321"),
+            Some(4321)
+        );
+        assert_eq!(active_pid_from_message("busy"), None);
+    }
+}

@@ -1,0 +1,634 @@
+//! A framed PostgreSQL protocol-3 connection, just enough for replication.
+//!
+//! tokio-postgres cannot enter CopyBoth mode, so the replication connection is ours:
+//! TCP (optionally TLS), startup with `replication=database`, authentication (trust,
+//! cleartext, md5, SCRAM-SHA-256), the simple query protocol, and CopyBoth frames.
+//! Messages are framed and parsed with `postgres-protocol`; CopyBothResponse (`W`),
+//! which its parser does not know, is handled here.
+//!
+//! Reading is cancellation-safe: partial frames stay in the connection's buffer, so
+//! `read_message` can sit in a `tokio::select!` next to timers.
+
+use std::collections::HashMap;
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::{Buf, Bytes, BytesMut};
+use fallible_iterator::FallibleIterator;
+use postgres_protocol::authentication::md5_hash;
+use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256, SCRAM_SHA_256};
+use postgres_protocol::message::backend::{ErrorFields, Message};
+use postgres_protocol::message::frontend;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::TlsConnector;
+
+use crate::config::{ConnectOptions, SslMode};
+use crate::error::{Error, ServerError};
+use crate::tls;
+
+/// The largest backend message we accept. Postgres itself caps a field at 1 GiB; a
+/// frame beyond that is garbage, and buffering it would exhaust memory.
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 1 << 30;
+
+/// The byte stream under the protocol: plain TCP or TLS over TCP.
+#[derive(Debug)]
+pub(crate) enum Transport {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for Transport {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Transport::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Transport::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Transport {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Transport::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Transport::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Transport::Plain(s) => Pin::new(s).poll_flush(cx),
+            Transport::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Transport::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Transport::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+/// One backend message: everything `postgres-protocol` parses, plus CopyBothResponse.
+pub(crate) enum Backend {
+    Message(Message),
+    CopyBothResponse,
+}
+
+/// Rows of a simple query, every value as text.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct QueryResult {
+    pub columns: Vec<String>,
+    pub rows: Vec<Vec<Option<String>>>,
+}
+
+impl QueryResult {
+    /// The value of `column` in the first row.
+    pub fn first(&self, column: &str) -> Option<&str> {
+        let idx = self.columns.iter().position(|c| c == column)?;
+        self.rows.first()?.get(idx)?.as_deref()
+    }
+}
+
+/// A connection speaking the frontend/backend protocol.
+#[derive(Debug)]
+pub struct PgConnection {
+    transport: Transport,
+    read_buf: BytesMut,
+    write_buf: BytesMut,
+    peer: String,
+    max_message_bytes: usize,
+    parameters: HashMap<String, String>,
+}
+
+impl PgConnection {
+    /// Connects, negotiates TLS per `sslmode`, starts up and authenticates.
+    /// With `replication` the session is a walsender (`replication=database`).
+    pub async fn connect(opts: &ConnectOptions, replication: bool) -> Result<Self, Error> {
+        let peer = format!("{}:{}", opts.host, opts.port);
+        let io_err = |source| Error::Io {
+            peer: peer.clone(),
+            source,
+        };
+        let tcp = tokio::time::timeout(
+            opts.connect_timeout,
+            TcpStream::connect((opts.host.as_str(), opts.port)),
+        )
+        .await
+        .map_err(|_| {
+            io_err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("connect timed out after {:?}", opts.connect_timeout),
+            ))
+        })?
+        .map_err(io_err)?;
+        tcp.set_nodelay(true).map_err(io_err)?;
+
+        let transport = negotiate_tls(tcp, opts, &peer).await?;
+        let mut conn = PgConnection {
+            transport,
+            read_buf: BytesMut::with_capacity(64 * 1024),
+            write_buf: BytesMut::with_capacity(1024),
+            peer,
+            max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+            parameters: HashMap::new(),
+        };
+        tokio::time::timeout(opts.connect_timeout, conn.startup(opts, replication))
+            .await
+            .map_err(|_| {
+                conn_timeout_error(
+                    &conn.peer,
+                    "startup and authentication",
+                    opts.connect_timeout,
+                )
+            })??;
+        Ok(conn)
+    }
+
+    /// The `host:port` we are connected to.
+    pub fn peer(&self) -> &str {
+        &self.peer
+    }
+
+    /// Whether the connection is encrypted.
+    pub fn is_tls(&self) -> bool {
+        matches!(self.transport, Transport::Tls(_))
+    }
+
+    /// A run-time parameter the server reported (`server_version`, …).
+    pub fn parameter(&self, name: &str) -> Option<&str> {
+        self.parameters.get(name).map(String::as_str)
+    }
+
+    /// The server's major version from `server_version` (e.g. 15), if known.
+    pub fn server_major_version(&self) -> Option<u32> {
+        self.parameter("server_version")?
+            .split(|c: char| !c.is_ascii_digit())
+            .next()?
+            .parse()
+            .ok()
+    }
+
+    /// Caps the size of one backend message.
+    pub fn set_max_message_bytes(&mut self, max: usize) {
+        self.max_message_bytes = max;
+    }
+
+    async fn startup(&mut self, opts: &ConnectOptions, replication: bool) -> Result<(), Error> {
+        let mut params: Vec<(&str, &str)> = vec![
+            ("user", opts.user.as_str()),
+            ("database", opts.database()),
+            ("application_name", opts.application_name.as_str()),
+            ("client_encoding", "UTF8"),
+        ];
+        if replication {
+            params.push(("replication", "database"));
+        }
+        if let Some(options) = &opts.options {
+            params.push(("options", options.as_str()));
+        }
+        frontend::startup_message(params, &mut self.write_buf).map_err(|e| self.io(e))?;
+        self.flush().await?;
+        self.authenticate(opts).await?;
+        // ParameterStatus and BackendKeyData until the server is ready.
+        loop {
+            match self.read_message().await? {
+                Backend::Message(Message::ParameterStatus(p)) => {
+                    let name = p.name().map_err(|e| self.io(e))?.to_owned();
+                    let value = p.value().map_err(|e| self.io(e))?.to_owned();
+                    self.parameters.insert(name, value);
+                }
+                Backend::Message(Message::BackendKeyData(_))
+                | Backend::Message(Message::NoticeResponse(_)) => {}
+                Backend::Message(Message::ReadyForQuery(_)) => return Ok(()),
+                Backend::Message(Message::ErrorResponse(body)) => {
+                    return Err(Error::Server {
+                        during: "startup".to_owned(),
+                        error: server_error(body.fields()),
+                    })
+                }
+                other => return Err(unexpected("startup", &other)),
+            }
+        }
+    }
+
+    async fn authenticate(&mut self, opts: &ConnectOptions) -> Result<(), Error> {
+        let auth_error = |reason: String| Error::Auth {
+            user: opts.user.clone(),
+            reason,
+        };
+        let password = || {
+            opts.password.as_deref().ok_or_else(|| {
+                auth_error(
+                    "the server asks for a password and none is configured (set it in the \
+                     connection URL, PGPASSWORD or the password file option)"
+                        .to_owned(),
+                )
+            })
+        };
+        let mut scram: Option<ScramSha256> = None;
+        loop {
+            let message = match self.read_message().await? {
+                Backend::Message(m) => m,
+                other => return Err(unexpected("authentication", &other)),
+            };
+            match message {
+                Message::AuthenticationOk => return Ok(()),
+                Message::AuthenticationCleartextPassword => {
+                    let pw = password()?;
+                    frontend::password_message(pw.as_bytes(), &mut self.write_buf)
+                        .map_err(|e| self.io(e))?;
+                    self.flush().await?;
+                }
+                Message::AuthenticationMd5Password(body) => {
+                    let pw = password()?;
+                    let hash = md5_hash(opts.user.as_bytes(), pw.as_bytes(), body.salt());
+                    frontend::password_message(hash.as_bytes(), &mut self.write_buf)
+                        .map_err(|e| self.io(e))?;
+                    self.flush().await?;
+                }
+                Message::AuthenticationSasl(body) => {
+                    let mut mechanisms = body.mechanisms();
+                    let mut offers_scram = false;
+                    while let Some(m) = mechanisms.next().map_err(|e| self.io(e))? {
+                        offers_scram |= m == SCRAM_SHA_256;
+                    }
+                    if !offers_scram {
+                        return Err(auth_error(
+                            "the server offers no SASL mechanism we support (SCRAM-SHA-256)"
+                                .to_owned(),
+                        ));
+                    }
+                    // No channel binding: we announce that we do not support it ('n'),
+                    // which servers accept with or without TLS.
+                    let client =
+                        ScramSha256::new(password()?.as_bytes(), ChannelBinding::unsupported());
+                    frontend::sasl_initial_response(
+                        SCRAM_SHA_256,
+                        client.message(),
+                        &mut self.write_buf,
+                    )
+                    .map_err(|e| self.io(e))?;
+                    self.flush().await?;
+                    scram = Some(client);
+                }
+                Message::AuthenticationSaslContinue(body) => {
+                    let client = scram
+                        .as_mut()
+                        .ok_or_else(|| Error::protocol("SASL continue before SASL start"))?;
+                    client
+                        .update(body.data())
+                        .map_err(|e| auth_error(format!("SCRAM exchange failed: {e}")))?;
+                    frontend::sasl_response(client.message(), &mut self.write_buf)
+                        .map_err(|e| self.io(e))?;
+                    self.flush().await?;
+                }
+                Message::AuthenticationSaslFinal(body) => {
+                    let client = scram
+                        .as_mut()
+                        .ok_or_else(|| Error::protocol("SASL final before SASL start"))?;
+                    client.finish(body.data()).map_err(|e| {
+                        auth_error(format!("the server's SCRAM signature is invalid: {e}"))
+                    })?;
+                }
+                Message::ErrorResponse(body) => {
+                    let error = server_error(body.fields());
+                    return Err(if error.code.starts_with("28") {
+                        auth_error(error.to_string())
+                    } else {
+                        Error::Server {
+                            during: "authentication".to_owned(),
+                            error,
+                        }
+                    });
+                }
+                Message::AuthenticationKerberosV5
+                | Message::AuthenticationScmCredential
+                | Message::AuthenticationGss
+                | Message::AuthenticationSspi
+                | Message::AuthenticationGssContinue(_) => {
+                    return Err(auth_error(
+                        "the server asks for Kerberos/GSSAPI/SSPI; outboxd supports trust, \
+                         password, md5 and scram-sha-256"
+                            .to_owned(),
+                    ))
+                }
+                other => {
+                    return Err(Error::protocol(format!(
+                        "unexpected message during authentication: {}",
+                        message_name(&other)
+                    )))
+                }
+            }
+        }
+    }
+
+    /// Runs one command with the simple query protocol and collects its rows as text.
+    pub async fn simple_query(&mut self, sql: &str) -> Result<QueryResult, Error> {
+        frontend::query(sql, &mut self.write_buf).map_err(|e| self.io(e))?;
+        self.flush().await?;
+        let mut result = QueryResult::default();
+        let mut failure = None;
+        loop {
+            match self.read_message().await? {
+                Backend::Message(Message::RowDescription(body)) => {
+                    let mut fields = body.fields();
+                    while let Some(f) = fields.next().map_err(|e| self.io(e))? {
+                        result.columns.push(f.name().to_owned());
+                    }
+                }
+                Backend::Message(Message::DataRow(body)) => {
+                    let mut row = Vec::new();
+                    let mut ranges = body.ranges();
+                    while let Some(range) = ranges.next().map_err(|e| self.io(e))? {
+                        row.push(
+                            range
+                                .and_then(|r| body.buffer().get(r))
+                                .map(|v| String::from_utf8_lossy(v).into_owned()),
+                        );
+                    }
+                    result.rows.push(row);
+                }
+                Backend::Message(Message::ErrorResponse(body)) => {
+                    failure = Some(server_error(body.fields()));
+                }
+                Backend::Message(Message::ReadyForQuery(_)) => {
+                    return match failure {
+                        Some(error) => Err(Error::Server {
+                            during: first_words(sql),
+                            error,
+                        }),
+                        None => Ok(result),
+                    }
+                }
+                Backend::Message(
+                    Message::CommandComplete(_)
+                    | Message::EmptyQueryResponse
+                    | Message::NoticeResponse(_)
+                    | Message::ParameterStatus(_),
+                ) => {}
+                other => return Err(unexpected(&first_words(sql), &other)),
+            }
+        }
+    }
+
+    /// Sends a command that answers with CopyBothResponse (START_REPLICATION) and waits
+    /// for that answer.
+    pub async fn start_copy_both(&mut self, sql: &str) -> Result<(), Error> {
+        frontend::query(sql, &mut self.write_buf).map_err(|e| self.io(e))?;
+        self.flush().await?;
+        loop {
+            match self.read_message().await? {
+                Backend::CopyBothResponse => return Ok(()),
+                Backend::Message(Message::NoticeResponse(_)) => {}
+                Backend::Message(Message::ErrorResponse(body)) => {
+                    let error = server_error(body.fields());
+                    // The server follows an error with ReadyForQuery; consume it so the
+                    // connection stays usable, but do not let a broken one hide the error.
+                    let _ = tokio::time::timeout(Duration::from_secs(1), self.read_message()).await;
+                    return Err(Error::Server {
+                        during: first_words(sql),
+                        error,
+                    });
+                }
+                other => return Err(unexpected(&first_words(sql), &other)),
+            }
+        }
+    }
+
+    /// Reads the next backend message. Cancellation-safe.
+    pub(crate) async fn read_message(&mut self) -> Result<Backend, Error> {
+        loop {
+            if let Some(message) = self.parse_buffered()? {
+                return Ok(message);
+            }
+            let n = self
+                .transport
+                .read_buf(&mut self.read_buf)
+                .await
+                .map_err(|e| self.io(e))?;
+            if n == 0 {
+                return Err(self.io(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    if self.read_buf.is_empty() {
+                        "the server closed the connection"
+                    } else {
+                        "the server closed the connection in the middle of a message"
+                    },
+                )));
+            }
+        }
+    }
+
+    /// Takes one complete message off the read buffer, if there is one.
+    fn parse_buffered(&mut self) -> Result<Option<Backend>, Error> {
+        if self.read_buf.len() < 5 {
+            return Ok(None);
+        }
+        let tag = self.read_buf[0];
+        let len = u32::from_be_bytes([
+            self.read_buf[1],
+            self.read_buf[2],
+            self.read_buf[3],
+            self.read_buf[4],
+        ]) as usize;
+        if len < 4 || len > self.max_message_bytes {
+            return Err(Error::protocol(format!(
+                "backend message '{}' declares length {len} (allowed 4..={})",
+                tag.escape_ascii(),
+                self.max_message_bytes
+            )));
+        }
+        let total = len + 1;
+        if self.read_buf.len() < total {
+            self.read_buf.reserve(total - self.read_buf.len());
+            return Ok(None);
+        }
+        if tag == b'W' {
+            // CopyBothResponse: format and per-column formats; nothing we need.
+            self.read_buf.advance(total);
+            return Ok(Some(Backend::CopyBothResponse));
+        }
+        match Message::parse(&mut self.read_buf) {
+            Ok(Some(m)) => Ok(Some(Backend::Message(m))),
+            Ok(None) => Err(Error::protocol(
+                "framing disagreement while parsing a message",
+            )),
+            Err(e) => Err(Error::protocol(format!(
+                "malformed backend message '{}': {e}",
+                tag.escape_ascii()
+            ))),
+        }
+    }
+
+    /// Queues one CopyData frame with `payload`.
+    pub(crate) fn queue_copy_data(&mut self, payload: &[u8]) -> Result<(), Error> {
+        let data = frontend::CopyData::new(payload).map_err(|e| self.io(e))?;
+        data.write(&mut self.write_buf);
+        Ok(())
+    }
+
+    /// Queues CopyDone.
+    pub(crate) fn queue_copy_done(&mut self) {
+        frontend::copy_done(&mut self.write_buf);
+    }
+
+    /// Writes everything queued.
+    pub(crate) async fn flush(&mut self) -> Result<(), Error> {
+        let buf = self.write_buf.split();
+        self.transport
+            .write_all(&buf)
+            .await
+            .map_err(|e| self.io(e))?;
+        self.transport.flush().await.map_err(|e| self.io(e))
+    }
+
+    /// Says goodbye (Terminate) and closes the socket; errors are irrelevant by now.
+    pub async fn terminate(mut self) {
+        frontend::terminate(&mut self.write_buf);
+        let _ = tokio::time::timeout(Duration::from_secs(2), async {
+            let _ = self.flush().await;
+            let _ = self.transport.shutdown().await;
+        })
+        .await;
+    }
+
+    fn io(&self, source: io::Error) -> Error {
+        Error::Io {
+            peer: self.peer.clone(),
+            source,
+        }
+    }
+}
+
+async fn negotiate_tls(
+    mut tcp: TcpStream,
+    opts: &ConnectOptions,
+    peer: &str,
+) -> Result<Transport, Error> {
+    let Some(config) = tls::client_config(opts)? else {
+        return Ok(Transport::Plain(tcp));
+    };
+    let io_err = |source| Error::Io {
+        peer: peer.to_owned(),
+        source,
+    };
+    let mut request = BytesMut::new();
+    frontend::ssl_request(&mut request);
+    tcp.write_all(&request).await.map_err(io_err)?;
+    let answer = tokio::time::timeout(opts.connect_timeout, tcp.read_u8())
+        .await
+        .map_err(|_| conn_timeout_error(peer, "the TLS request", opts.connect_timeout))?
+        .map_err(io_err)?;
+    match answer {
+        b'S' => {
+            let name = tls::server_name(opts)?;
+            let stream = tokio::time::timeout(
+                opts.connect_timeout,
+                TlsConnector::from(config).connect(name, tcp),
+            )
+            .await
+            .map_err(|_| conn_timeout_error(peer, "the TLS handshake", opts.connect_timeout))?
+            .map_err(|e| Error::Tls {
+                peer: peer.to_owned(),
+                reason: e.to_string(),
+            })?;
+            Ok(Transport::Tls(Box::new(stream)))
+        }
+        b'N' if opts.sslmode == SslMode::Prefer => Ok(Transport::Plain(tcp)),
+        b'N' => Err(Error::Tls {
+            peer: peer.to_owned(),
+            reason: format!(
+                "the server does not accept TLS connections, but sslmode={:?} requires TLS",
+                opts.sslmode
+            ),
+        }),
+        other => Err(Error::protocol(format!(
+            "unexpected answer '{}' to the TLS request",
+            other.escape_ascii()
+        ))),
+    }
+}
+
+fn conn_timeout_error(peer: &str, what: &str, after: Duration) -> Error {
+    Error::Io {
+        peer: peer.to_owned(),
+        source: io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("{what} timed out after {after:?}"),
+        ),
+    }
+}
+
+/// Collects an ErrorResponse / NoticeResponse without trusting it to be UTF-8.
+pub(crate) fn server_error(mut fields: ErrorFields<'_>) -> ServerError {
+    let mut error = ServerError {
+        severity: "ERROR".to_owned(),
+        code: "XX000".to_owned(),
+        message: String::new(),
+        detail: None,
+        hint: None,
+    };
+    while let Ok(Some(field)) = fields.next() {
+        let value = String::from_utf8_lossy(field.value_bytes()).into_owned();
+        match field.type_() {
+            b'V' => error.severity = value,
+            b'C' => error.code = value,
+            b'M' => error.message = value,
+            b'D' => error.detail = Some(value),
+            b'H' => error.hint = Some(value),
+            _ => {}
+        }
+    }
+    error
+}
+
+fn first_words(sql: &str) -> String {
+    sql.split_whitespace().take(2).collect::<Vec<_>>().join(" ")
+}
+
+fn unexpected(during: &str, message: &Backend) -> Error {
+    let name = match message {
+        Backend::CopyBothResponse => "CopyBothResponse",
+        Backend::Message(m) => message_name(m),
+    };
+    Error::protocol(format!("unexpected {name} during {during}"))
+}
+
+fn message_name(m: &Message) -> &'static str {
+    match m {
+        Message::CopyData(_) => "CopyData",
+        Message::CopyDone => "CopyDone",
+        Message::CopyInResponse(_) => "CopyInResponse",
+        Message::CopyOutResponse(_) => "CopyOutResponse",
+        Message::DataRow(_) => "DataRow",
+        Message::RowDescription(_) => "RowDescription",
+        Message::ReadyForQuery(_) => "ReadyForQuery",
+        Message::CommandComplete(_) => "CommandComplete",
+        Message::ErrorResponse(_) => "ErrorResponse",
+        Message::NoticeResponse(_) => "NoticeResponse",
+        Message::ParameterStatus(_) => "ParameterStatus",
+        Message::AuthenticationOk => "AuthenticationOk",
+        _ => "message",
+    }
+}
+
+/// Copies a CopyData payload out of a message (zero-copy: a slice of the read buffer).
+pub(crate) fn copy_data_payload(message: Message) -> Option<Bytes> {
+    match message {
+        Message::CopyData(body) => Some(body.into_bytes()),
+        _ => None,
+    }
+}

@@ -1,0 +1,156 @@
+//! The crate's one error type.
+//!
+//! Callers mostly need to know one thing: retry (reconnect with backoff) or stop and
+//! tell the operator. [`Error::is_retryable`] answers that; the message says what
+//! happened and, for the errors an operator must fix, what to do.
+
+use std::fmt;
+
+use outboxd_pgoutput::{DecodeError, Lsn};
+
+/// Fields of a PostgreSQL ErrorResponse that we keep.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerError {
+    pub severity: String,
+    /// SQLSTATE, e.g. `55000` (object not in prerequisite state).
+    pub code: String,
+    pub message: String,
+    pub detail: Option<String>,
+    pub hint: Option<String>,
+}
+
+impl fmt::Display for ServerError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}: {}", self.severity, self.code, self.message)?;
+        if let Some(d) = &self.detail {
+            write!(f, " (detail: {d})")?;
+        }
+        if let Some(h) = &self.hint {
+            write!(f, " (hint: {h})")?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// Bad configuration; fix it and start again.
+    #[error("configuration: {0}")]
+    Config(String),
+
+    /// The network failed (connect, read, write, peer closed).
+    #[error("connection to {peer}: {source}")]
+    Io {
+        peer: String,
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// The TLS handshake or certificate setup failed.
+    #[error("TLS with {peer}: {reason}")]
+    Tls { peer: String, reason: String },
+
+    /// The server refused our credentials or asked for an unsupported method.
+    #[error("authentication as '{user}' failed: {reason}")]
+    Auth { user: String, reason: String },
+
+    /// The server answered with an ErrorResponse.
+    #[error("server error during {during}: {error}")]
+    Server { during: String, error: ServerError },
+
+    /// The server sent something the protocol does not allow here.
+    #[error("protocol violation: {0}")]
+    Protocol(String),
+
+    /// A pgoutput message could not be decoded.
+    #[error("at WAL position {lsn}: {source}")]
+    Decode {
+        lsn: Lsn,
+        #[source]
+        source: DecodeError,
+    },
+
+    /// The slot lost WAL it needed; it cannot be resumed.
+    #[error(
+        "replication slot '{slot}' is invalidated ({reason}); the events it had not yet \
+         delivered are gone from WAL. outboxd will not recreate it silently. Runbook: \
+         find what was missed (outbox rows since the last published event), drop the slot \
+         with SELECT pg_drop_replication_slot('{slot}'), create it again (outboxd init \
+         --apply), republish the missed events, and raise max_slot_wal_keep_size or \
+         alert on slot lag so it does not happen again"
+    )]
+    SlotInvalidated { slot: String, reason: String },
+
+    /// Another process streams from the slot (only one walsender may use a slot).
+    #[error("replication slot '{slot}' is in use by another process (pid {pid:?}); another outboxd may be running — it will be retried")]
+    SlotInUse { slot: String, pid: Option<i32> },
+
+    /// The slot exists but cannot serve us (other plugin, other database, physical).
+    #[error("replication slot '{slot}' cannot be used: {reason}")]
+    SlotMismatch { slot: String, reason: String },
+
+    /// The slot's confirmed position moved past where we meant to resume.
+    #[error(
+        "replication slot '{slot}' resumed at {actual}, but outboxd expected {expected}: \
+         events between them would be skipped. Something else confirmed this slot; make \
+         sure only one relay uses it, then decide whether to replay the gap"
+    )]
+    SlotJumped {
+        slot: String,
+        expected: Lsn,
+        actual: Lsn,
+    },
+
+    /// A preflight check failed; the message says what to change.
+    #[error("{0}")]
+    Preflight(String),
+
+    /// An error from the ordinary SQL connection.
+    #[error("SQL on {peer}: {source}")]
+    Sql {
+        peer: String,
+        #[source]
+        source: tokio_postgres::Error,
+    },
+
+    /// The stream was closed (by the server's CopyDone or by us).
+    #[error("replication stream closed by the server")]
+    StreamClosed,
+}
+
+impl Error {
+    pub(crate) fn config(msg: impl Into<String>) -> Error {
+        Error::Config(msg.into())
+    }
+
+    pub(crate) fn protocol(msg: impl Into<String>) -> Error {
+        Error::Protocol(msg.into())
+    }
+
+    /// Whether reconnecting later may succeed without an operator's help.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Error::Io { .. } | Error::StreamClosed | Error::SlotInUse { .. } => true,
+            // Admin shutdown, too many connections, the server starting up or
+            // shutting down, crash recovery: all pass.
+            Error::Server { error, .. } => {
+                matches!(
+                    error.code.as_str(),
+                    "57P01" | "57P02" | "57P03" | "53300" | "08006"
+                ) || error.code.starts_with("08")
+            }
+            Error::Sql { source, .. } => source.is_closed() || source.code().is_none(),
+            _ => false,
+        }
+    }
+
+    /// The SQLSTATE of a server error, if this is one.
+    pub fn sqlstate(&self) -> Option<&str> {
+        match self {
+            Error::Server { error, .. } => Some(&error.code),
+            Error::Sql { source, .. } => source.code().map(|c| c.code()),
+            _ => None,
+        }
+    }
+}

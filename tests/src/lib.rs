@@ -1,0 +1,399 @@
+//! Test harness shared by every integration test of outboxd.
+//!
+//! Integration tests run against the real local PostgreSQL and Apache Kafka that
+//! `scripts/pg.sh` and `scripts/kafka.sh` start (`scripts/test.sh` starts both and
+//! exports their addresses). Each test gets its own database, slot, publication and
+//! topics with unique names, so tests run in parallel and never see each other's data;
+//! everything is dropped again when the guard goes out of scope, also after a panic.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{BorrowedMessage, Headers, Message};
+use tokio_postgres::{Client, NoTls};
+
+/// Default addresses: the ports the local scripts use.
+const DEFAULT_PG_URL: &str = "postgres://postgres@127.0.0.1:54329/postgres";
+const DEFAULT_KAFKA_BROKERS: &str = "127.0.0.1:19092";
+
+/// Where the real services are, from the environment the scripts export.
+#[derive(Debug, Clone)]
+pub struct Services {
+    /// Superuser URL of the test cluster (database `postgres`).
+    pub pg_url: String,
+    /// Path of the CA certificate that signed the test cluster's server certificate.
+    pub pg_ca: Option<String>,
+    /// Kafka bootstrap servers.
+    pub kafka_brokers: String,
+}
+
+impl Services {
+    /// Reads `OUTBOXD_TEST_PG_URL`, `OUTBOXD_TEST_PG_CA` and `OUTBOXD_TEST_KAFKA_BROKERS`,
+    /// falling back to the scripts' default ports.
+    pub fn from_env() -> Self {
+        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+        Services {
+            pg_url: var("OUTBOXD_TEST_PG_URL").unwrap_or_else(|| DEFAULT_PG_URL.to_owned()),
+            pg_ca: var("OUTBOXD_TEST_PG_CA").or_else(|| {
+                let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../.local/pg/tls/ca.crt");
+                std::path::Path::new(path).exists().then(|| path.to_owned())
+            }),
+            kafka_brokers: var("OUTBOXD_TEST_KAFKA_BROKERS")
+                .unwrap_or_else(|| DEFAULT_KAFKA_BROKERS.to_owned()),
+        }
+    }
+}
+
+/// The services, read once per test binary.
+pub fn services() -> &'static Services {
+    static SERVICES: OnceLock<Services> = OnceLock::new();
+    SERVICES.get_or_init(Services::from_env)
+}
+
+/// Installs a test-friendly tracing subscriber once (honours `RUST_LOG`).
+pub fn init_tracing() {
+    static INIT: OnceLock<()> = OnceLock::new();
+    INIT.get_or_init(|| {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_default_env()
+                    .unwrap_or_else(|_| "warn".into()),
+            )
+            .with_test_writer()
+            .try_init();
+    });
+}
+
+/// A name no other test (in this or a concurrent test binary) uses.
+pub fn unique_name(prefix: &str) -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let salt: u32 = rand::random();
+    format!("{prefix}_{}_{n}_{salt:08x}", std::process::id())
+}
+
+/// Connects to the test cluster, or panics with what to do when it is not up.
+pub async fn pg_connect(url: &str) -> Client {
+    let attempt =
+        tokio::time::timeout(Duration::from_secs(10), tokio_postgres::connect(url, NoTls));
+    match attempt.await {
+        Ok(Ok((client, connection))) => {
+            tokio::spawn(async move {
+                if let Err(e) = connection.await {
+                    tracing::debug!(error = %e, "test connection closed");
+                }
+            });
+            client
+        }
+        Ok(Err(e)) => panic!(
+            "PostgreSQL is not reachable at {url}: {e}.\n\
+             Start the local services with `scripts/test.sh` (or `scripts/pg.sh start`)."
+        ),
+        Err(_) => panic!(
+            "PostgreSQL at {url} did not answer within 10 s.\n\
+             Start the local services with `scripts/test.sh` (or `scripts/pg.sh start`)."
+        ),
+    }
+}
+
+/// Replaces the database name in a `postgres://…/db` URL.
+fn with_database(url: &str, database: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (url, None),
+    };
+    let scheme_end = base.find("://").map_or(0, |i| i + 3);
+    let host_end = base[scheme_end..]
+        .find('/')
+        .map_or(base.len(), |i| scheme_end + i);
+    let mut out = format!("{}/{database}", &base[..host_end]);
+    if let Some(q) = query {
+        out.push('?');
+        out.push_str(q);
+    }
+    out
+}
+
+/// A database of its own for one test, dropped (with its slots) when the guard drops.
+#[derive(Debug)]
+pub struct TestDb {
+    /// The database name.
+    pub name: String,
+    /// A URL for the superuser on this database.
+    pub url: String,
+    /// Host, port and user for building other connection strings.
+    pub host: String,
+    pub port: u16,
+}
+
+impl TestDb {
+    /// Creates a fresh database on the test cluster.
+    pub async fn create() -> TestDb {
+        init_tracing();
+        let admin_url = &services().pg_url;
+        let admin = pg_connect(admin_url).await;
+        let name = unique_name("outboxd_t");
+        admin
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .await
+            .unwrap_or_else(|e| panic!("CREATE DATABASE {name} failed: {e}"));
+        let config: tokio_postgres::Config = admin_url.parse().expect("OUTBOXD_TEST_PG_URL parses");
+        let host = match config.get_hosts().first() {
+            Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
+            _ => "127.0.0.1".to_owned(),
+        };
+        let port = config.get_ports().first().copied().unwrap_or(5432);
+        TestDb {
+            url: with_database(admin_url, &name),
+            name,
+            host,
+            port,
+        }
+    }
+
+    /// A new superuser connection to this database.
+    pub async fn connect(&self) -> Client {
+        pg_connect(&self.url).await
+    }
+
+    /// Connection options for this database as `user` (no TLS, no password).
+    pub fn connect_options(&self, user: &str) -> outboxd_replication::ConnectOptions {
+        outboxd_replication::ConnectOptions {
+            host: self.host.clone(),
+            port: self.port,
+            user: user.to_owned(),
+            dbname: self.name.clone(),
+            sslmode: outboxd_replication::SslMode::Disable,
+            ..Default::default()
+        }
+    }
+
+    /// A slot name unique to this test (slots are cluster-wide).
+    pub fn slot_name(&self) -> String {
+        unique_name("outboxd_slot")
+    }
+}
+
+/// Drops a test database: its slots first (an active one's walsender is terminated),
+/// then the database itself.
+async fn drop_database(name: &str) {
+    let admin = pg_connect(&services().pg_url).await;
+    for _ in 0..50 {
+        let rows = admin
+            .query(
+                "SELECT slot_name::text, active_pid FROM pg_replication_slots WHERE database = $1",
+                &[&name],
+            )
+            .await
+            .unwrap_or_default();
+        if rows.is_empty() {
+            break;
+        }
+        for row in rows {
+            let slot: String = row.get(0);
+            let pid: Option<i32> = row.get(1);
+            if let Some(pid) = pid {
+                let _ = admin
+                    .execute("SELECT pg_terminate_backend($1)", &[&pid])
+                    .await;
+            }
+            let _ = admin
+                .execute("SELECT pg_drop_replication_slot($1)", &[&slot])
+                .await;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    if let Err(e) = admin
+        .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        .await
+    {
+        tracing::warn!(database = %name, error = %e, "could not drop test database");
+    }
+}
+
+/// Runs cleanup on a thread with a runtime of its own: `Drop` may run inside a test's
+/// runtime (where blocking on it would panic) or during a panic unwinding.
+fn run_cleanup<F: std::future::Future<Output = ()> + Send + 'static>(cleanup: F) {
+    let _ = std::thread::spawn(move || {
+        match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(rt) => rt.block_on(cleanup),
+            Err(e) => eprintln!("test cleanup skipped: no runtime: {e}"),
+        }
+    })
+    .join();
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        run_cleanup(async move { drop_database(&name).await });
+    }
+}
+
+/// Kafka topics of one test, deleted when the guard drops.
+#[derive(Debug)]
+pub struct TestTopics {
+    names: Vec<String>,
+}
+
+/// An admin client for the test broker.
+pub fn kafka_admin() -> AdminClient<DefaultClientContext> {
+    ClientConfig::new()
+        .set("bootstrap.servers", &services().kafka_brokers)
+        .create()
+        .expect("Kafka admin client")
+}
+
+/// Fails with what to do when the broker does not answer a metadata request.
+pub fn require_kafka() {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &services().kafka_brokers)
+        .create()
+        .expect("Kafka client");
+    if let Err(e) = consumer.fetch_metadata(None, Duration::from_secs(15)) {
+        panic!(
+            "Kafka is not reachable at {}: {e}.\n\
+             Start the local services with `scripts/test.sh` (or `scripts/kafka.sh start`).",
+            services().kafka_brokers
+        );
+    }
+}
+
+impl TestTopics {
+    /// Creates `count` topics with unique names and `partitions` partitions each.
+    pub async fn create(prefix: &str, count: usize, partitions: i32) -> TestTopics {
+        init_tracing();
+        require_kafka();
+        let names: Vec<String> = (0..count).map(|_| unique_name(prefix)).collect();
+        let new_topics: Vec<NewTopic> = names
+            .iter()
+            .map(|n| NewTopic::new(n, partitions, TopicReplication::Fixed(1)))
+            .collect();
+        let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+        let results = kafka_admin()
+            .create_topics(&new_topics, &opts)
+            .await
+            .expect("create_topics request");
+        for r in results {
+            if let Err((topic, code)) = r {
+                panic!("creating topic {topic} failed: {code}");
+            }
+        }
+        TestTopics { names }
+    }
+
+    /// The topic names.
+    pub fn names(&self) -> &[String] {
+        &self.names
+    }
+}
+
+impl Drop for TestTopics {
+    fn drop(&mut self) {
+        let names = std::mem::take(&mut self.names);
+        run_cleanup(async move {
+            let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+            let _ = kafka_admin()
+                .delete_topics(&refs, &AdminOptions::new())
+                .await;
+        });
+    }
+}
+
+/// A record as read back from Kafka by an independent consumer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsumedRecord {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<Vec<u8>>,
+    pub value: Option<Vec<u8>>,
+    pub headers: Vec<(String, Option<Vec<u8>>)>,
+}
+
+impl ConsumedRecord {
+    fn from_message(m: &BorrowedMessage<'_>) -> Self {
+        let headers = m
+            .headers()
+            .map(|hs| {
+                hs.iter()
+                    .map(|h| (h.key.to_owned(), h.value.map(<[u8]>::to_vec)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        ConsumedRecord {
+            topic: m.topic().to_owned(),
+            partition: m.partition(),
+            offset: m.offset(),
+            key: m.key().map(<[u8]>::to_vec),
+            value: m.payload().map(<[u8]>::to_vec),
+            headers,
+        }
+    }
+
+    /// The first header with this name, as UTF-8.
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .and_then(|(_, v)| v.as_ref())
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+    }
+}
+
+/// Reads `topics` from the beginning with a consumer of its own (no group offsets
+/// shared with anything else) until `expected` records arrived or `timeout` passed.
+/// `isolation` is `read_committed` or `read_uncommitted`.
+pub fn consume_all(
+    topics: &[String],
+    expected: usize,
+    timeout: Duration,
+    isolation: &str,
+) -> Vec<ConsumedRecord> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &services().kafka_brokers)
+        .set("group.id", unique_name("outboxd_checker"))
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("isolation.level", isolation)
+        .create()
+        .expect("Kafka consumer");
+    let refs: Vec<&str> = topics.iter().map(String::as_str).collect();
+    consumer.subscribe(&refs).expect("subscribe");
+    let deadline = std::time::Instant::now() + timeout;
+    let mut out = Vec::new();
+    while out.len() < expected && std::time::Instant::now() < deadline {
+        match consumer.poll(Duration::from_millis(200)) {
+            Some(Ok(m)) => out.push(ConsumedRecord::from_message(&m)),
+            Some(Err(e)) => tracing::debug!(error = %e, "consumer error while checking"),
+            None => {}
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::with_database;
+
+    #[test]
+    fn replaces_the_database_in_a_url() {
+        assert_eq!(
+            with_database("postgres://u@127.0.0.1:5/postgres", "t1"),
+            "postgres://u@127.0.0.1:5/t1"
+        );
+        assert_eq!(
+            with_database("postgres://u:p@h:5/db?sslmode=disable", "t2"),
+            "postgres://u:p@h:5/t2?sslmode=disable"
+        );
+        assert_eq!(with_database("postgres://h:5", "t3"), "postgres://h:5/t3");
+    }
+}
