@@ -1,0 +1,139 @@
+//! `outboxd tail`: print what a slot delivers, decoded. A debugging aid and the
+//! replication client's smallest complete user.
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use clap::Args;
+use outboxd_pgoutput::{pg_time_to_system_time, ColumnValue, LogicalMessage, Relation};
+use outboxd_replication::{
+    open_stream, Admin, ReaderConfig, ReplicationReader, SourceSpec, StreamSettings,
+};
+
+use crate::PostgresArgs;
+
+#[derive(Debug, Args)]
+pub struct TailArgs {
+    #[command(flatten)]
+    postgres: PostgresArgs,
+    /// Confirm each transaction after printing it (consumes the slot). Without it
+    /// the slot does not move and the same transactions come again next time.
+    #[arg(long)]
+    confirm: bool,
+    /// Create the slot when it does not exist.
+    #[arg(long)]
+    create_slot: bool,
+    /// Stop after this many transactions.
+    #[arg(long)]
+    max_transactions: Option<usize>,
+    /// Stop after this many seconds without a transaction.
+    #[arg(long)]
+    idle_exit_secs: Option<u64>,
+}
+
+pub async fn run(args: TailArgs) -> anyhow::Result<()> {
+    let opts = args.postgres.connect_options()?;
+    let admin = Admin::connect(&opts).await?;
+    let spec = SourceSpec {
+        slot: args.postgres.slot.clone(),
+        publications: vec![args.postgres.publication.clone()],
+        messages: true,
+        create_slot: args.create_slot,
+        expected_resume: None,
+        settings: StreamSettings::default(),
+    };
+    let (stream, started) = open_stream(&opts, &admin, &spec).await?;
+    tracing::info!(slot = %spec.slot, resume = %started.resume_lsn, "tailing");
+    let mut reader = ReplicationReader::spawn(stream, ReaderConfig::default());
+    let idle = args.idle_exit_secs.map(Duration::from_secs);
+    let mut block = String::new();
+    let mut done = 0usize;
+    loop {
+        let next = match idle {
+            Some(d) => match tokio::time::timeout(d, reader.recv()).await {
+                Ok(e) => e,
+                Err(_) => break,
+            },
+            None => tokio::select! {
+                e = reader.recv() => e,
+                _ = tokio::signal::ctrl_c() => break,
+            },
+        };
+        let Some(event) = next else { break };
+        match &event.message {
+            LogicalMessage::Begin(b) => {
+                block.clear();
+                let at = humantime::format_rfc3339_millis(pg_time_to_system_time(b.commit_time));
+                let _ = writeln!(
+                    block,
+                    "transaction xid={} commit={} at {at}",
+                    b.xid, b.final_lsn
+                );
+            }
+            LogicalMessage::Insert(i) => {
+                if let Some(rel) = &event.relation {
+                    let _ = writeln!(block, "  insert {}", row(rel, &i.new));
+                }
+            }
+            LogicalMessage::Update(u) => {
+                if let Some(rel) = &event.relation {
+                    let _ = writeln!(block, "  update {}", row(rel, &u.new));
+                }
+            }
+            LogicalMessage::Delete(d) => {
+                if let Some(rel) = &event.relation {
+                    let _ = writeln!(block, "  delete {}", row(rel, d.old.values()));
+                }
+            }
+            LogicalMessage::Truncate(t) => {
+                let _ = writeln!(block, "  truncate {} relation(s)", t.relation_oids.len());
+            }
+            LogicalMessage::Message(m) => {
+                let line = format!(
+                    "message prefix={} transactional={} content={}",
+                    m.prefix,
+                    m.transactional,
+                    String::from_utf8_lossy(&m.content)
+                );
+                if m.transactional {
+                    let _ = writeln!(block, "  {line}");
+                } else {
+                    println!("{line}");
+                }
+            }
+            LogicalMessage::Commit(c) => {
+                let _ = writeln!(block, "  commit end={}", c.end_lsn);
+                print!("{block}");
+                if args.confirm {
+                    reader.acknowledge(c.end_lsn);
+                }
+                done += 1;
+                if args.max_transactions.is_some_and(|m| done >= m) {
+                    break;
+                }
+            }
+            LogicalMessage::Relation(_) | LogicalMessage::Type(_) | LogicalMessage::Origin(_) => {}
+        }
+    }
+    let flushed = reader.close().await?;
+    tracing::info!(transactions = done, confirmed = %flushed, "tail finished");
+    Ok(())
+}
+
+fn row(rel: &Relation, values: &[ColumnValue]) -> String {
+    let mut out = format!("{}.{} {{", rel.namespace, rel.name);
+    for (i, (col, v)) in rel.columns.iter().zip(values).enumerate() {
+        if i > 0 {
+            out.push_str(", ");
+        }
+        let shown = match v {
+            ColumnValue::Null => "NULL".to_owned(),
+            ColumnValue::UnchangedToast => "<unchanged>".to_owned(),
+            ColumnValue::Text(t) => String::from_utf8_lossy(t).into_owned(),
+            ColumnValue::Binary(b) => format!("<{} bytes>", b.len()),
+        };
+        let _ = write!(out, "{}={shown}", col.name);
+    }
+    out.push('}');
+    out
+}
