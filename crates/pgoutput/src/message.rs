@@ -283,9 +283,10 @@ pub enum ColumnValue {
 impl ColumnValue {
     /// The value as text, for [`ColumnValue::Text`] only.
     ///
-    /// Text output is in the database encoding, which is UTF-8 for every
-    /// database outboxd supports; the check is still done (and cheap) rather
-    /// than assumed, since the bytes come from the network.
+    /// Text output is in the database's server encoding, UTF-8 in any
+    /// modern setup; the check is done (it is cheap) rather than assumed,
+    /// so a `SQL_ASCII` or `LATIN1` database shows up as an error instead
+    /// of as mangled events.
     pub fn as_text(&self) -> Option<Result<&str, Utf8Error>> {
         match self {
             ColumnValue::Text(b) => Some(std::str::from_utf8(b)),

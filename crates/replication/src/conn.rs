@@ -216,7 +216,7 @@ impl PgConnection {
                 Backend::Message(Message::ErrorResponse(body)) => {
                     return Err(Error::Server {
                         during: "startup".to_owned(),
-                        error: server_error(body.fields()),
+                        error: Box::new(server_error(body.fields())),
                     })
                 }
                 other => return Err(unexpected("startup", &other)),
@@ -310,7 +310,7 @@ impl PgConnection {
                     } else {
                         Error::Server {
                             during: "authentication".to_owned(),
-                            error,
+                            error: Box::new(error),
                         }
                     });
                 }
@@ -368,7 +368,7 @@ impl PgConnection {
                     return match failure {
                         Some(error) => Err(Error::Server {
                             during: first_words(sql),
-                            error,
+                            error: Box::new(error),
                         }),
                         None => Ok(result),
                     }
@@ -400,7 +400,7 @@ impl PgConnection {
                     let _ = tokio::time::timeout(Duration::from_secs(1), self.read_message()).await;
                     return Err(Error::Server {
                         during: first_words(sql),
-                        error,
+                        error: Box::new(error),
                     });
                 }
                 other => return Err(unexpected(&first_words(sql), &other)),

@@ -57,7 +57,10 @@ pub enum Error {
 
     /// The server answered with an ErrorResponse.
     #[error("server error during {during}: {error}")]
-    Server { during: String, error: ServerError },
+    Server {
+        during: String,
+        error: Box<ServerError>,
+    },
 
     /// The server sent something the protocol does not allow here.
     #[error("protocol violation: {0}")]

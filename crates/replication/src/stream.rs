@@ -181,7 +181,7 @@ impl LogicalStream {
                 Backend::Message(Message::ErrorResponse(body)) => {
                     return Err(Error::Server {
                         during: "replication".to_owned(),
-                        error: server_error(body.fields()),
+                        error: Box::new(server_error(body.fields())),
                     })
                 }
                 Backend::Message(Message::CopyDone) => return Err(Error::StreamClosed),
