@@ -77,33 +77,7 @@ init_cluster() {
     chown -R postgres:postgres "$loc/data/tls"
     mkdir -p "$STATE/tls" && cp "$loc/data/tls/ca.crt" "$STATE/tls/ca.crt"
     mkdir -p "$loc/run" && chown postgres:postgres "$loc/run"
-    cat >>"$loc/data/postgresql.conf" <<EOF
-
-# --- outboxd test cluster ---
-listen_addresses = '127.0.0.1'
-port = $PG_PORT
-unix_socket_directories = '$loc/run'
-max_connections = 200
-wal_level = logical
-max_replication_slots = 64
-max_wal_senders = 64
-# Bounded so that a forgotten slot cannot fill the disk; tests lower it further.
-max_slot_wal_keep_size = 4GB
-# Short, so that keepalive handling is exercised by the tests.
-wal_sender_timeout = 10s
-# A throwaway cluster: durability on power loss does not matter, speed does.
-fsync = off
-synchronous_commit = off
-full_page_writes = off
-shared_buffers = 256MB
-max_wal_size = 2GB
-ssl = on
-ssl_cert_file = 'tls/server.crt'
-ssl_key_file = 'tls/server.key'
-ssl_ca_file = 'tls/ca.crt'
-log_min_messages = warning
-log_connections = off
-EOF
+    echo "include_if_exists = 'outboxd.conf'" >>"$loc/data/postgresql.conf"
     # Per-user authentication methods so that every method the client supports can be
     # tested on one cluster; everyone else is trusted (loopback only).
     cat >"$loc/data/pg_hba.conf" <<'EOF'
@@ -118,6 +92,40 @@ host    replication     all                 127.0.0.1/32        trust
 EOF
 }
 
+# Settings live in their own file, rewritten at every start, so that a changed script
+# takes effect on an existing cluster too.
+write_settings() {
+    local loc=$1
+    cat >"$loc/data/outboxd.conf" <<EOF
+# Written by scripts/pg.sh at every start; edits here are overwritten.
+listen_addresses = '127.0.0.1'
+port = $PG_PORT
+unix_socket_directories = '$loc/run'
+max_connections = 200
+wal_level = logical
+max_replication_slots = 64
+max_wal_senders = 64
+# Bounded so that a forgotten slot cannot fill the disk; tests lower it further.
+max_slot_wal_keep_size = 4GB
+# Short, so that keepalive handling is exercised by the tests.
+wal_sender_timeout = 10s
+# A throwaway cluster: durability on power loss does not matter, speed does. Commits
+# stay synchronous: walsenders only send flushed WAL, so an asynchronous commit would
+# reach the slot up to wal_writer_delay later.
+fsync = off
+full_page_writes = off
+shared_buffers = 256MB
+max_wal_size = 2GB
+ssl = on
+ssl_cert_file = 'tls/server.crt'
+ssl_key_file = 'tls/server.key'
+ssl_ca_file = 'tls/ca.crt'
+log_min_messages = warning
+log_connections = off
+EOF
+    chown postgres:postgres "$loc/data/outboxd.conf"
+}
+
 cmd_start() {
     local bindir loc
     bindir=$(find_bindir)
@@ -126,6 +134,7 @@ cmd_start() {
         log "already running on 127.0.0.1:$PG_PORT"
     else
         [[ -f "$loc/data/PG_VERSION" ]] || init_cluster "$bindir" "$loc"
+        write_settings "$loc"
         log "starting PostgreSQL $("$bindir/postgres" --version | awk '{print $3}') on 127.0.0.1:$PG_PORT (log: $STATE/postgres.log)"
         touch "$STATE/postgres.log" && chown postgres:postgres "$STATE/postgres.log" 2>/dev/null || true
         local logfile="$STATE/postgres.log"
