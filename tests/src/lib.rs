@@ -397,3 +397,93 @@ mod tests {
         assert_eq!(with_database("postgres://h:5", "t3"), "postgres://h:5/t3");
     }
 }
+
+/// The `outboxd` binary, built once per test run (a no-op when up to date).
+pub fn outboxd_binary() -> std::path::PathBuf {
+    static BINARY: OnceLock<std::path::PathBuf> = OnceLock::new();
+    BINARY
+        .get_or_init(|| {
+            let status = std::process::Command::new(env!("CARGO"))
+                .args(["build", "-q", "-p", "outboxd"])
+                .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+                .status()
+                .expect("running cargo build -p outboxd");
+            assert!(status.success(), "cargo build -p outboxd failed");
+            let target = std::env::var_os("CARGO_TARGET_DIR")
+                .map(std::path::PathBuf::from)
+                .unwrap_or_else(|| {
+                    std::path::PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../target"))
+                });
+            let bin = target.join("debug").join("outboxd");
+            assert!(bin.exists(), "{} missing after build", bin.display());
+            bin
+        })
+        .clone()
+}
+
+/// A running `outboxd run` process whose output goes to a log file.
+#[derive(Debug)]
+pub struct RelayProcess {
+    child: std::process::Child,
+    /// Where its stderr goes.
+    pub log: std::path::PathBuf,
+}
+
+impl RelayProcess {
+    /// Starts `outboxd run` with `env` (OUTBOXD_… variables) on top of a clean
+    /// environment for outboxd's settings.
+    pub fn start(env: &[(String, String)], log_name: &str) -> RelayProcess {
+        let dir = std::env::temp_dir().join("outboxd-test-logs");
+        std::fs::create_dir_all(&dir).expect("log dir");
+        let log = dir.join(format!("{}.log", unique_name(log_name)));
+        let file = std::fs::File::create(&log).expect("log file");
+        let mut cmd = std::process::Command::new(outboxd_binary());
+        cmd.arg("run")
+            .env_remove("OUTBOXD_CONFIG")
+            .env("RUST_LOG", "info,outboxd=debug")
+            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdout(std::process::Stdio::null())
+            .stderr(file);
+        let child = cmd.spawn().expect("spawning outboxd");
+        RelayProcess { child, log }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends a signal (`KILL`, `TERM`, `INT`).
+    pub fn signal(&self, name: &str) {
+        let _ = std::process::Command::new("kill")
+            .args([format!("-{name}"), self.child.id().to_string()])
+            .status();
+    }
+
+    /// Waits up to `timeout` for the process to exit; `None` if it did not.
+    pub fn wait_timeout(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            if std::time::Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for RelayProcess {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}

@@ -1,182 +1,192 @@
 //! `outboxd`: the command-line entry point.
-//!
-//! Today it reads a slot (`tail`) and checks a database (`check`); the relay to
-//! Kafka (`run`) builds on the same pieces.
 
-mod tail;
-
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use clap::{Args, Parser, Subcommand};
-use outboxd_replication::{Admin, ConnectOptions, TableName};
+use outboxd::config::{Config, LogFormat, Overrides};
+use outboxd::http::{self, Health, Metrics};
+use outboxd::relay::Relay;
+use outboxd::{check, init, sink_config, tail};
+use outboxd_kafka_sink::KafkaSink;
 
 #[derive(Debug, Parser)]
 #[command(
     name = "outboxd",
     version,
-    about = "Relays transactional-outbox events from a PostgreSQL logical replication slot",
+    about = "Relays transactional-outbox events from PostgreSQL to Kafka, in commit order",
     long_about = "Relays transactional-outbox events from a PostgreSQL logical replication \
-                  slot (pgoutput) in commit order, confirming the slot only after delivery."
+                  slot (pgoutput) to Kafka, in commit order, and confirms the slot only after \
+                  Kafka acknowledged every event up to it.\n\n\
+                  Configuration comes from defaults, then --config FILE (TOML), then \
+                  OUTBOXD_<SECTION>__<KEY> environment variables (e.g. OUTBOXD_POSTGRES__URL), \
+                  then the flags below. See docs/configuration.md.\n\n\
+                  Start with `outboxd init` (prints the table, publication and slot DDL), then \
+                  `outboxd check`, then `outboxd run`."
 )]
 struct Cli {
-    /// Log format: text or json.
-    #[arg(
-        long,
-        env = "OUTBOXD_LOG_FORMAT",
-        default_value = "text",
-        global = true
-    )]
-    log_format: String,
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Print the transactions a slot delivers, decoded, one block per transaction.
-    Tail(tail::TailArgs),
-    /// Check that PostgreSQL is ready for outboxd; exits non-zero on any problem.
-    Check(CheckArgs),
+    /// Relay outbox events to Kafka until stopped (SIGTERM/SIGINT stop cleanly).
+    Run(Common),
+    /// Check PostgreSQL and Kafka are ready for outboxd; exits non-zero on any problem.
+    Check(Common),
+    /// Print (or with --apply, run) the outbox table, publication and slot DDL.
+    Init(InitArgs),
+    /// Print the transactions the slot delivers, decoded (debugging aid).
+    Tail(TailArgs),
 }
 
-/// Where PostgreSQL is and which slot and publication to use.
+/// Options every command shares; each overrides the file and the environment.
 #[derive(Debug, Clone, Args)]
-pub struct PostgresArgs {
-    /// PostgreSQL connection URL (postgres://user@host:port/db?sslmode=…) or
-    /// key=value string. The password may also come from OUTBOXD_POSTGRES_PASSWORD.
-    #[arg(long, env = "OUTBOXD_POSTGRES_URL")]
-    postgres_url: String,
-    /// Password, when not in the URL; never logged.
-    #[arg(long, env = "OUTBOXD_POSTGRES_PASSWORD", hide_env_values = true)]
-    postgres_password: Option<String>,
-    /// Logical replication slot.
-    #[arg(long, env = "OUTBOXD_SLOT", default_value = "outboxd")]
-    slot: String,
-    /// Publication that covers the outbox table(s).
-    #[arg(long, env = "OUTBOXD_PUBLICATION", default_value = "outboxd")]
-    publication: String,
+struct Common {
+    /// TOML configuration file.
+    #[arg(long, short = 'c', env = "OUTBOXD_CONFIG")]
+    config: Option<PathBuf>,
+    /// PostgreSQL URL (postgres://user@host:port/db?sslmode=…) or key=value string.
+    #[arg(long)]
+    postgres_url: Option<String>,
+    /// Logical replication slot [default: outboxd].
+    #[arg(long)]
+    slot: Option<String>,
+    /// Publication of the outbox table(s) [default: outboxd].
+    #[arg(long)]
+    publication: Option<String>,
+    /// Outbox table(s), table or schema.table, comma-separated [default: public.outbox].
+    #[arg(long = "table", value_delimiter = ',')]
+    tables: Vec<String>,
+    /// Kafka bootstrap servers.
+    #[arg(long)]
+    kafka_brokers: Option<String>,
+    /// Address for /healthz, /readyz and /metrics [default: 127.0.0.1:9187].
+    #[arg(long)]
+    metrics_address: Option<String>,
 }
 
-impl PostgresArgs {
-    fn connect_options(&self) -> anyhow::Result<ConnectOptions> {
-        let mut opts: ConnectOptions = self.postgres_url.parse()?;
-        if let Some(p) = &self.postgres_password {
-            opts.password = Some(p.clone());
-        }
-        Ok(opts)
+impl Common {
+    fn load(&self) -> anyhow::Result<Config> {
+        Config::load(
+            self.config.as_deref(),
+            &Overrides {
+                postgres_url: self.postgres_url.clone(),
+                slot: self.slot.clone(),
+                publication: self.publication.clone(),
+                tables: self.tables.clone(),
+                kafka_brokers: self.kafka_brokers.clone(),
+                metrics_address: self.metrics_address.clone(),
+            },
+        )
     }
 }
 
 #[derive(Debug, Args)]
-struct CheckArgs {
+struct InitArgs {
     #[command(flatten)]
-    postgres: PostgresArgs,
-    /// Outbox table(s), as table or schema.table.
-    #[arg(
-        long = "table",
-        env = "OUTBOXD_TABLES",
-        value_delimiter = ',',
-        default_value = "outbox"
-    )]
-    tables: Vec<String>,
+    common: Common,
+    /// Run the statements instead of printing them (needs the right privileges).
+    #[arg(long)]
+    apply: bool,
 }
 
-fn init_logging(format: &str) {
-    let filter =
-        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+#[derive(Debug, Args)]
+struct TailArgs {
+    #[command(flatten)]
+    common: Common,
+    #[command(flatten)]
+    tail: tail::TailOptions,
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| "info,rdkafka=warn".into());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
-    if format == "json" {
-        builder.json().init();
-    } else {
-        builder.init();
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
     }
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(&cli.log_format);
+    let common = match &cli.command {
+        Command::Run(c) | Command::Check(c) => c,
+        Command::Init(a) => &a.common,
+        Command::Tail(a) => &a.common,
+    };
+    let config = match common.load() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    init_logging(config.log.format);
     let result = match cli.command {
-        Command::Tail(args) => tail::run(args).await,
-        Command::Check(args) => check(args).await,
+        Command::Run(_) => run(config).await,
+        Command::Check(_) => check::run(&config).await,
+        Command::Init(a) => init::run(&config, a.apply).await,
+        Command::Tail(a) => tail::run(&config, &a.tail).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
+            tracing::error!("{e:#}");
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
     }
 }
 
-/// Runs every PostgreSQL check and reports each, so one run shows all problems.
-async fn check(args: CheckArgs) -> anyhow::Result<()> {
-    let opts = args.postgres.connect_options()?;
-    let admin = match Admin::connect(&opts).await {
-        Ok(a) => {
-            println!("ok    PostgreSQL reachable at {}", opts.describe());
-            a
-        }
-        Err(e) => anyhow::bail!("PostgreSQL is not reachable: {e}"),
-    };
-    let mut failures = 0;
-    let mut report = |what: &str, r: Result<String, outboxd_replication::Error>| match r {
-        Ok(detail) => println!("ok    {what}{detail}"),
-        Err(e) => {
-            failures += 1;
-            println!("FAIL  {what}: {e}");
-        }
-    };
-    report(
-        "wal_level = logical",
-        admin.check_wal_level().await.map(|_| String::new()),
-    );
-    report(
-        "role may stream replication",
-        admin.check_replication_role().await.map(|_| String::new()),
-    );
-    let mut tables = Vec::new();
-    for t in &args.tables {
-        match TableName::parse(t) {
-            Ok(t) => {
-                report(
-                    &format!("table {t} exists"),
-                    admin.check_table(&t, &[]).await.map(|_| String::new()),
-                );
-                tables.push(t);
-            }
-            Err(e) => report("table name", Err(e)),
-        }
+async fn run(config: Config) -> anyhow::Result<()> {
+    tracing::info!(config = ?config, "starting outboxd {}", env!("CARGO_PKG_VERSION"));
+    let metrics = Arc::new(Metrics::default());
+    let health = Arc::new(Health::default());
+    if !config.server.metrics_address.is_empty() {
+        http::serve(
+            &config.server.metrics_address,
+            metrics.clone(),
+            health.clone(),
+        )
+        .await?;
     }
-    let publication = &args.postgres.publication;
-    report(
-        &format!("publication '{publication}' publishes inserts of the outbox"),
-        admin
-            .ensure_publication(publication, &tables, false)
-            .await
-            .map(|_| String::new()),
-    );
-    let slot = &args.postgres.slot;
-    let slot_state = match admin.slot(slot).await {
-        Ok(Some(info)) => Admin::verify_slot(&info, opts.database()).map(|_| {
-            format!(
-                " (confirmed {}, lag {} bytes, wal_status {}{})",
-                info.confirmed_flush_lsn
-                    .map_or("-".to_owned(), |l| l.to_string()),
-                info.lag_bytes.unwrap_or(0),
-                info.wal_status.as_deref().unwrap_or("-"),
-                info.active_pid
-                    .map_or(String::new(), |p| format!(", in use by pid {p}")),
-            )
-        }),
-        Ok(None) => Ok(" (does not exist yet; outboxd creates it on first start)".to_owned()),
-        Err(e) => Err(e),
-    };
-    report(&format!("slot '{slot}' usable"), slot_state);
-    if failures > 0 {
-        anyhow::bail!("{failures} check(s) failed");
-    }
+    let (sink, completions) = KafkaSink::new(sink_config(&config))?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("stop requested");
+        let _ = stop_tx.send(true);
+    });
+    let relay = Relay::new(config, sink, completions, metrics, health)?;
+    relay.run(stop_rx).await?;
     Ok(())
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }

@@ -10,42 +10,38 @@ use outboxd_replication::{
     open_stream, Admin, ReaderConfig, ReplicationReader, SourceSpec, StreamSettings,
 };
 
-use crate::PostgresArgs;
+use crate::config::Config;
+use crate::connect_options;
 
-#[derive(Debug, Args)]
-pub struct TailArgs {
-    #[command(flatten)]
-    postgres: PostgresArgs,
+#[derive(Debug, Clone, Args)]
+pub struct TailOptions {
     /// Confirm each transaction after printing it (consumes the slot). Without it
     /// the slot does not move and the same transactions come again next time.
     #[arg(long)]
-    confirm: bool,
-    /// Create the slot when it does not exist.
-    #[arg(long)]
-    create_slot: bool,
+    pub confirm: bool,
     /// Stop after this many transactions.
     #[arg(long)]
-    max_transactions: Option<usize>,
-    /// Stop after this many seconds without a transaction.
+    pub max_transactions: Option<usize>,
+    /// Stop after this many seconds without a message.
     #[arg(long)]
-    idle_exit_secs: Option<u64>,
+    pub idle_exit_secs: Option<u64>,
 }
 
-pub async fn run(args: TailArgs) -> anyhow::Result<()> {
-    let opts = args.postgres.connect_options()?;
+pub async fn run(config: &Config, options: &TailOptions) -> anyhow::Result<()> {
+    let opts = connect_options(config)?;
     let admin = Admin::connect(&opts).await?;
     let spec = SourceSpec {
-        slot: args.postgres.slot.clone(),
-        publications: vec![args.postgres.publication.clone()],
+        slot: config.postgres.slot.clone(),
+        publications: vec![config.postgres.publication.clone()],
         messages: true,
-        create_slot: args.create_slot,
+        create_slot: config.postgres.create_slot,
         expected_resume: None,
         settings: StreamSettings::default(),
     };
     let (stream, started) = open_stream(&opts, &admin, &spec).await?;
     tracing::info!(slot = %spec.slot, resume = %started.resume_lsn, "tailing");
     let mut reader = ReplicationReader::spawn(stream, ReaderConfig::default());
-    let idle = args.idle_exit_secs.map(Duration::from_secs);
+    let idle = options.idle_exit_secs.map(Duration::from_secs);
     let mut block = String::new();
     let mut done = 0usize;
     loop {
@@ -104,11 +100,11 @@ pub async fn run(args: TailArgs) -> anyhow::Result<()> {
             LogicalMessage::Commit(c) => {
                 let _ = writeln!(block, "  commit end={}", c.end_lsn);
                 print!("{block}");
-                if args.confirm {
+                if options.confirm {
                     reader.acknowledge(c.end_lsn);
                 }
                 done += 1;
-                if args.max_transactions.is_some_and(|m| done >= m) {
+                if options.max_transactions.is_some_and(|m| done >= m) {
                     break;
                 }
             }

@@ -34,6 +34,9 @@ use crate::tls;
 /// frame beyond that is garbage, and buffering it would exhaust memory.
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 1 << 30;
 
+/// The most the read buffer grows by ahead of data actually received.
+const READ_CHUNK_BYTES: usize = 1 << 20;
+
 /// The byte stream under the protocol: plain TCP or TLS over TCP.
 #[derive(Debug)]
 pub(crate) enum Transport {
@@ -453,7 +456,10 @@ impl PgConnection {
         }
         let total = len + 1;
         if self.read_buf.len() < total {
-            self.read_buf.reserve(total - self.read_buf.len());
+            // Grow with the data, not with the header's promise: a lying header must
+            // not make us reserve up to the cap before a byte of it has arrived.
+            self.read_buf
+                .reserve((total - self.read_buf.len()).min(READ_CHUNK_BYTES));
             return Ok(None);
         }
         if tag == b'W' {

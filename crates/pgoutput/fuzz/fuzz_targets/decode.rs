@@ -18,7 +18,11 @@ use outboxd_pgoutput::{decode, encode::encode, StreamDecoder};
 fn check_canonical(frame: &[u8]) {
     if let Ok(msg) = decode(Bytes::copy_from_slice(frame)) {
         let again = encode(&msg).expect("a decoded message is encodable");
-        assert_eq!(again.as_ref(), frame, "non-canonical input accepted: {msg:?}");
+        assert_eq!(
+            again.as_ref(),
+            frame,
+            "non-canonical input accepted: {msg:?}"
+        );
     }
 }
 

@@ -1,0 +1,248 @@
+//! Sink configuration and the librdkafka properties derived from it.
+
+use std::fmt;
+
+use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
+
+use crate::error::SinkError;
+
+/// The producer properties outboxd relies on. User properties are applied after them
+/// and win.
+///
+/// - `enable.idempotence=true` (implies `acks=all`, retries, ≤ 5 requests in flight):
+///   per-partition order survives retries, and retries add no duplicates.
+/// - `partitioner=murmur2_random`: the same key → partition placement as the Java
+///   client (and so as Debezium); librdkafka's default hashes with CRC32 instead.
+/// - `linger.ms=1`: a relay forwards what was already committed, so waiting to fill
+///   batches only adds latency; under load batches fill on their own.
+/// - `message.timeout.ms=300000`: how long a record may wait for an acknowledgement
+///   before its transaction fails (librdkafka's default, stated for clarity).
+pub const DEFAULT_PROPERTIES: &[(&str, &str)] = &[
+    ("enable.idempotence", "true"),
+    ("acks", "all"),
+    ("partitioner", "murmur2_random"),
+    ("linger.ms", "1"),
+    ("max.in.flight.requests.per.connection", "5"),
+    ("message.timeout.ms", "300000"),
+];
+
+/// librdkafka properties known under several names. `ClientConfig` applies its
+/// properties in hash-map order, so if a user sets `request.required.acks` while our
+/// default says `acks`, either could win. Setting one name of a group removes the
+/// others first.
+const ALIASES: &[&[&str]] = &[
+    &["acks", "request.required.acks"],
+    &["linger.ms", "queue.buffering.max.ms"],
+    &["max.in.flight.requests.per.connection", "max.in.flight"],
+    &["message.timeout.ms", "delivery.timeout.ms"],
+    &["bootstrap.servers", "metadata.broker.list"],
+    &["retries", "message.send.max.retries"],
+];
+
+/// Configuration of a [`KafkaSink`](crate::KafkaSink).
+#[derive(Clone)]
+pub struct SinkConfig {
+    /// `bootstrap.servers`: comma-separated `host:port` list.
+    pub brokers: String,
+    /// librdkafka properties passed through verbatim, applied last (TLS, SASL, tuning).
+    pub properties: Vec<(String, String)>,
+    /// At most this many records are enqueued and not yet acknowledged; `send` waits
+    /// beyond it. Bounds memory when the broker is slow or down.
+    pub max_in_flight_records: usize,
+    /// At most this many payload bytes (see [`Record::payload_size`]) are in flight. A
+    /// single record larger than the cap is still let through when nothing else is in
+    /// flight, so that it cannot wedge the sink.
+    ///
+    /// [`Record::payload_size`]: crate::Record::payload_size
+    pub max_in_flight_bytes: usize,
+    /// Where records go that the broker refuses for good (too large, invalid, unknown
+    /// topic…). `None`: such a record fails its transaction.
+    pub dead_letter_topic: Option<String>,
+}
+
+impl Default for SinkConfig {
+    fn default() -> Self {
+        SinkConfig {
+            brokers: "localhost:9092".to_owned(),
+            properties: Vec::new(),
+            max_in_flight_records: 100_000,
+            max_in_flight_bytes: 64 * 1024 * 1024,
+            dead_letter_topic: None,
+        }
+    }
+}
+
+/// Whether a property's value must not appear in logs or `Debug` output.
+pub(crate) fn is_sensitive(key: &str) -> bool {
+    let key = key.to_ascii_lowercase();
+    key.contains("password")
+        || key.contains("secret")
+        || key == "ssl.key.pem"
+        || key == "sasl.oauthbearer.config"
+}
+
+impl fmt::Debug for SinkConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        struct Redacted<'a>(&'a [(String, String)]);
+        impl fmt::Debug for Redacted<'_> {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.debug_map()
+                    .entries(self.0.iter().map(|(k, v)| {
+                        let v = if is_sensitive(k) { "[redacted]" } else { v };
+                        (k, v)
+                    }))
+                    .finish()
+            }
+        }
+        f.debug_struct("SinkConfig")
+            .field("brokers", &self.brokers)
+            .field("properties", &Redacted(&self.properties))
+            .field("max_in_flight_records", &self.max_in_flight_records)
+            .field("max_in_flight_bytes", &self.max_in_flight_bytes)
+            .field("dead_letter_topic", &self.dead_letter_topic)
+            .finish()
+    }
+}
+
+impl SinkConfig {
+    pub(crate) fn validate(&self) -> Result<(), SinkError> {
+        if self.max_in_flight_records == 0 {
+            return Err(SinkError::Config(
+                "max_in_flight_records must be at least 1".into(),
+            ));
+        }
+        if self.max_in_flight_bytes == 0 {
+            return Err(SinkError::Config(
+                "max_in_flight_bytes must be at least 1".into(),
+            ));
+        }
+        let brokers_in_properties = self
+            .properties
+            .iter()
+            .any(|(k, _)| k == "bootstrap.servers" || k == "metadata.broker.list");
+        if self.brokers.trim().is_empty() && !brokers_in_properties {
+            return Err(SinkError::Config("no Kafka brokers configured".into()));
+        }
+        if let Some(t) = &self.dead_letter_topic {
+            if t.is_empty() {
+                return Err(SinkError::Config(
+                    "dead_letter_topic must not be empty (use None for no dead-letter topic)"
+                        .into(),
+                ));
+            }
+        }
+        for (k, _) in &self.properties {
+            if k == "transactional.id" {
+                // A transactional producer needs begin/commit calls this sink does not
+                // make; every send would fail with a state error.
+                return Err(SinkError::Config(
+                    "transactional.id is not supported by this sink".into(),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The librdkafka configuration: our defaults, then the user's properties.
+    pub(crate) fn client_config(&self) -> ClientConfig {
+        let mut c = ClientConfig::new();
+        // Log lines go through the context's `log` into `tracing`, which filters.
+        c.set_log_level(RDKafkaLogLevel::Info);
+        if !self.brokers.trim().is_empty() {
+            c.set("bootstrap.servers", self.brokers.trim());
+        }
+        for (k, v) in DEFAULT_PROPERTIES {
+            c.set(*k, *v);
+        }
+        for (k, v) in &self.properties {
+            if let Some(group) = ALIASES.iter().find(|g| g.contains(&k.as_str())) {
+                for other in group.iter() {
+                    c.remove(other);
+                }
+            }
+            c.set(k.as_str(), v.as_str());
+        }
+        c
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_redacts_secrets() {
+        let config = SinkConfig {
+            properties: vec![
+                ("sasl.username".into(), "relay".into()),
+                ("sasl.password".into(), "hunter2".into()),
+                ("ssl.key.password".into(), "pem-pass".into()),
+                ("sasl.oauthbearer.client.secret".into(), "s3cr3t".into()),
+                ("SASL.PASSWORD".into(), "upper".into()),
+            ],
+            ..SinkConfig::default()
+        };
+        let shown = format!("{config:?}");
+        assert!(shown.contains("relay"), "{shown}");
+        for secret in ["hunter2", "pem-pass", "s3cr3t", "upper"] {
+            assert!(!shown.contains(secret), "{secret} leaked: {shown}");
+        }
+        assert!(shown.contains("[redacted]"));
+    }
+
+    #[test]
+    fn user_properties_override_defaults_and_their_aliases() {
+        let config = SinkConfig {
+            brokers: "b1:9092".into(),
+            properties: vec![
+                ("request.required.acks".into(), "1".into()),
+                ("queue.buffering.max.ms".into(), "5".into()),
+                ("partitioner".into(), "consistent_random".into()),
+            ],
+            ..SinkConfig::default()
+        };
+        let c = config.client_config();
+        assert_eq!(c.get("bootstrap.servers"), Some("b1:9092"));
+        assert_eq!(c.get("acks"), None);
+        assert_eq!(c.get("request.required.acks"), Some("1"));
+        assert_eq!(c.get("linger.ms"), None);
+        assert_eq!(c.get("queue.buffering.max.ms"), Some("5"));
+        assert_eq!(c.get("partitioner"), Some("consistent_random"));
+        assert_eq!(c.get("enable.idempotence"), Some("true"));
+    }
+
+    #[test]
+    fn defaults_are_what_the_relay_needs() {
+        let c = SinkConfig::default().client_config();
+        assert_eq!(c.get("enable.idempotence"), Some("true"));
+        assert_eq!(c.get("acks"), Some("all"));
+        assert_eq!(c.get("partitioner"), Some("murmur2_random"));
+        let linger: u32 = c
+            .get("linger.ms")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(999);
+        assert!(linger <= 5);
+        assert_eq!(c.get("max.in.flight.requests.per.connection"), Some("5"));
+        assert_eq!(c.get("message.timeout.ms"), Some("300000"));
+    }
+
+    #[test]
+    fn validation_rejects_unusable_settings() {
+        let zero = SinkConfig {
+            max_in_flight_records: 0,
+            ..SinkConfig::default()
+        };
+        assert!(matches!(zero.validate(), Err(SinkError::Config(_))));
+        let no_brokers = SinkConfig {
+            brokers: " ".into(),
+            ..SinkConfig::default()
+        };
+        assert!(matches!(no_brokers.validate(), Err(SinkError::Config(_))));
+        let txn = SinkConfig {
+            properties: vec![("transactional.id".into(), "x".into())],
+            ..SinkConfig::default()
+        };
+        assert!(matches!(txn.validate(), Err(SinkError::Config(_))));
+        assert!(SinkConfig::default().validate().is_ok());
+    }
+}

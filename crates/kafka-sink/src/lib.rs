@@ -1,0 +1,51 @@
+//! The Kafka half of outboxd: produces the records of source transactions and says,
+//! per transaction, when the broker has acknowledged all of them.
+//!
+//! It knows nothing of Postgres. A transaction is an opaque [`TxnId`]; the source
+//! position travels in [`RecordMeta`] only to name records in errors and dead-letter
+//! headers. The relay's ack tracker turns [`Completion`]s into the position it may
+//! confirm.
+//!
+//! ```text
+//! send(txn, record) ─▶ strictly ordered enqueue ─▶ librdkafka (idempotent, acks=all,
+//!   │  waits while in-flight caps are reached       murmur2 partitioner)
+//!   │                                                     │ delivery reports (poll thread)
+//! end_transaction(txn, n) ─▶ per-txn accounting ◀─────────┘
+//!                               │  failed + dead-letterable → dead-letter topic
+//!                               ▼
+//!                 Completion::{Delivered, Failed} (unbounded channel)
+//! ```
+//!
+//! # Delivery failures and the dead-letter topic
+//!
+//! librdkafka retries what can be retried until `message.timeout.ms`; what reaches a
+//! delivery report as an error is final. With a dead-letter topic configured, a record
+//! refused for a reason that is about the record itself (too large, invalid, unknown
+//! or invalid topic, policy violation) is produced to the dead-letter topic with its
+//! key, value and headers plus `outboxd.error`, `outboxd.original.topic`,
+//! `outboxd.event.id`, `outboxd.lsn` (Postgres `X/Y`) and `outboxd.index` (see
+//! [`dead_letter_headers`]); if the value is what is too large it is left out and
+//! `outboxd.error.value_dropped=true` is added. That record's acknowledgement counts as
+//! the original's. Everything else — timeouts, brokers down, authorization, fatal
+//! producer errors — fails the transaction, so the relay stops short of it and a
+//! restart resends: dead-lettering a transient failure would skip a record that a
+//! retry would deliver.
+//!
+//! A topic's `max.message.bytes` limits whole record batches, not single records. Set
+//! the producer's `message.max.bytes` no higher than the smallest topic limit: then an
+//! oversized record is refused on its own at enqueue time, instead of the broker
+//! rejecting a batch and, with it, records that would have fit.
+
+mod accounting;
+mod config;
+mod context;
+mod error;
+mod record;
+mod sink;
+
+pub use accounting::dead_letter_headers;
+pub use config::{SinkConfig, DEFAULT_PROPERTIES};
+pub use error::SinkError;
+pub use rdkafka::error::KafkaError;
+pub use record::{Completion, DeliveryFailure, PgLsn, Record, RecordMeta, TxnId};
+pub use sink::{BrokerInfo, ClusterCheck, KafkaSink, SinkStats, TopicCheck};

@@ -1,0 +1,471 @@
+//! The sink: strictly ordered enqueue, in-flight caps, flush, cluster check.
+
+use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::metadata::Metadata;
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
+
+use crate::accounting::{describe, Attempt, Content, Delivery, Shared};
+use crate::config::{is_sensitive, SinkConfig};
+use crate::context::SinkContext;
+use crate::error::SinkError;
+use crate::record::{Completion, Record, TxnId};
+
+/// How long the poll thread waits for librdkafka events per round. Also the longest a
+/// dead-letter record waits to be enqueued after its original failed, and roughly how
+/// long dropping the sink blocks for the thread to notice.
+const POLL_INTERVAL: Duration = Duration::from_millis(25);
+
+/// How often a waiting `send` re-checks for a fatal producer error (and retries after
+/// a full librdkafka queue) when no delivery report wakes it earlier.
+const WAIT_SLICE: Duration = Duration::from_millis(100);
+
+/// Counters since the sink was created.
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub struct SinkStats {
+    /// Records acknowledged on their own topic.
+    pub records_delivered: u64,
+    /// Payload bytes ([`Record::payload_size`]) of `records_delivered`.
+    pub bytes_delivered: u64,
+    /// Failed attempts: refusals at enqueue time and failed delivery reports, of
+    /// original and dead-letter records alike (a dead-lettered record counts one).
+    pub delivery_errors: u64,
+    /// Records acknowledged on the dead-letter topic instead of their own.
+    pub dead_lettered: u64,
+}
+
+/// A broker as named in the cluster metadata.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BrokerInfo {
+    pub id: i32,
+    pub host: String,
+    pub port: i32,
+}
+
+/// What the cluster metadata says about one topic.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TopicCheck {
+    pub name: String,
+    pub exists: bool,
+    /// 0 when the topic does not exist.
+    pub partitions: usize,
+    /// A topic-level error the metadata reported (e.g. leader not available).
+    pub error: Option<String>,
+}
+
+/// The answer of [`KafkaSink::check`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClusterCheck {
+    /// The brokers of the cluster (non-empty: the request got an answer).
+    pub brokers: Vec<BrokerInfo>,
+    /// The topics asked about, in the order given, then the dead-letter topic.
+    pub topics: Vec<TopicCheck>,
+}
+
+impl ClusterCheck {
+    /// The topics that do not exist (whether the broker would auto-create them is not
+    /// known to a client).
+    pub fn missing_topics(&self) -> Vec<&str> {
+        self.topics
+            .iter()
+            .filter(|t| !t.exists)
+            .map(|t| t.name.as_str())
+            .collect()
+    }
+
+    fn from_metadata(md: &Metadata, wanted: &[String]) -> ClusterCheck {
+        let brokers = md
+            .brokers()
+            .iter()
+            .map(|b| BrokerInfo {
+                id: b.id(),
+                host: b.host().to_owned(),
+                port: b.port(),
+            })
+            .collect();
+        let topics = wanted
+            .iter()
+            .map(|name| {
+                let found = md.topics().iter().find(|t| t.name() == name.as_str());
+                match found {
+                    None => TopicCheck {
+                        name: name.clone(),
+                        exists: false,
+                        partitions: 0,
+                        error: None,
+                    },
+                    Some(t) => {
+                        let code = t.error().map(RDKafkaErrorCode::from);
+                        let missing = matches!(
+                            code,
+                            Some(
+                                RDKafkaErrorCode::UnknownTopicOrPartition
+                                    | RDKafkaErrorCode::UnknownTopic
+                            )
+                        );
+                        TopicCheck {
+                            name: name.clone(),
+                            exists: !missing,
+                            partitions: if missing { 0 } else { t.partitions().len() },
+                            error: code.map(|c| c.to_string()),
+                        }
+                    }
+                }
+            })
+            .collect();
+        ClusterCheck { brokers, topics }
+    }
+}
+
+/// Produces the records of source transactions to Kafka and reports, per
+/// transaction, when all of them are acknowledged.
+///
+/// - Records are handed to librdkafka strictly in `send` order (one `send` at a time;
+///   concurrent calls queue up in call order), so the idempotent producer keeps that
+///   order per partition, retries included.
+/// - A full librdkafka queue or reached in-flight caps make `send` wait: backpressure,
+///   never an error, and memory stays bounded while the broker is slow or down.
+/// - Delivery reports are counted per transaction on a dedicated poll thread; the
+///   transaction's [`Completion`] goes to the channel returned by [`KafkaSink::new`].
+///
+/// Dropping the sink purges what is still in flight (their transactions complete as
+/// `Failed`, if anyone still listens): call [`KafkaSink::flush`] first on a graceful
+/// shutdown. The drop blocks briefly (the poll thread's round, then up to 500 ms of
+/// librdkafka cleanup).
+pub struct KafkaSink {
+    producer: Arc<BaseProducer<SinkContext>>,
+    shared: Arc<Shared>,
+    /// Serializes `send`: librdkafka keeps per-partition order only for what is
+    /// enqueued in order, so concurrent sends must not overtake each other.
+    enqueue: tokio::sync::Mutex<()>,
+    config: SinkConfig,
+    stop: Arc<AtomicBool>,
+    poller: Option<JoinHandle<()>>,
+}
+
+impl fmt::Debug for KafkaSink {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KafkaSink")
+            .field("config", &self.config)
+            .field("in_flight", &self.shared.in_flight())
+            .field("fatal", &self.shared.fatal())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The outcome of one enqueue attempt.
+enum Enqueued {
+    /// librdkafka took the record, or refused it for good and the refusal went the
+    /// dead-letter / failure path. Either way the record is accounted for.
+    Accounted,
+    /// librdkafka's queue is full: nothing was registered, try again later.
+    QueueFull,
+}
+
+impl KafkaSink {
+    /// Creates the producer and its poll thread. Nothing connects yet (librdkafka
+    /// connects in the background); use [`KafkaSink::check`] to see the cluster.
+    ///
+    /// The receiver gets one [`Completion`] per transaction. It is unbounded because
+    /// the callback thread must never block; its length is bounded by the number of
+    /// transactions in flight, which the in-flight caps bound in turn.
+    pub fn new(
+        config: SinkConfig,
+    ) -> Result<(KafkaSink, UnboundedReceiver<Completion>), SinkError> {
+        config.validate()?;
+        let (tx, rx) = unbounded_channel();
+        let shared = Arc::new(Shared::new(tx, config.dead_letter_topic.clone()));
+        let context = SinkContext {
+            shared: Arc::clone(&shared),
+        };
+        let producer: BaseProducer<SinkContext> = config
+            .client_config()
+            .create_with_context(context)
+            .map_err(config_error)?;
+        let producer = Arc::new(producer);
+        let stop = Arc::new(AtomicBool::new(false));
+        let poller = {
+            let producer = Arc::clone(&producer);
+            let stop = Arc::clone(&stop);
+            std::thread::Builder::new()
+                .name("outboxd-kafka-poll".to_owned())
+                .spawn(move || poll_loop(&producer, &stop))
+                .map_err(|e| SinkError::Internal(format!("cannot start the poll thread: {e}")))?
+        };
+        Ok((
+            KafkaSink {
+                producer,
+                shared,
+                enqueue: tokio::sync::Mutex::new(()),
+                config,
+                stop,
+                poller: Some(poller),
+            },
+            rx,
+        ))
+    }
+
+    /// Enqueues one record of transaction `txn`, after every record of earlier `send`
+    /// calls. Waits while the in-flight caps are reached or librdkafka's queue is full.
+    ///
+    /// A record that librdkafka refuses at once (larger than `message.max.bytes`,
+    /// unknown partition, topic known not to exist…) is not an error of this call: it
+    /// takes the same path as a failed delivery report (dead-letter topic, else
+    /// `Completion::Failed` for `txn`), so the caller handles record failures in one
+    /// place.
+    ///
+    /// Errors: [`SinkError::Fatal`] once the producer failed fatally (the record was
+    /// not taken), [`SinkError::Usage`] for a record of an ended transaction.
+    ///
+    /// Cancel safety: if the future is dropped before it completes, the record was not
+    /// enqueued and not counted.
+    pub async fn send(&self, txn: TxnId, record: Record) -> Result<(), SinkError> {
+        let _in_order = self.enqueue.lock().await;
+        let bytes = record.payload_size();
+        loop {
+            if let Some(fatal) = self.fatal_error() {
+                return Err(SinkError::Fatal(fatal));
+            }
+            // Register interest before checking, so a release between the check and
+            // the wait is not missed.
+            let woken = self.shared.changed.notified();
+            tokio::pin!(woken);
+            woken.as_mut().enable();
+            if self.shared.has_room(
+                bytes,
+                self.config.max_in_flight_records,
+                self.config.max_in_flight_bytes,
+            ) {
+                match self.try_enqueue(txn, &record, bytes)? {
+                    Enqueued::Accounted => return Ok(()),
+                    Enqueued::QueueFull => {
+                        tracing::trace!("librdkafka queue full; waiting for deliveries");
+                    }
+                }
+            }
+            let _ = tokio::time::timeout(WAIT_SLICE, woken).await;
+        }
+    }
+
+    /// One synchronous enqueue attempt: register, hand to librdkafka, and either keep
+    /// the registration or undo it. No await in between, which is what makes `send`
+    /// cancel-safe.
+    fn try_enqueue(
+        &self,
+        txn: TxnId,
+        record: &Record,
+        bytes: usize,
+    ) -> Result<Enqueued, SinkError> {
+        self.shared.register(txn, bytes).map_err(SinkError::Usage)?;
+        let delivery = Box::new(Delivery {
+            txn,
+            meta: record.meta.clone(),
+            topic: record.topic.clone(),
+            bytes,
+            timestamp: record.timestamp_ms,
+            attempt: Attempt::Original,
+        });
+        let mut headers = OwnedHeaders::new_with_capacity(record.headers.len());
+        for (key, value) in &record.headers {
+            headers = headers.insert(Header {
+                key,
+                value: Some(value.as_ref()),
+            });
+        }
+        let mut base =
+            BaseRecord::<[u8], [u8], Box<Delivery>>::with_opaque_to(&record.topic, delivery)
+                .headers(headers);
+        if let Some(key) = record.key.as_deref() {
+            base = base.key(key);
+        }
+        if let Some(value) = record.value.as_deref() {
+            base = base.payload(value);
+        }
+        if let Some(ts) = record.timestamp_ms {
+            base = base.timestamp(ts);
+        }
+        let (err, delivery) = match self.producer.send(base) {
+            Ok(()) => return Ok(Enqueued::Accounted),
+            Err((err, base)) => (err, base.delivery_opaque),
+        };
+        let code = match &err {
+            // A NUL byte in the topic name: the record names a topic that cannot exist.
+            KafkaError::Nul(_) => Some(RDKafkaErrorCode::InvalidTopic),
+            other => other.rdkafka_error_code(),
+        };
+        match code {
+            Some(RDKafkaErrorCode::QueueFull) => {
+                self.shared.unregister(txn, bytes);
+                Ok(Enqueued::QueueFull)
+            }
+            Some(RDKafkaErrorCode::Fatal) => {
+                self.shared.unregister(txn, bytes);
+                Err(SinkError::Fatal(
+                    self.fatal_error().unwrap_or_else(|| describe(&err)),
+                ))
+            }
+            _ => {
+                tracing::debug!(%txn, topic = %record.topic, error = %err, "librdkafka refused a record");
+                self.shared
+                    .record_failed(delivery, code, describe(&err), || content_of(record));
+                self.shared.pump_dead_letters(&self.producer);
+                Ok(Enqueued::Accounted)
+            }
+        }
+    }
+
+    /// No more records for `txn`; `record_count` were sent. `Completion::Delivered`
+    /// follows once all of them are acknowledged (at once when they already are, or
+    /// for 0). If `record_count` differs from the number of `send`s the sink counted,
+    /// the transaction fails: confirming it could skip records.
+    ///
+    /// Completions of different transactions arrive in any order.
+    pub fn end_transaction(&self, txn: TxnId, record_count: usize) {
+        self.shared.end(txn, record_count);
+    }
+
+    /// Waits until nothing is in flight, at most `timeout`. Relies on the sink's own
+    /// delivery accounting rather than librdkafka's `flush` (which costs ≥ 100 ms per
+    /// call with anything outstanding): on `Ok`, every completion of what was in
+    /// flight is already in the channel.
+    pub async fn flush(&self, timeout: Duration) -> Result<(), SinkError> {
+        let started = Instant::now();
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let woken = self.shared.changed.notified();
+            tokio::pin!(woken);
+            woken.as_mut().enable();
+            if self.in_flight().0 == 0 {
+                return Ok(());
+            }
+            if tokio::time::timeout_at(deadline, woken).await.is_err() {
+                let (records, bytes) = self.in_flight();
+                if records == 0 {
+                    return Ok(());
+                }
+                return Err(SinkError::Timeout {
+                    waited: started.elapsed(),
+                    records,
+                    bytes,
+                });
+            }
+        }
+    }
+
+    /// Records and payload bytes sent but not yet settled (acknowledged, dead-lettered
+    /// or failed).
+    pub fn in_flight(&self) -> (usize, usize) {
+        self.shared.in_flight()
+    }
+
+    /// `None` while the producer is healthy; the reason once it failed fatally (e.g.
+    /// the idempotent producer lost a sequence, or was fenced). A fatal producer
+    /// cannot recover: recreate the sink and resend from the last confirmed position.
+    pub fn fatal_error(&self) -> Option<String> {
+        self.shared.fatal().or_else(|| {
+            self.producer
+                .client()
+                .fatal_error()
+                .map(|(code, reason)| format!("{code}: {reason}"))
+        })
+    }
+
+    /// Asks the cluster for its metadata: whether brokers answer (an error if none
+    /// does within `timeout`), and for each of `topics` (plus the dead-letter topic,
+    /// if configured) whether it exists. Asks for all topics rather than the given
+    /// ones, because a metadata request naming a missing topic can make a broker with
+    /// `auto.create.topics.enable` create it.
+    pub async fn check(
+        &self,
+        topics: &[String],
+        timeout: Duration,
+    ) -> Result<ClusterCheck, SinkError> {
+        let mut wanted = topics.to_vec();
+        if let Some(dlq) = &self.config.dead_letter_topic {
+            if !wanted.contains(dlq) {
+                wanted.push(dlq.clone());
+            }
+        }
+        let producer = Arc::clone(&self.producer);
+        let answer = tokio::task::spawn_blocking(move || {
+            producer
+                .client()
+                .fetch_metadata(None, timeout)
+                .map(|md| ClusterCheck::from_metadata(&md, &wanted))
+        })
+        .await
+        .map_err(|e| SinkError::Internal(format!("metadata request task: {e}")))?;
+        Ok(answer?)
+    }
+
+    /// Counters since the sink was created.
+    pub fn stats(&self) -> SinkStats {
+        let s = &self.shared.stats;
+        SinkStats {
+            records_delivered: s.records_delivered.load(Ordering::Relaxed),
+            bytes_delivered: s.bytes_delivered.load(Ordering::Relaxed),
+            delivery_errors: s.delivery_errors.load(Ordering::Relaxed),
+            dead_lettered: s.dead_lettered.load(Ordering::Relaxed),
+        }
+    }
+}
+
+impl Drop for KafkaSink {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        if let Some(poller) = self.poller.take() {
+            if poller.join().is_err() {
+                tracing::error!("the Kafka poll thread panicked");
+            }
+        }
+        if self.shared.has_dead_letters() {
+            tracing::warn!("dropping the Kafka sink with dead-letter records not yet enqueued");
+        }
+        // Dropping the producer (last Arc) purges what is still queued or in flight.
+    }
+}
+
+/// The poll thread: serves delivery reports and errors, and enqueues dead-letter
+/// records (which cannot be produced from inside a delivery callback without risking
+/// a full queue there).
+fn poll_loop(producer: &BaseProducer<SinkContext>, stop: &AtomicBool) {
+    while !stop.load(Ordering::Acquire) {
+        producer.poll(POLL_INTERVAL);
+        producer.context().shared.pump_dead_letters(producer);
+    }
+}
+
+fn content_of(record: &Record) -> Content {
+    Content {
+        key: record.key.clone(),
+        value: record.value.clone(),
+        headers: record
+            .headers
+            .iter()
+            .map(|(k, v)| (k.clone(), Some(Bytes::clone(v))))
+            .collect(),
+        timestamp: record.timestamp_ms,
+    }
+}
+
+/// A configuration error without the value of a secret property.
+fn config_error(err: KafkaError) -> SinkError {
+    match err {
+        KafkaError::ClientConfig(_, _, key, _) if is_sensitive(&key) => {
+            SinkError::Config(format!("property {key}: invalid value"))
+        }
+        KafkaError::ClientConfig(_, desc, key, _) => {
+            SinkError::Config(format!("property {key}: {desc}"))
+        }
+        KafkaError::ClientCreation(msg) => SinkError::Config(msg),
+        other => SinkError::Kafka(other),
+    }
+}

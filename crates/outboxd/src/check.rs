@@ -1,0 +1,160 @@
+//! `outboxd check`: every prerequisite, each reported with what to do, so one run
+//! shows all problems. Exits non-zero if any fails.
+
+use std::time::Duration;
+
+use outboxd_kafka_sink::KafkaSink;
+use outboxd_replication::{Admin, Error, TableName};
+
+use crate::config::Config;
+use crate::{connect_options, sink_config};
+
+#[derive(Debug, Default)]
+struct Report {
+    failures: usize,
+}
+
+impl Report {
+    fn line(&mut self, what: &str, result: Result<String, String>) {
+        match result {
+            Ok(detail) => println!("ok    {what}{detail}"),
+            Err(e) => {
+                self.failures += 1;
+                println!("FAIL  {what}: {e}");
+            }
+        }
+    }
+}
+
+fn plain(r: Result<(), Error>) -> Result<String, String> {
+    r.map(|()| String::new()).map_err(|e| e.to_string())
+}
+
+pub async fn run(config: &Config) -> anyhow::Result<()> {
+    let mut report = Report::default();
+    check_postgres(config, &mut report).await;
+    check_kafka(config, &mut report).await;
+    if report.failures > 0 {
+        anyhow::bail!("{} check(s) failed", report.failures);
+    }
+    println!("all checks passed");
+    Ok(())
+}
+
+async fn check_postgres(config: &Config, report: &mut Report) {
+    let opts = match connect_options(config) {
+        Ok(o) => o,
+        Err(e) => return report.line("postgres.url", Err(e.to_string())),
+    };
+    let admin = match Admin::connect(&opts).await {
+        Ok(a) => {
+            report.line(
+                &format!("PostgreSQL reachable at {}", opts.describe()),
+                Ok(String::new()),
+            );
+            a
+        }
+        Err(e) => return report.line("PostgreSQL reachable", Err(e.to_string())),
+    };
+    report.line("wal_level = logical", plain(admin.check_wal_level().await));
+    report.line(
+        "role may stream replication",
+        plain(admin.check_replication_role().await),
+    );
+    let c = &config.routing.columns;
+    let columns = [
+        c.id.as_str(),
+        c.aggregate_type.as_str(),
+        c.aggregate_id.as_str(),
+        c.payload.as_str(),
+    ];
+    let mut tables = Vec::new();
+    for t in &config.postgres.tables {
+        match TableName::parse(t) {
+            Ok(t) => {
+                report.line(
+                    &format!("outbox table {t} with the routed columns"),
+                    plain(admin.check_table(&t, &columns).await),
+                );
+                tables.push(t);
+            }
+            Err(e) => report.line("table name", Err(e.to_string())),
+        }
+    }
+    if !tables.is_empty() {
+        let publication = &config.postgres.publication;
+        let result = admin.ensure_publication(publication, &tables, false).await;
+        let result = match result {
+            Err(Error::Preflight(m))
+                if config.postgres.create_publication && m.contains("does not exist") =>
+            {
+                Ok(" (missing; outboxd run creates it)".to_owned())
+            }
+            other => plain(other),
+        };
+        report.line(
+            &format!("publication '{publication}' publishes the outbox inserts"),
+            result,
+        );
+    }
+    let slot = &config.postgres.slot;
+    let state = match admin.slot(slot).await {
+        Ok(Some(info)) => Admin::verify_slot(&info, opts.database())
+            .map(|()| {
+                format!(
+                    " (confirmed {}, lag {} bytes, wal_status {}{})",
+                    info.confirmed_flush_lsn
+                        .map_or("-".to_owned(), |l| l.to_string()),
+                    info.lag_bytes.unwrap_or(0),
+                    info.wal_status.as_deref().unwrap_or("-"),
+                    info.active_pid
+                        .map_or(String::new(), |p| format!(", in use by pid {p}")),
+                )
+            })
+            .map_err(|e| e.to_string()),
+        Ok(None) if config.postgres.create_slot => {
+            Ok(" (does not exist yet; outboxd run creates it)".to_owned())
+        }
+        Ok(None) => Err(
+            "does not exist and postgres.create_slot is false: run `outboxd init --apply`"
+                .to_owned(),
+        ),
+        Err(e) => Err(e.to_string()),
+    };
+    report.line(&format!("slot '{slot}' usable"), state);
+}
+
+async fn check_kafka(config: &Config, report: &mut Report) {
+    if config.kafka.brokers.is_empty() {
+        return report.line(
+            "kafka.brokers",
+            Err("not set: pass --kafka-brokers or set OUTBOXD_KAFKA__BROKERS".to_owned()),
+        );
+    }
+    let sink = match KafkaSink::new(sink_config(config)) {
+        Ok((sink, _)) => sink,
+        Err(e) => return report.line("Kafka producer configuration", Err(e.to_string())),
+    };
+    // The sink adds the dead-letter topic to the topics it is asked about.
+    match sink.check(&[], Duration::from_secs(10)).await {
+        Ok(cluster) => {
+            report.line(
+                &format!("Kafka reachable at {}", config.kafka.brokers),
+                Ok(format!(" ({} broker(s))", cluster.brokers.len())),
+            );
+            for topic in &cluster.topics {
+                let r = match (&topic.error, topic.exists) {
+                    (Some(e), _) => Err(e.clone()),
+                    (None, true) => Ok(format!(" ({} partitions)", topic.partitions)),
+                    (None, false) => {
+                        Err("missing: create it (kafka-topics.sh --create) or enable \
+                                          auto.create.topics.enable on the brokers"
+                            .to_owned())
+                    }
+                };
+                report.line(&format!("dead-letter topic '{}' exists", topic.name), r);
+            }
+        }
+        Err(e) => report.line("Kafka reachable", Err(e.to_string())),
+    }
+}

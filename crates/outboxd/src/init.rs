@@ -1,0 +1,95 @@
+//! `outboxd init`: the DDL outboxd needs — outbox table(s), publication, slot.
+//! Printed for a DBA to review by default; `--apply` runs what is missing.
+
+use outboxd_replication::{Admin, TableName};
+
+use crate::config::Config;
+use crate::connect_options;
+
+/// The statements, in order. Each is idempotent or guarded when applied.
+pub fn statements(config: &Config) -> anyhow::Result<Vec<String>> {
+    let c = &config.routing.columns;
+    let mut out = Vec::new();
+    let mut tables = Vec::new();
+    for t in &config.postgres.tables {
+        let table = TableName::parse(t)?;
+        out.push(format!(
+            "CREATE TABLE IF NOT EXISTS {table} (\n    \
+                 {id} uuid PRIMARY KEY DEFAULT gen_random_uuid(),\n    \
+                 {at} varchar(255) NOT NULL,\n    \
+                 {ai} varchar(255) NOT NULL,\n    \
+                 {ty} varchar(255) NOT NULL,\n    \
+                 {pl} jsonb,\n    \
+                 timestamp timestamptz NOT NULL DEFAULT now(),\n    \
+                 tracingspancontext varchar(255)\n)",
+            table = table.quoted(),
+            id = quote(&c.id),
+            at = quote(&c.aggregate_type),
+            ai = quote(&c.aggregate_id),
+            ty = quote(&c.event_type),
+            pl = quote(&c.payload),
+        ));
+        tables.push(table.quoted());
+    }
+    if !tables.is_empty() {
+        out.push(format!(
+            "CREATE PUBLICATION {} FOR TABLE {} WITH (publish = 'insert')",
+            quote(&config.postgres.publication),
+            tables.join(", ")
+        ));
+    }
+    out.push(format!(
+        "SELECT pg_create_logical_replication_slot('{}', 'pgoutput')",
+        config.postgres.slot.replace('\'', "''")
+    ));
+    Ok(out)
+}
+
+fn quote(ident: &str) -> String {
+    format!("\"{}\"", ident.replace('"', "\"\""))
+}
+
+pub async fn run(config: &Config, apply: bool) -> anyhow::Result<()> {
+    let statements = statements(config)?;
+    if !apply {
+        println!("-- outboxd needs these; review and run them, or run `outboxd init --apply`.");
+        println!("-- Services insert events into the outbox table in their business transaction;");
+        println!("-- deleting the rows in the same transaction keeps the table empty.");
+        for s in &statements {
+            println!("{s};\n");
+        }
+        return Ok(());
+    }
+    let opts = connect_options(config)?;
+    let admin = Admin::connect(&opts).await?;
+    admin.check_wal_level().await?;
+    for s in &statements {
+        if s.starts_with("CREATE PUBLICATION") {
+            let exists = admin
+                .client()
+                .query_opt(
+                    "SELECT 1 FROM pg_publication WHERE pubname = $1",
+                    &[&config.postgres.publication],
+                )
+                .await?
+                .is_some();
+            if exists {
+                println!("publication '{}' exists", config.postgres.publication);
+                continue;
+            }
+        }
+        if s.starts_with("SELECT pg_create_logical_replication_slot")
+            && admin.slot(&config.postgres.slot).await?.is_some()
+        {
+            println!("slot '{}' exists", config.postgres.slot);
+            continue;
+        }
+        admin
+            .client()
+            .batch_execute(s)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}\nwhile running:\n{s}"))?;
+        println!("done: {}", s.lines().next().unwrap_or(s));
+    }
+    Ok(())
+}
