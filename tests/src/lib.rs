@@ -270,24 +270,31 @@ pub fn require_kafka() {
 impl TestTopics {
     /// Creates `count` topics with unique names and `partitions` partitions each.
     pub async fn create(prefix: &str, count: usize, partitions: i32) -> TestTopics {
+        let names: Vec<String> = (0..count).map(|_| unique_name(prefix)).collect();
+        Self::create_named(&names, partitions).await
+    }
+
+    /// Creates topics with the given names (deleted when the guard drops).
+    pub async fn create_named(names: &[String], partitions: i32) -> TestTopics {
         init_tracing();
         require_kafka();
-        let names: Vec<String> = (0..count).map(|_| unique_name(prefix)).collect();
         let new_topics: Vec<NewTopic> = names
             .iter()
             .map(|n| NewTopic::new(n, partitions, TopicReplication::Fixed(1)))
             .collect();
         let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
-        let results = kafka_admin()
+        for r in kafka_admin()
             .create_topics(&new_topics, &opts)
             .await
-            .expect("create_topics request");
-        for r in results {
+            .expect("create_topics request")
+        {
             if let Err((topic, code)) = r {
                 panic!("creating topic {topic} failed: {code}");
             }
         }
-        TestTopics { names }
+        TestTopics {
+            names: names.to_vec(),
+        }
     }
 
     /// The topic names.
@@ -485,5 +492,122 @@ impl Drop for RelayProcess {
             let _ = self.child.kill();
             let _ = self.child.wait();
         }
+    }
+}
+
+/// Reads `topics` from the beginning with an independent consumer until `done`
+/// says the records so far are enough (checked after every poll) or `timeout`.
+pub fn consume_until(
+    topics: &[String],
+    timeout: Duration,
+    mut done: impl FnMut(&[ConsumedRecord]) -> bool,
+) -> Vec<ConsumedRecord> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &services().kafka_brokers)
+        .set("group.id", unique_name("outboxd_checker"))
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("topic.metadata.refresh.interval.ms", "1000")
+        .create()
+        .expect("Kafka consumer");
+    let refs: Vec<&str> = topics.iter().map(String::as_str).collect();
+    consumer.subscribe(&refs).expect("subscribe");
+    let deadline = std::time::Instant::now() + timeout;
+    let mut out = Vec::new();
+    while std::time::Instant::now() < deadline {
+        let mut got = false;
+        while let Some(result) = consumer.poll(Duration::from_millis(100)) {
+            match result {
+                Ok(m) => {
+                    out.push(ConsumedRecord::from_message(&m));
+                    got = true;
+                }
+                Err(e) => tracing::debug!(error = %e, "consumer error while checking"),
+            }
+            if out.len() % 10_000 == 0 {
+                break;
+            }
+        }
+        if (got || out.is_empty()) && done(&out) {
+            break;
+        }
+    }
+    out
+}
+
+/// What an independent consumer saw, compared with what the writers committed.
+#[derive(Debug, Default)]
+pub struct DeliveryReport {
+    /// Distinct events seen.
+    pub delivered: usize,
+    /// Events seen more than once (at-least-once replays).
+    pub duplicates: usize,
+    /// Committed events never seen.
+    pub missing: usize,
+    /// A newer event of an aggregate seen before an older one was first delivered.
+    pub order_violations: usize,
+    /// A few examples of what went wrong, for the assertion message.
+    pub examples: Vec<String>,
+}
+
+impl DeliveryReport {
+    /// Checks records whose value is `{"agg": <aggregate id>, "seq": <1-based sequence
+    /// number in commit order>, …}` against `expected` (aggregate id → last sequence
+    /// number committed). A replayed suffix (seeing 3, 4 again after 5) is allowed and
+    /// counted as duplicates; seeing 5 before 4 was ever seen is an order violation.
+    pub fn check(
+        records: &[ConsumedRecord],
+        expected: &std::collections::HashMap<String, i64>,
+    ) -> DeliveryReport {
+        let mut report = DeliveryReport::default();
+        let mut high: std::collections::HashMap<&str, i64> = std::collections::HashMap::new();
+        let mut parsed = Vec::with_capacity(records.len());
+        for r in records {
+            let value: serde_json::Value = match r.value.as_deref().map(serde_json::from_slice) {
+                Some(Ok(v)) => v,
+                _ => {
+                    report.order_violations += 1;
+                    report.examples.push(format!("unparsable record {r:?}"));
+                    continue;
+                }
+            };
+            let agg = value["agg"].as_str().unwrap_or_default().to_owned();
+            let seq = value["seq"].as_i64().unwrap_or(-1);
+            if r.key.as_deref() != Some(agg.as_bytes()) {
+                report.order_violations += 1;
+                report
+                    .examples
+                    .push(format!("key {:?} is not the aggregate {agg}", r.key));
+            }
+            parsed.push((agg, seq));
+        }
+        for (agg, seq) in &parsed {
+            let h = high.entry(agg.as_str()).or_insert(0);
+            if *seq == *h + 1 {
+                *h = *seq;
+                report.delivered += 1;
+            } else if *seq <= *h {
+                report.duplicates += 1;
+            } else {
+                report.order_violations += 1;
+                if report.examples.len() < 10 {
+                    report
+                        .examples
+                        .push(format!("aggregate {agg}: seq {seq} arrived after {h}"));
+                }
+            }
+        }
+        for (agg, last) in expected {
+            let seen = high.get(agg.as_str()).copied().unwrap_or(0);
+            if seen < *last {
+                report.missing += usize::try_from(*last - seen).unwrap_or(0);
+                if report.examples.len() < 20 {
+                    report
+                        .examples
+                        .push(format!("aggregate {agg}: saw up to {seen} of {last}"));
+                }
+            }
+        }
+        report
     }
 }

@@ -314,8 +314,17 @@ impl KafkaSink {
             }
             _ => {
                 tracing::debug!(%txn, topic = %record.topic, error = %err, "librdkafka refused a record");
+                // librdkafka words some local refusals like broker errors ("Broker:
+                // Message size too large"): say where it happened.
+                let reason = match code {
+                    Some(RDKafkaErrorCode::MessageSizeTooLarge) => format!(
+                        "{}; refused by the producer: larger than its message.max.bytes",
+                        describe(&err)
+                    ),
+                    _ => format!("{}; refused by the producer", describe(&err)),
+                };
                 self.shared
-                    .record_failed(delivery, code, describe(&err), || content_of(record));
+                    .record_failed(delivery, code, reason, || content_of(record));
                 self.shared.pump_dead_letters(&self.producer);
                 Ok(Enqueued::Accounted)
             }
@@ -467,5 +476,33 @@ fn config_error(err: KafkaError) -> SinkError {
         }
         KafkaError::ClientCreation(msg) => SinkError::Config(msg),
         other => SinkError::Kafka(other),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rdkafka::types::RDKafkaConfRes;
+
+    use super::*;
+
+    #[test]
+    fn config_errors_never_show_secret_values() {
+        let err = config_error(KafkaError::ClientConfig(
+            RDKafkaConfRes::RD_KAFKA_CONF_INVALID,
+            "Invalid value \"hunter2\" for configuration property \"sasl.password\"".into(),
+            "sasl.password".into(),
+            "hunter2".into(),
+        ));
+        let shown = format!("{err} {err:?}");
+        assert!(shown.contains("sasl.password"), "{shown}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+
+        let err = config_error(KafkaError::ClientConfig(
+            RDKafkaConfRes::RD_KAFKA_CONF_INVALID,
+            "Invalid value \"sometimes\" for configuration property \"acks\"".into(),
+            "acks".into(),
+            "sometimes".into(),
+        ));
+        assert!(err.to_string().contains("sometimes"), "{err}");
     }
 }

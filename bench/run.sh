@@ -1,0 +1,130 @@
+#!/usr/bin/env bash
+# Side-by-side benchmark: the slot-read limit (pg_recvlogical), outboxd and
+# Debezium (Kafka Connect + Postgres connector + Outbox Event Router), in one run.
+#
+#   bench/run.sh                 full preset (1M events per transaction size),
+#                                writes docs/benchmarks.md and docs/benchmarks.png
+#   bench/run.sh --quick         50k events, short latency steps; results go to
+#                                bench/.work/results/ only (add --publish to
+#                                write docs/ as well)
+#   bench/run.sh --help          every option (bench/bench.py)
+#
+# Prepares everything it needs, then hands over to bench/bench.py:
+#   - Debian packages when missing (as root): postgresql (server + pg_recvlogical,
+#     pgbench, pg_waldump), a JDK 17+, maven, python3-venv;
+#   - Python packages pinned in bench/requirements.txt, in bench/.work/venv;
+#   - Kafka 4.3.1 jars (scripts/kafka.sh's Maven Central cache, .cache/kafka);
+#   - Kafka Connect 4.3.1 (bench/connect/pom.xml) and the Debezium Postgres
+#     connector plugin archive, pinned, from Maven Central, into bench/.work/connect;
+#   - outboxd, built in release mode (CARGO_TARGET_DIR, default bench/.work/target).
+# The run starts its own PostgreSQL cluster (127.0.0.1:54400, track_commit_timestamp
+# on) and its own Kafka broker (127.0.0.1:19192), both fresh, and stops them at the
+# end; the shared services of scripts/pg.sh and scripts/kafka.sh are not touched.
+set -euo pipefail
+
+DEBEZIUM_VERSION=${DEBEZIUM_VERSION:-3.7.0.Final}
+
+BENCH_DIR=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd -P)
+ROOT=$(cd -- "$BENCH_DIR/.." && pwd -P)
+WORK=$BENCH_DIR/.work
+CONNECT_DIR=$WORK/connect
+
+log() { printf 'bench: %s\n' "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+case "${1:-}" in
+    -h | --help)
+        sed -n '2,/^set -euo/{/^#/s/^# \{0,1\}//p}' "${BASH_SOURCE[0]}" >&2
+        [[ -x $WORK/venv/bin/python ]] && "$WORK/venv/bin/python" "$BENCH_DIR/bench.py" --help >&2
+        exit 0
+        ;;
+esac
+
+apt_install() {
+    [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null ||
+        die "missing $*; install it (e.g. 'sudo apt-get install $*')"
+    log "installing $* with apt-get"
+    apt-get update -qq >&2
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >&2
+}
+
+pg_bindir() { ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1; }
+
+ensure_system() {
+    local bindir
+    bindir=$(pg_bindir || true)
+    if [[ -z $bindir || ! -x $bindir/initdb || ! -x $bindir/pgbench ]]; then
+        apt_install postgresql postgresql-contrib
+    fi
+    [[ $(id -u) -eq 0 ]] || die "run as root: the PostgreSQL cluster is started as the postgres user (runuser)"
+    command -v mvn >/dev/null || apt_install maven
+    command -v cargo >/dev/null || die "cargo not found: install Rust (https://rustup.rs)"
+    python3 -c 'import venv, ensurepip' 2>/dev/null || apt_install python3-venv
+}
+
+ensure_python() {
+    local want have=''
+    want=$(sha256sum "$BENCH_DIR/requirements.txt" | cut -d' ' -f1)
+    [[ -f $WORK/venv/.requirements ]] && have=$(cat "$WORK/venv/.requirements")
+    if [[ ! -x $WORK/venv/bin/python || $have != "$want" ]]; then
+        log "creating bench/.work/venv (bench/requirements.txt)"
+        python3 -m venv "$WORK/venv"
+        "$WORK/venv/bin/pip" install -q --disable-pip-version-check -r "$BENCH_DIR/requirements.txt" >&2
+        printf '%s\n' "$want" >"$WORK/venv/.requirements"
+    fi
+}
+
+# Kafka's jars: scripts/kafka.sh resolves them (and Java 17) into .cache/kafka.
+ensure_kafka_jars() {
+    "$ROOT/scripts/kafka.sh" tool org.apache.kafka.tools.TopicCommand --version >/dev/null
+}
+
+strip_ansi() { sed -e $'s/\e\\[[0-9;]*m//g' -e '/^[[:space:]]*$/d'; }
+
+ensure_connect() {
+    local key
+    key=$( (sha256sum "$BENCH_DIR/connect/pom.xml"; echo "$DEBEZIUM_VERSION") | sha256sum | cut -d' ' -f1)
+    if [[ -f $CONNECT_DIR/.complete && $(cat "$CONNECT_DIR/.complete") == "$key" ]]; then
+        return
+    fi
+    log "resolving Kafka Connect 4.3.1 and Debezium $DEBEZIUM_VERSION from Maven Central"
+    rm -rf "$CONNECT_DIR.tmp"
+    mkdir -p "$CONNECT_DIR.tmp/lib" "$CONNECT_DIR.tmp/plugins" "$CONNECT_DIR.tmp/dl"
+    mvn -B -q -f "$BENCH_DIR/connect/pom.xml" dependency:copy-dependencies \
+        -DincludeScope=runtime -DoutputDirectory="$CONNECT_DIR.tmp/lib" 2>&1 | strip_ansi >&2
+    [[ -f $CONNECT_DIR.tmp/lib/connect-runtime-4.3.1.jar ]] || die "connect-runtime not resolved"
+    # The connector as Debezium ships it: the plugin archive, one directory on plugin.path.
+    mvn -B -q org.apache.maven.plugins:maven-dependency-plugin:3.6.1:copy \
+        -Dartifact="io.debezium:debezium-connector-postgres:$DEBEZIUM_VERSION:tar.gz:plugin" \
+        -DoutputDirectory="$CONNECT_DIR.tmp/dl" 2>&1 | strip_ansi >&2
+    tar -xzf "$CONNECT_DIR.tmp/dl/debezium-connector-postgres-$DEBEZIUM_VERSION-plugin.tar.gz" \
+        -C "$CONNECT_DIR.tmp/plugins"
+    [[ -f $CONNECT_DIR.tmp/plugins/debezium-connector-postgres/debezium-connector-postgres-$DEBEZIUM_VERSION.jar ]] ||
+        die "Debezium plugin archive did not unpack as expected"
+    rm -rf "$CONNECT_DIR"
+    mv "$CONNECT_DIR.tmp" "$CONNECT_DIR"
+    printf '%s\n' "$key" >"$CONNECT_DIR/.complete"
+}
+
+build_outboxd() {
+    export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$WORK/target}
+    log "building outboxd (release, CARGO_TARGET_DIR=$CARGO_TARGET_DIR)"
+    (cd "$ROOT" && cargo build --release --locked -q -p outboxd) >&2
+    OUTBOXD_BIN=$CARGO_TARGET_DIR/release/outboxd
+    [[ -x $OUTBOXD_BIN ]] || die "outboxd binary missing after build"
+}
+
+mkdir -p "$WORK"
+ensure_system
+ensure_python
+ensure_kafka_jars
+ensure_connect
+build_outboxd
+
+exec "$WORK/venv/bin/python" -u "$BENCH_DIR/bench.py" \
+    --outboxd-bin "$OUTBOXD_BIN" \
+    --pg-bindir "$(pg_bindir)" \
+    --kafka-lib "$ROOT/.cache/kafka/4.3.1/lib" \
+    --connect-dir "$CONNECT_DIR" \
+    --debezium-version "$DEBEZIUM_VERSION" \
+    "$@"
