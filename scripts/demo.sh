@@ -22,9 +22,11 @@ step "Building outboxd"
 cargo build -q -p outboxd
 OUTBOXD="$ROOT/target/debug/outboxd"
 
-step "Creating database outboxd_demo with an outbox table and a publication"
+step "Creating database outboxd_demo with an orders table and an outbox table"
 "${PSQL[@]}" "$ADMIN_URL" -c "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = 'outboxd_demo'" >/dev/null
 "${PSQL[@]}" "$ADMIN_URL" -c "DROP DATABASE IF EXISTS outboxd_demo WITH (FORCE)" -c "CREATE DATABASE outboxd_demo"
+scripts/kafka.sh tool org.apache.kafka.tools.TopicCommand --bootstrap-server "$OUTBOXD_TEST_KAFKA_BROKERS" \
+    --delete --if-exists --topic 'demo\.outbox\.event\..*' >/dev/null 2>&1 || true
 "${PSQL[@]}" "$DEMO_URL" <<'SQL'
 CREATE TABLE orders (id text PRIMARY KEY, total numeric NOT NULL);
 CREATE TABLE outbox (
@@ -35,15 +37,43 @@ CREATE TABLE outbox (
     payload       jsonb,
     timestamp     timestamptz NOT NULL DEFAULT now()
 );
-CREATE PUBLICATION outboxd_demo FOR TABLE outbox WITH (publish = 'insert');
 SQL
 
-step "Preflight: outboxd check"
-"$OUTBOXD" check --postgres-url "$DEMO_URL" --slot outboxd_demo --publication outboxd_demo
+mkdir -p .local
+cat >.local/demo-outboxd.toml <<TOML
+# The demo's configuration; docs/configuration.md has every key.
+[postgres]
+url = "$DEMO_URL"
+slot = "outboxd_demo"
+publication = "outboxd_demo"
+tables = ["public.outbox"]
 
-step "Creating the slot (outboxd tail --create-slot, nothing to read yet)"
-"$OUTBOXD" tail --postgres-url "$DEMO_URL" --slot outboxd_demo --publication outboxd_demo \
-    --create-slot --idle-exit-secs 1 2>/dev/null
+[kafka]
+brokers = "$OUTBOXD_TEST_KAFKA_BROKERS"
+
+[routing]
+topic = "demo.outbox.event.\${routedByValue}"
+additional_headers = [{ column = "type", header = "eventType" }]
+
+[server]
+metrics_address = "127.0.0.1:19187"
+TOML
+
+step "outboxd init --apply: the publication and the slot (the table exists already)"
+"$OUTBOXD" init --apply --config .local/demo-outboxd.toml
+
+step "Preflight: outboxd check"
+"$OUTBOXD" check --config .local/demo-outboxd.toml
+
+step "Starting the relay: outboxd run --config .local/demo-outboxd.toml (log: .local/demo-outboxd.log)"
+"$OUTBOXD" run --config .local/demo-outboxd.toml 2>.local/demo-outboxd.log &
+RELAY_PID=$!
+trap 'kill -TERM $RELAY_PID 2>/dev/null || true' EXIT
+for _ in $(seq 1 50); do
+    curl -sf http://127.0.0.1:19187/readyz >/dev/null 2>&1 && break
+    sleep 0.2
+done
+echo "relay ready: $(curl -s http://127.0.0.1:19187/readyz)"
 
 step "Writing business rows and outbox events in the same transactions"
 "${PSQL[@]}" "$DEMO_URL" <<'SQL'
@@ -72,9 +102,18 @@ SELECT pg_logical_emit_message(true, 'outbox', '{"aggregatetype":"order","aggreg
 COMMIT;
 SQL
 
-step "outboxd tail: the committed transactions, in commit order, decoded from the slot"
-"$OUTBOXD" tail --postgres-url "$DEMO_URL" --slot outboxd_demo --publication outboxd_demo \
-    --confirm --idle-exit-secs 2
+step "Reading the events back from Kafka with an independent consumer"
+scripts/kafka.sh tool org.apache.kafka.tools.consumer.ConsoleConsumer \
+    --bootstrap-server "$OUTBOXD_TEST_KAFKA_BROKERS" --include 'demo\.outbox\.event\..*' \
+    --from-beginning --max-messages 4 --timeout-ms 20000 \
+    --property print.topic=true --property print.key=true --property print.headers=true \
+    --property print.partition=true
+
+step "Stopping the relay (SIGTERM: finish in-flight deliveries, confirm, exit 0)"
+kill -TERM $RELAY_PID
+wait $RELAY_PID && echo "outboxd exited cleanly"
+trap - EXIT
+grep -E "relaying|stopped cleanly" .local/demo-outboxd.log | sed 's/\x1b\[[0-9;]*m//g'
 
 step "Slot position after confirming"
 "${PSQL[@]}" "$ADMIN_URL" -c "SELECT slot_name, confirmed_flush_lsn, pg_current_wal_lsn() - confirmed_flush_lsn AS lag_bytes FROM pg_replication_slots WHERE slot_name = 'outboxd_demo'"
@@ -84,10 +123,12 @@ cat <<EOF2
 Done. What happened:
   - PostgreSQL $("$OUTBOXD_TEST_PG_BINDIR/postgres" --version | awk '{print $3}') runs at $OUTBOXD_TEST_PG_URL (wal_level=logical),
     Apache Kafka at $OUTBOXD_TEST_KAFKA_BROKERS (KRaft, single node).
-  - Database outboxd_demo has an outbox table, publication and slot 'outboxd_demo'.
-  - outboxd read the three committed transactions from the slot (the rolled-back
-    one never appears) and confirmed them, so the slot's lag is back near zero.
-  - Relaying the events to Kafka ('outboxd run') is the next milestone (issue
-    "The relay"); Kafka is already up for it.
+  - outboxd init created publication and slot 'outboxd_demo'; outboxd check passed.
+  - Three business transactions committed events (one through pg_logical_emit_message);
+    a fourth was rolled back and never reached Kafka.
+  - outboxd relayed the four committed events to demo.outbox.event.order and
+    demo.outbox.event.customer: key = aggregate id, value = payload, header id, eventType
+    and the outboxd.lsn / outboxd.index idempotency key; then it stopped cleanly and the
+    slot's confirmed position caught up (lag ≈ 0).
 Stop the services with: scripts/pg.sh stop && scripts/kafka.sh stop
 EOF2

@@ -604,36 +604,3 @@ async fn oversized_record_fails_alone_when_message_max_bytes_matches_the_topic()
     );
     assert_eq!(read.len(), 29);
 }
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tmp_throughput() {
-    let topics = TestTopics::create("sink_tp", 1, 3).await;
-    let topic = &topics.names()[0];
-    let (sink, mut rx) = KafkaSink::new(sink_config()).unwrap();
-    let value = Bytes::from(vec![b'v'; 250]);
-    let n = 300_000u32;
-    let started = Instant::now();
-    for i in 0..n {
-        let txn = u64::from(i / 10);
-        sink.send(
-            TxnId(txn),
-            record(topic, txn, i % 10, &format!("k{}", i % 1000), value.clone()),
-        )
-        .await
-        .unwrap();
-        if i % 10 == 9 {
-            sink.end_transaction(TxnId(txn), 10);
-        }
-    }
-    let enq = started.elapsed();
-    let mut got = 0;
-    while got < (n / 10) as usize {
-        rx.recv().await.unwrap();
-        got += 1;
-    }
-    let el = started.elapsed();
-    eprintln!(
-        "enqueued {n} in {enq:?}, all delivered in {el:?}: {:.0}/s",
-        f64::from(n) / el.as_secs_f64()
-    );
-}

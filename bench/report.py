@@ -1,0 +1,2 @@
+def write(results, rundir, publish=False):
+    print("report stub", rundir)
