@@ -512,3 +512,145 @@ async fn transactional_logical_messages_are_relayed() {
         .wait_timeout(Duration::from_secs(60))
         .is_some_and(|s| s.success()));
 }
+
+fn http_get(port: u16, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (status, response)
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[tokio::test]
+async fn health_metrics_and_no_secrets_in_logs() {
+    let port = free_port();
+    let address = format!("127.0.0.1:{port}");
+    let mut setup = Setup::new(&[
+        ("OUTBOXD_SERVER__METRICS_ADDRESS", address.as_str()),
+        (
+            "OUTBOXD_KAFKA__PRODUCER__SASL_PASSWORD",
+            "kafka-secret-must-not-leak",
+        ),
+        ("OUTBOXD_LOG__FORMAT", "json"),
+    ])
+    .await;
+    // The cluster trusts local connections, so the password is accepted and unused.
+    let url = format!(
+        "{}?sslmode=disable",
+        setup
+            .db
+            .url
+            .replacen("postgres@", "postgres:pg-secret-must-not-leak@", 1)
+    );
+    setup.env.push(("OUTBOXD_POSTGRES__URL".to_owned(), url));
+    let mut relay = setup.start("metrics");
+    insert_rows(
+        &setup.db,
+        &[(GOOD_1, Some("order"), r#"{"agg":"agg-1","seq":1}"#)],
+    )
+    .await;
+    setup.read_events(1, Duration::from_secs(60)).await;
+
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let metrics = loop {
+        let (status, body) = http_get(port, "/metrics");
+        if status == 200 && body.contains("outboxd_events_published_total 1")
+            || std::time::Instant::now() > deadline
+        {
+            break body;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    for name in [
+        "outboxd_events_published_total 1",
+        "outboxd_confirmed_lsn",
+        "outboxd_lag_bytes",
+        "outboxd_lag_seconds",
+        "outboxd_in_flight_records",
+        "outboxd_delivery_errors_total 0",
+        "outboxd_reconnects_total 0",
+    ] {
+        assert!(metrics.contains(name), "{name} missing from:\n{metrics}");
+    }
+    assert_eq!(http_get(port, "/healthz").0, 200);
+    assert_eq!(http_get(port, "/readyz").0, 200);
+
+    relay.signal("TERM");
+    assert!(relay
+        .wait_timeout(Duration::from_secs(60))
+        .is_some_and(|s| s.success()));
+    let log = relay.log_text();
+    assert!(log.contains("\"level\":\"INFO\""), "JSON logs: {log}");
+    assert!(!log.contains("pg-secret-must-not-leak"), "{log}");
+    assert!(!log.contains("kafka-secret-must-not-leak"), "{log}");
+}
+
+/// Peak resident memory of a process (VmHWM), in bytes.
+fn peak_rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_far_larger_than_the_caps_streams_through_in_bounded_memory() {
+    let setup = Setup::new(&[
+        ("OUTBOXD_POSTGRES__MAX_BUFFERED_BYTES", "2097152"),
+        ("OUTBOXD_KAFKA__MAX_IN_FLIGHT_BYTES", "4194304"),
+        ("OUTBOXD_KAFKA__MAX_IN_FLIGHT_RECORDS", "10000"),
+    ])
+    .await;
+    // One transaction of 200k events with 1 kB payloads: ~200 MB of records.
+    setup
+        .db
+        .connect()
+        .await
+        .batch_execute(
+            "INSERT INTO aggregates SELECT 'agg-' || g, 1 FROM generate_series(1, 200000) g;
+             INSERT INTO outbox (aggregatetype, aggregateid, payload)
+             SELECT 'order', 'agg-' || g, jsonb_build_object('agg', 'agg-' || g, 'seq', 1, 'pad', repeat('m', 1000))
+             FROM generate_series(1, 200000) g;",
+        )
+        .await
+        .unwrap();
+    let mut relay = setup.start("bigtxn");
+    let records = setup.read_events(200_000, Duration::from_secs(300)).await;
+    let peak = peak_rss(relay.pid());
+    let report = DeliveryReport::check(&records, &setup.committed().await);
+    assert_complete(&report, 200_000);
+    println!(
+        "200k events (~200 MB) in one transaction: outboxd peak RSS {} MB",
+        peak >> 20
+    );
+    assert!(peak > 0, "could not read the relay's memory");
+    assert!(
+        peak < 100 << 20,
+        "peak RSS {} MB: memory must stay bounded",
+        peak >> 20
+    );
+    relay.signal("TERM");
+    assert!(relay
+        .wait_timeout(Duration::from_secs(60))
+        .is_some_and(|s| s.success()));
+}
