@@ -6,7 +6,7 @@ COPY . .
 RUN cargo build --release --locked -p outboxd && strip target/release/outboxd
 
 FROM debian:bookworm-slim
-RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates \
+RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates libssl3 \
     && rm -rf /var/lib/apt/lists/* && useradd --system --uid 10001 outboxd
 COPY --from=build /src/target/release/outboxd /usr/local/bin/outboxd
 USER outboxd

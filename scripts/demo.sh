@@ -10,6 +10,7 @@ cd "$ROOT"
 step() { printf '\n==> %s\n' "$*"; }
 
 step "Starting PostgreSQL and Kafka (installs what is missing on first run)"
+scripts/deps.sh
 scripts/pg.sh start
 scripts/kafka.sh start
 eval "$(scripts/pg.sh env)"

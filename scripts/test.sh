@@ -14,10 +14,7 @@ cd "$ROOT"
 lint=1
 if [[ "${1:-}" == "--no-lint" ]]; then lint=0; shift; fi
 
-command -v cargo >/dev/null || {
-    echo "error: cargo not found; install Rust (https://rustup.rs) and run again" >&2
-    exit 1
-}
+scripts/deps.sh
 
 step() { printf '\n==> %s\n' "$*" >&2; }
 

@@ -23,6 +23,10 @@ struct Setup {
 
 impl Setup {
     async fn new(extra_env: &[(&str, &str)]) -> Setup {
+        Self::with_partitions(extra_env, 3).await
+    }
+
+    async fn with_partitions(extra_env: &[(&str, &str)], partitions: i32) -> Setup {
         let db = TestDb::create().await;
         db.connect()
             .await
@@ -36,7 +40,8 @@ impl Setup {
             .await
             .unwrap();
         let prefix = unique_name("relay");
-        let topics = TestTopics::create_named(&[format!("{prefix}.{AGGREGATE_TYPE}")], 3).await;
+        let topics =
+            TestTopics::create_named(&[format!("{prefix}.{AGGREGATE_TYPE}")], partitions).await;
         // As `outboxd init --apply` would: the slot exists before the first event is
         // written, so the relay sees every event whenever it starts.
         let slot = db.slot_name();
@@ -653,4 +658,57 @@ async fn a_transaction_far_larger_than_the_caps_streams_through_in_bounded_memor
     assert!(relay
         .wait_timeout(Duration::from_secs(60))
         .is_some_and(|s| s.success()));
+}
+
+/// Debezium compatibility through the real broker: topic, key, value, headers and the
+/// partition a Java producer (and so Debezium) would choose for the key.
+#[tokio::test]
+async fn golden_debezium_compatible_records() {
+    for (key_format, key, partition) in [
+        ("string", &b"order-1"[..], 4),
+        ("json", &b"\"order-1\""[..], 2),
+    ] {
+        // Partitions from Kafka's own murmur2 (kafka-clients 4.3.1,
+        // Utils.toPositive(Utils.murmur2(key)) % 6), as in tests/tests/kafka_sink.rs.
+        let setup = Setup::with_partitions(
+            &[
+                ("OUTBOXD_ROUTING__KEY_FORMAT", key_format),
+                ("OUTBOXD_ROUTING__SOURCE_HEADERS", "false"),
+            ],
+            6,
+        )
+        .await;
+        setup
+            .db
+            .connect()
+            .await
+            .batch_execute(&format!(
+                "INSERT INTO outbox (id, aggregatetype, aggregateid, type, payload) VALUES \
+                 ('{GOOD_1}', 'order', 'order-1', 'OrderCreated', '{{\"id\": \"order-1\", \"total\": 42.5}}')"
+            ))
+            .await
+            .unwrap();
+        let mut relay = setup.start("golden");
+        let records = setup.read_events(1, Duration::from_secs(60)).await;
+        assert_eq!(records.len(), 1, "{}", relay.log_text());
+        let r = &records[0];
+        assert_eq!(r.topic, setup.topics.names()[0]);
+        assert_eq!(r.key.as_deref(), Some(key));
+        assert_eq!(
+            r.value.as_deref(),
+            Some(&br#"{"id": "order-1", "total": 42.5}"#[..])
+        );
+        assert_eq!(
+            r.headers,
+            vec![("id".to_owned(), Some(GOOD_1.as_bytes().to_vec()))]
+        );
+        assert_eq!(
+            r.partition, partition,
+            "murmur2 placement for key format {key_format}"
+        );
+        relay.signal("TERM");
+        assert!(relay
+            .wait_timeout(Duration::from_secs(60))
+            .is_some_and(|s| s.success()));
+    }
 }
