@@ -119,6 +119,9 @@ grep -E "relaying|stopped cleanly" .local/demo-outboxd.log | sed 's/\x1b\[[0-9;]
 step "Slot position after confirming"
 "${PSQL[@]}" "$ADMIN_URL" -c "SELECT slot_name, confirmed_flush_lsn, pg_current_wal_lsn() - confirmed_flush_lsn AS lag_bytes FROM pg_replication_slots WHERE slot_name = 'outboxd_demo'"
 
+# A slot nobody reads retains WAL: drop the demo's (a real deployment keeps its slot).
+"${PSQL[@]}" "$ADMIN_URL" -c "SELECT pg_drop_replication_slot('outboxd_demo')" >/dev/null
+
 cat <<EOF2
 
 Done. What happened:
@@ -130,6 +133,7 @@ Done. What happened:
   - outboxd relayed the four committed events to demo.outbox.event.order and
     demo.outbox.event.customer: key = aggregate id, value = payload, header id, eventType
     and the outboxd.lsn / outboxd.index idempotency key; then it stopped cleanly and the
-    slot's confirmed position caught up (lag ≈ 0).
+    slot's confirmed position caught up (lag ≈ 0). The demo slot was then dropped
+    so that it retains no WAL; the database and topics stay for you to look at.
 Stop the services with: scripts/pg.sh stop && scripts/kafka.sh stop
 EOF2

@@ -68,6 +68,8 @@ pub struct ClusterCheck {
     pub brokers: Vec<BrokerInfo>,
     /// The topics asked about, in the order given, then the dead-letter topic.
     pub topics: Vec<TopicCheck>,
+    /// Every topic the cluster has (names), for reports on routed topics.
+    pub all_topics: Vec<String>,
 }
 
 impl ClusterCheck {
@@ -82,6 +84,7 @@ impl ClusterCheck {
     }
 
     fn from_metadata(md: &Metadata, wanted: &[String]) -> ClusterCheck {
+        let all_topics = md.topics().iter().map(|t| t.name().to_owned()).collect();
         let brokers = md
             .brokers()
             .iter()
@@ -121,7 +124,11 @@ impl ClusterCheck {
                 }
             })
             .collect();
-        ClusterCheck { brokers, topics }
+        ClusterCheck {
+            brokers,
+            topics,
+            all_topics,
+        }
     }
 }
 
@@ -413,6 +420,35 @@ impl KafkaSink {
         .await
         .map_err(|e| SinkError::Internal(format!("metadata request task: {e}")))?;
         Ok(answer?)
+    }
+
+    /// A broker's configuration value (e.g. `auto.create.topics.enable`), read with
+    /// the same connection settings as the producer. `None` when the broker does not
+    /// report it (some managed services hide broker configs).
+    pub async fn broker_setting(
+        &self,
+        broker_id: i32,
+        name: &str,
+        timeout: Duration,
+    ) -> Result<Option<String>, SinkError> {
+        use rdkafka::admin::{AdminClient, AdminOptions, ResourceSpecifier};
+        use rdkafka::client::DefaultClientContext;
+        let admin: AdminClient<DefaultClientContext> = self
+            .config
+            .client_config()
+            .create()
+            .map_err(SinkError::Kafka)?;
+        let options = AdminOptions::new().request_timeout(Some(timeout));
+        let results = admin
+            .describe_configs([&ResourceSpecifier::Broker(broker_id)], &options)
+            .await
+            .map_err(SinkError::Kafka)?;
+        Ok(results
+            .into_iter()
+            .flatten()
+            .flat_map(|resource| resource.entries)
+            .find(|entry| entry.name == name)
+            .and_then(|entry| entry.value))
     }
 
     /// Counters since the sink was created.

@@ -154,6 +154,42 @@ async fn check_kafka(config: &Config, report: &mut Report) {
                 };
                 report.line(&format!("dead-letter topic '{}' exists", topic.name), r);
             }
+            // Routed topics depend on the aggregate types to come: report the ones that
+            // exist and whether the broker would create the others.
+            let template = &config.routing.topic;
+            let prefix = template.split("${").next().unwrap_or(template);
+            let existing: Vec<&str> = cluster
+                .all_topics
+                .iter()
+                .map(String::as_str)
+                .filter(|t| t.starts_with(prefix) && !t.is_empty())
+                .collect();
+            let auto_create = match cluster.brokers.first() {
+                Some(b) => sink
+                    .broker_setting(b.id, "auto.create.topics.enable", Duration::from_secs(10))
+                    .await
+                    .ok()
+                    .flatten(),
+                None => None,
+            };
+            let detail = format!(
+                " ({} existing topic(s) match '{prefix}…'{}; broker auto.create.topics.enable = {})",
+                existing.len(),
+                if existing.is_empty() { String::new() } else { format!(": {}", existing.join(", ")) },
+                auto_create.as_deref().unwrap_or("unknown"),
+            );
+            let r = if existing.is_empty() && auto_create.as_deref() == Some("false") {
+                Err(format!(
+                    "no topic matches '{template}' and the broker does not create topics: create \
+                     one per aggregate type{detail}"
+                ))
+            } else {
+                Ok(detail)
+            };
+            report.line(
+                &format!("routed topics '{template}' present or auto-creatable"),
+                r,
+            );
         }
         Err(e) => report.line("Kafka reachable", Err(e.to_string())),
     }
