@@ -16,6 +16,12 @@
 # KAFKA_HEAP_OPTS (-Xmx512m -Xms256m), KAFKA_JVM_OPTS (GC and friends),
 # KAFKA_OPTS (appended), KAFKA_START_TIMEOUT (90 s), KAFKA_STOP_TIMEOUT (30 s),
 # JAVA_HOME (optional).
+# KAFKA_STATE_DIR (.local/kafka) selects another broker: with other ports it runs
+# next to the shared one (the fault tests start their own this way, to restart and
+# kill it without disturbing other tests). KAFKA_PROXIED_PORT and KAFKA_PROXY_PORT
+# add a listener on the first port that advertises the second, where a test's
+# fault proxy forwards to it; clients bootstrapping through the proxy then stay on
+# it, clients of KAFKA_PORT do not.
 set -euo pipefail
 
 KAFKA_VERSION=4.3.1
@@ -29,7 +35,7 @@ HELPER_DIR=$SCRIPT_DIR/kafka
 CACHE_DIR=$REPO_ROOT/.cache/kafka/$KAFKA_VERSION
 LIB_DIR=$CACHE_DIR/lib
 LIB_MARKER=$CACHE_DIR/.complete
-STATE_DIR=$REPO_ROOT/.local/kafka
+STATE_DIR=${KAFKA_STATE_DIR:-$REPO_ROOT/.local/kafka}
 DATA_DIR=$STATE_DIR/data
 CONFIG=$STATE_DIR/server.properties
 ADMIN_CONFIG=$STATE_DIR/admin.properties
@@ -38,6 +44,7 @@ LOG_FILE=$STATE_DIR/server.log
 CONSOLE_LOG=$STATE_DIR/console.log
 # Outside STATE_DIR, which `reset` deletes.
 LOCK_FILE=$REPO_ROOT/.local/kafka.lock
+[[ -z ${KAFKA_STATE_DIR:-} ]] || LOCK_FILE=${KAFKA_STATE_DIR%/}.lock
 
 KAFKA_HOST=127.0.0.1
 KAFKA_PORT=${KAFKA_PORT:-19092}
@@ -195,6 +202,13 @@ render_config() {
         -e "s|{{CONTROLLER_PORT}}|$KAFKA_CONTROLLER_PORT|g" \
         -e "s|{{DATA_DIR}}|$DATA_DIR|g" \
         "$HELPER_DIR/server.properties.in" >"$CONFIG"
+    if [[ -n ${KAFKA_PROXIED_PORT:-} && -n ${KAFKA_PROXY_PORT:-} ]]; then
+        sed -i \
+            -e "s|^listeners=.*|&,PROXIED://$KAFKA_HOST:$KAFKA_PROXIED_PORT|" \
+            -e "s|^advertised.listeners=.*|&,PROXIED://$KAFKA_HOST:$KAFKA_PROXY_PORT|" \
+            -e "s|^listener.security.protocol.map=.*|&,PROXIED:PLAINTEXT|" \
+            "$CONFIG"
+    fi
     # Admin client settings for the readiness probe: fail fast, retry here.
     cat >"$ADMIN_CONFIG" <<EOF
 request.timeout.ms=5000

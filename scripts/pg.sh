@@ -1,16 +1,21 @@
 #!/usr/bin/env bash
 # A throwaway local PostgreSQL cluster for outboxd's demo and tests.
 #
-#   scripts/pg.sh start|stop|status|env|logs|reset|psql
+#   scripts/pg.sh start|stop|crash|status|env|logs|reset|psql
 #
 # The cluster lives in .local/pg (git-ignored), listens on 127.0.0.1:${PG_PORT:-54329},
 # runs with wal_level=logical and has a TLS certificate signed by a throwaway CA
 # (.local/pg/tls/ca.crt) so that sslmode=verify-full can be tested.
+#
+# PG_STATE_DIR (default .local/pg) selects another cluster: with another PG_PORT it
+# runs next to the shared one (the fault tests start their own this way, to crash
+# and restart it without disturbing other tests). `crash` stops it with
+# `pg_ctl -m immediate` (no shutdown checkpoint, crash recovery on the next start).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PG_PORT="${PG_PORT:-54329}"
-STATE="$ROOT/.local/pg"
+STATE="${PG_STATE_DIR:-$ROOT/.local/pg}"
 RUN_AS=(runuser -u postgres --)
 
 log() { printf '[pg] %s\n' "$*" >&2; }
@@ -38,7 +43,9 @@ data_root() {
     mkdir -p "$STATE"
     local loc="$STATE/cluster"
     if ! "${RUN_AS[@]}" test -x "$STATE" 2>/dev/null; then
-        loc="/tmp/outboxd-pg-$(printf '%s' "$ROOT" | md5sum | cut -c1-8)"
+        local key="$ROOT"
+        [[ -z "${PG_STATE_DIR:-}" ]] || key="$STATE"
+        loc="/tmp/outboxd-pg-$(printf '%s' "$key" | md5sum | cut -c1-8)"
     fi
     printf '%s' "$loc" >"$STATE/location"
     printf '%s' "$loc"
@@ -157,6 +164,18 @@ cmd_stop() {
     fi
 }
 
+cmd_crash() {
+    local bindir loc
+    bindir=$(find_bindir)
+    loc=$(data_root)
+    if is_running "$bindir" "$loc"; then
+        "${RUN_AS[@]}" "$bindir/pg_ctl" -D "$loc/data" -m immediate -w stop >/dev/null
+        log "stopped with -m immediate"
+    else
+        log "not running"
+    fi
+}
+
 cmd_status() {
     local bindir loc
     bindir=$(find_bindir)
@@ -172,6 +191,7 @@ cmd_status() {
 case "${1:-}" in
     start) cmd_start ;;
     stop) cmd_stop ;;
+    crash) cmd_crash ;;
     status) cmd_status ;;
     env)
         echo "export OUTBOXD_TEST_PG_URL=$(url)"
@@ -186,5 +206,5 @@ case "${1:-}" in
         log "removed the cluster"
         ;;
     psql) shift; exec "$(find_bindir)/psql" "$(url)" "$@" ;;
-    *) echo "usage: $0 start|stop|status|env|logs [N]|reset|psql [args]" >&2; exit 2 ;;
+    *) echo "usage: $0 start|stop|crash|status|env|logs [N]|reset|psql [args]" >&2; exit 2 ;;
 esac

@@ -6,6 +6,9 @@
 //! topics with unique names, so tests run in parallel and never see each other's data;
 //! everything is dropped again when the guard goes out of scope, also after a panic.
 
+pub mod proxy;
+pub mod scenario;
+
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -500,10 +503,20 @@ impl Drop for RelayProcess {
 pub fn consume_until(
     topics: &[String],
     timeout: Duration,
+    done: impl FnMut(&[ConsumedRecord]) -> bool,
+) -> Vec<ConsumedRecord> {
+    consume_until_from(&services().kafka_brokers, topics, timeout, done)
+}
+
+/// [`consume_until`] against other brokers (a test's own).
+pub fn consume_until_from(
+    brokers: &str,
+    topics: &[String],
+    timeout: Duration,
     mut done: impl FnMut(&[ConsumedRecord]) -> bool,
 ) -> Vec<ConsumedRecord> {
     let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &services().kafka_brokers)
+        .set("bootstrap.servers", brokers)
         .set("group.id", unique_name("outboxd_checker"))
         .set("enable.auto.commit", "false")
         .set("auto.offset.reset", "earliest")

@@ -144,6 +144,28 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+/// Whether a delivery error is passing: the broker was unreachable or slow, not the
+/// record wrong. A new producer resending from the last confirmed position may
+/// succeed, so the relay reconnects instead of stopping.
+pub(crate) fn transient(code: Option<RDKafkaErrorCode>) -> bool {
+    use RDKafkaErrorCode as E;
+    matches!(
+        code,
+        Some(
+            E::MessageTimedOut
+                | E::RequestTimedOut
+                | E::AllBrokersDown
+                | E::BrokerTransportFailure
+                | E::NetworkException
+                | E::BrokerNotAvailable
+                | E::LeaderNotAvailable
+                | E::NotLeaderForPartition
+                | E::NotEnoughReplicas
+                | E::NotEnoughReplicasAfterAppend
+        )
+    )
+}
+
 /// Whether a record refused with this error belongs on the dead-letter topic.
 ///
 /// Only errors that are about the record itself and would recur on every retry:
@@ -335,6 +357,7 @@ impl Shared {
                     index: 0,
                     topic: String::new(),
                     reason,
+                    transient: false,
                 },
             });
         }
@@ -373,14 +396,15 @@ impl Shared {
     }
 
     /// A record could neither be delivered nor dead-lettered: fail its transaction.
-    fn settle_failed(&self, delivery: &Delivery, reason: String) {
+    fn settle_failed(&self, delivery: &Delivery, reason: String, transient: bool) {
         let mut txns = lock(&self.txns);
         match txns.get_mut(&delivery.txn) {
             Some(state) => {
                 state.settled += 1;
                 if !state.failed {
                     state.failed = true;
-                    let failure = DeliveryFailure::new(&delivery.meta, &delivery.topic, reason);
+                    let failure =
+                        DeliveryFailure::new(&delivery.meta, &delivery.topic, reason, transient);
                     tracing::warn!(txn = %delivery.txn, %failure, "transaction failed");
                     self.emit(Completion::Failed {
                         txn: delivery.txn,
@@ -465,7 +489,7 @@ impl Shared {
                     let reason = format!(
                         "{original_reason}; dead-lettering failed too, even without a value: {reason}"
                     );
-                    self.settle_failed(&delivery, reason);
+                    self.settle_failed(&delivery, reason, false);
                     return;
                 }
                 tracing::warn!(
@@ -492,9 +516,9 @@ impl Shared {
                 let dlq = dlq.as_deref().unwrap_or("?");
                 let reason =
                     format!("{original_reason}; dead-lettering to {dlq} failed too: {reason}");
-                self.settle_failed(&delivery, reason);
+                self.settle_failed(&delivery, reason, transient(code));
             }
-            (Attempt::Original, _) => self.settle_failed(&delivery, reason),
+            (Attempt::Original, _) => self.settle_failed(&delivery, reason, transient(code)),
         }
     }
 

@@ -15,15 +15,17 @@ use crate::error::SinkError;
 ///   client (and so as Debezium); librdkafka's default hashes with CRC32 instead.
 /// - `linger.ms=1`: a relay forwards what was already committed, so waiting to fill
 ///   batches only adds latency; under load batches fill on their own.
-/// - `message.timeout.ms=300000`: how long a record may wait for an acknowledgement
-///   before its transaction fails (librdkafka's default, stated for clarity).
+/// - `message.timeout.ms=0` (no timeout): the idempotent producer retries in order
+///   until the broker is back, as Kafka Connect's source tasks do. A timeout would
+///   fail one record while younger ones behind it may still be delivered: a gap that
+///   the replay after a restart turns into reordering. An outage is backpressure.
 pub const DEFAULT_PROPERTIES: &[(&str, &str)] = &[
     ("enable.idempotence", "true"),
     ("acks", "all"),
     ("partitioner", "murmur2_random"),
     ("linger.ms", "1"),
     ("max.in.flight.requests.per.connection", "5"),
-    ("message.timeout.ms", "300000"),
+    ("message.timeout.ms", "0"),
 ];
 
 /// librdkafka properties known under several names. `ClientConfig` applies its
@@ -223,7 +225,7 @@ mod tests {
             .unwrap_or(999);
         assert!(linger <= 5);
         assert_eq!(c.get("max.in.flight.requests.per.connection"), Some("5"));
-        assert_eq!(c.get("message.timeout.ms"), Some("300000"));
+        assert_eq!(c.get("message.timeout.ms"), Some("0"));
     }
 
     #[test]

@@ -98,16 +98,20 @@ pub struct DeliveryFailure {
     pub topic: String,
     /// The broker's or librdkafka's reason, as an operator should read it.
     pub reason: String,
+    /// Whether the cause is passing (a timeout, unreachable brokers): a new producer
+    /// resending from the last confirmed position may succeed.
+    pub transient: bool,
 }
 
 impl DeliveryFailure {
-    pub(crate) fn new(meta: &RecordMeta, topic: &str, reason: String) -> Self {
+    pub(crate) fn new(meta: &RecordMeta, topic: &str, reason: String, transient: bool) -> Self {
         DeliveryFailure {
             event_id: meta.event_id.clone(),
             lsn: meta.lsn,
             index: meta.index,
             topic: topic.to_owned(),
             reason,
+            transient,
         }
     }
 }
@@ -156,7 +160,12 @@ mod tests {
             lsn: 0x1_0000_00FF,
             index: 3,
         };
-        let f = DeliveryFailure::new(&meta, "orders", "Broker: Message size too large".into());
+        let f = DeliveryFailure::new(
+            &meta,
+            "orders",
+            "Broker: Message size too large".into(),
+            false,
+        );
         assert_eq!(
             f.to_string(),
             "event e-1 (LSN 1/FF, #3) to topic orders: Broker: Message size too large"

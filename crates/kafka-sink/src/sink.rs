@@ -451,6 +451,13 @@ impl KafkaSink {
             .and_then(|entry| entry.value))
     }
 
+    /// Drops everything queued or in flight, so that nothing after a failed record
+    /// reaches Kafka before that record is resent. Their completions report failure.
+    pub fn purge(&self) {
+        self.producer
+            .purge(rdkafka::producer::PurgeConfig::default().queue().inflight());
+    }
+
     /// Counters since the sink was created.
     pub fn stats(&self) -> SinkStats {
         let s = &self.shared.stats;

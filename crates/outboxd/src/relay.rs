@@ -42,6 +42,11 @@ pub enum RelayError {
              configuration and restart, or set kafka.dead_letter_topic to divert such events"
     )]
     Unroutable(RouteError),
+    #[error(
+        "Kafka did not acknowledge an event in time ({0}); reconnecting with a new \
+             producer and resending from the last confirmed position"
+    )]
+    KafkaUnavailable(String),
     #[error("the Kafka producer failed: {0}")]
     Producer(String),
     #[error("{0}")]
@@ -50,7 +55,11 @@ pub enum RelayError {
 
 impl RelayError {
     fn is_retryable(&self) -> bool {
-        matches!(self, RelayError::Replication(e) if e.is_retryable())
+        match self {
+            RelayError::Replication(e) => e.is_retryable(),
+            RelayError::KafkaUnavailable(_) => true,
+            _ => false,
+        }
     }
 }
 
@@ -66,6 +75,8 @@ pub struct Relay {
     health: Arc<Health>,
     next_txn: u64,
     confirmed: Lsn,
+    /// Whether the current session got as far as streaming (resets the backoff).
+    attached: bool,
 }
 
 impl std::fmt::Debug for Relay {
@@ -115,6 +126,7 @@ impl Relay {
             health,
             next_txn: 0,
             confirmed: Lsn::ZERO,
+            attached: false,
         })
     }
 
@@ -134,14 +146,32 @@ impl Relay {
                     return Ok(());
                 }
                 Err(e) if e.is_retryable() && !*shutdown.borrow() => {
+                    // A session that streamed was a success: the next failure starts
+                    // the backoff afresh, so isolated faults days apart do not each
+                    // wait the maximum.
+                    if std::mem::take(&mut self.attached) {
+                        attempt = 0;
+                    }
                     attempt += 1;
                     let delay = backoff(attempt);
                     self.metrics.reconnects.inc();
                     tracing::warn!(error = %e, attempt, retry_in_ms = delay.as_millis() as u64, "replication session ended; reconnecting");
-                    // What is in flight is unconfirmed and will be re-sent by the next
-                    // session; let it finish so its completions do not linger.
-                    let _ = self.sink.flush(Duration::from_secs(10)).await;
-                    while self.completions.try_recv().is_ok() {}
+                    if matches!(e, RelayError::KafkaUnavailable(_))
+                        || self.sink.fatal_error().is_some()
+                    {
+                        // Records after a timed-out one must not reach Kafka before the
+                        // replay of that one: a new producer (dropping the old one
+                        // purges its queue) resends everything unconfirmed, in order.
+                        let (sink, completions) = KafkaSink::new(crate::sink_config(&self.config))
+                            .map_err(|e| RelayError::Producer(e.to_string()))?;
+                        self.sink = sink;
+                        self.completions = completions;
+                    } else {
+                        // What is in flight is unconfirmed and will be re-sent by the
+                        // next session; let it finish so its completions do not linger.
+                        let _ = self.sink.flush(Duration::from_secs(10)).await;
+                        while self.completions.try_recv().is_ok() {}
+                    }
                     tokio::select! {
                         _ = tokio::time::sleep(delay) => {}
                         _ = shutdown.changed() => return Ok(()),
@@ -207,6 +237,7 @@ impl Relay {
             },
         );
         self.health.set_stream_attached(true);
+        self.attached = true;
         let mut session = Session {
             tracker: AckTracker::new(),
             current: None,
@@ -393,6 +424,14 @@ impl Relay {
                     }
                 }
                 Ok(())
+            }
+            Completion::Failed { txn, failure } if failure.transient => {
+                self.metrics.delivery_errors.inc();
+                session.tracker.fail(txn);
+                // Younger records must not overtake this one: stop them now.
+                self.sink.purge();
+                tracing::warn!(event_id = %failure.event_id, lsn = %Lsn(failure.lsn), topic = %failure.topic, reason = %failure.reason, "delivery timed out");
+                Err(RelayError::KafkaUnavailable(failure.to_string()))
             }
             Completion::Failed { txn, failure } => {
                 self.metrics.delivery_errors.inc();
