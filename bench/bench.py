@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import psycopg
-from confluent_kafka import Consumer, TopicPartition, OFFSET_BEGINNING
+from confluent_kafka import Consumer, Producer, TopicPartition, OFFSET_BEGINNING
 from confluent_kafka.admin import AdminClient, NewTopic
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -58,6 +58,9 @@ DEBEZIUM_TUNING = {
     # Bigger batches and queue for a backlog (defaults 2048 / 8192).
     "max.batch.size": "8192",
     "max.queue.size": "32768",
+    # Without heartbeats Debezium confirms a transaction only when a later event
+    # arrives: the last transaction of a burst stays unconfirmed (and its WAL kept).
+    "heartbeat.interval.ms": "1000",
 }
 
 WORKLOAD_SQL = """\
@@ -148,6 +151,36 @@ def proc_threads_cpu(pid: int) -> dict[str, float]:
         key = re.sub(r"\d+", "#", name)
         out[key] = out.get(key, 0.0) + cpu
     return dict(sorted(out.items(), key=lambda kv: -kv[1]))
+
+
+def box_cpu() -> tuple[float, float]:
+    """(busy, total) jiffies of the whole machine, from /proc/stat."""
+    with open("/proc/stat") as f:
+        vals = [int(x) for x in f.readline().split()[1:]]
+    idle = vals[3] + vals[4]
+    total = sum(vals[:8])
+    return total - idle, total
+
+
+class CpuWindow:
+    """Machine-wide CPU use and the broker's CPU seconds over a measured window."""
+
+    def __init__(self, kafka_pid: int | None):
+        self.kafka_pid = kafka_pid
+        self.box0 = box_cpu()
+        self.kafka0 = proc_cpu_s(kafka_pid) if kafka_pid else None
+
+    def result(self) -> dict:
+        busy1, total1 = box_cpu()
+        busy = busy1 - self.box0[0]
+        total = total1 - self.box0[1]
+        out = {"box_cpu_util": round(busy / total, 3) if total else None,
+               "box_cpu_busy_s": round(busy / CLK_TCK, 2)}
+        if self.kafka_pid:
+            k1 = proc_cpu_s(self.kafka_pid)
+            if k1 is not None and self.kafka0 is not None:
+                out["broker_cpu_s"] = round(k1 - self.kafka0, 2)
+        return out
 
 
 def loadavg() -> list[float]:
@@ -315,17 +348,40 @@ log.segment.bytes=268435456
             stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=self.root,
             start_new_session=True)
         deadline = time.monotonic() + 90
-        admin = AdminClient({"bootstrap.servers": self.bootstrap})
-        while True:
+        while not port_open(self.port):
             if self.proc.poll() is not None:
                 raise SystemExit(f"Kafka exited during start-up; see {self.root}/console.log")
+            if time.monotonic() > deadline:
+                raise SystemExit("Kafka not listening after 90 s")
+            time.sleep(0.2)
+        admin = AdminClient({"bootstrap.servers": self.bootstrap})
+        while True:
             try:
                 admin.list_topics(timeout=2)
-                return
+                break
             except Exception:
                 if time.monotonic() > deadline:
                     raise SystemExit("Kafka not ready after 90 s")
                 time.sleep(0.5)
+        # Warm the broker up before anything is measured: the first idempotent producer
+        # of a fresh cluster waits for the transaction coordinator to load, and a cold
+        # JVM (interpreter, C1) spends several times more CPU per request until its JIT
+        # has compiled the produce path. Half a million records through 12 partitions.
+        self.create_topics(["bench.warmup"], 12)
+        prod = Producer({"bootstrap.servers": self.bootstrap, "enable.idempotence": True,
+                         "linger.ms": 1, "log_level": 3})
+        value = b"x" * 400
+        for i in range(500_000):
+            while True:
+                try:
+                    prod.produce("bench.warmup", value=value, key=str(i % 1000).encode())
+                    break
+                except BufferError:
+                    prod.poll(0.05)
+            if i % 1000 == 0:
+                prod.poll(0)
+        if prod.flush(120) != 0:
+            raise SystemExit("Kafka warm-up produce did not complete")
 
     def stop(self) -> None:
         if self.proc:
@@ -454,6 +510,8 @@ class Options:
     publish: bool
     profile: bool
     outboxd_env: dict[str, str]
+    variants: list[tuple[str, dict[str, str]]]
+    latency_variants: bool
 
 
 class Bench:
@@ -465,7 +523,8 @@ class Bench:
         self.pg = Postgres(Path(args.pg_bindir), WORK / "pg", args.pg_port)
         self.kafka = Kafka(Path(args.kafka_lib), WORK / "kafka", args.kafka_port, args.kafka_port + 1)
         self.results: dict = {"run_id": self.run_id, "preset": opts.preset, "drain": [],
-                              "latency": {}, "options": {k: v for k, v in vars(opts).items()}}
+                              "latency": {}, "options": {k: v for k, v in vars(opts).items()},
+                              "debezium_tuning": DEBEZIUM_TUNING}
         self.workload = self.rundir / "workload.sql"
         self.workload.write_text(WORKLOAD_SQL)
         self.procs: list[subprocess.Popen] = []
@@ -543,7 +602,8 @@ class Bench:
 
     # ---------------------------------------------------------------- relays
 
-    def start_outboxd(self, db: str, slot: str, tag: str, logname: str) -> subprocess.Popen:
+    def start_outboxd(self, db: str, slot: str, tag: str, logname: str,
+                      extra_env: dict | None = None) -> subprocess.Popen:
         env = dict(os.environ)
         env.update({
             "OUTBOXD_POSTGRES__URL": self.pg.url(db),
@@ -553,10 +613,12 @@ class Bench:
             "OUTBOXD_POSTGRES__CREATE_SLOT": "false",
             "OUTBOXD_KAFKA__BROKERS": self.kafka.bootstrap,
             "OUTBOXD_ROUTING__TOPIC": self.topic_template("outboxd", tag),
-            "OUTBOXD_SERVER__METRICS_ADDRESS": f"127.0.0.1:{self.args.metrics_port}",
+            # Each instance its own port: several run side by side in the latency phase.
+            "OUTBOXD_SERVER__METRICS_ADDRESS": f"127.0.0.1:{self.args.metrics_port + len(self.procs) % 50}",
             "RUST_LOG": env.get("RUST_LOG", "info"),
         })
         env.update(self.o.outboxd_env)
+        env.update(extra_env or {})
         out = open(self.rundir / logname, "w")
         p = subprocess.Popen([self.args.outboxd_bin, "run"], env=env, stdout=out,
                              stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
@@ -567,6 +629,9 @@ class Bench:
         d = self.rundir / name
         d.mkdir()
         connect = Path(self.args.connect_dir)
+        # The heartbeat topic exists up front, as the relays' topics do, so that the
+        # first heartbeat does not wait for auto-creation.
+        self.kafka.create_topics([f"__debezium-heartbeat.bench_dbz_{tag}"], 1)
         (d / "worker.properties").write_text(f"""\
 bootstrap.servers={self.kafka.bootstrap}
 key.converter=org.apache.kafka.connect.storage.StringConverter
@@ -596,6 +661,7 @@ tombstones.on.delete=false
 max.batch.size={DEBEZIUM_TUNING['max.batch.size']}
 max.queue.size={DEBEZIUM_TUNING['max.queue.size']}
 poll.interval.ms={DEBEZIUM_TUNING['poll.interval.ms']}
+heartbeat.interval.ms={DEBEZIUM_TUNING['heartbeat.interval.ms']}
 transforms=outbox
 transforms.outbox.type=io.debezium.transforms.outbox.EventRouter
 transforms.outbox.route.by.field=aggregatetype
@@ -627,22 +693,36 @@ rootLogger.appenderRef.file.ref = FILE
 
     # ---------------------------------------------------------------- drain
 
+    def drain_readers(self) -> list[dict]:
+        """Who drains the WAL, in order. The limit and outboxd run twice (first and last,
+        around Debezium) so that background load on the machine shows up as a spread."""
+        o = self.o
+        rs = [{"name": "limit_a", "kind": "limit"}]
+        if "outboxd" in o.systems:
+            rs.append({"name": "outboxd_a", "kind": "outboxd"})
+        for name, env in o.variants:
+            rs.append({"name": f"outboxd[{name}]", "kind": "outboxd", "env": env, "variant": name})
+        if "dbz" in o.systems:
+            rs.append({"name": "dbz", "kind": "dbz"})
+        if "outboxd" in o.systems:
+            rs.append({"name": "outboxd_b", "kind": "outboxd"})
+        rs.append({"name": "limit_b", "kind": "limit"})
+        if o.profile:
+            rs.append({"name": "outboxd[perf]", "kind": "outboxd", "perf": True, "variant": "perf"})
+        return rs
+
     def drain_phase(self, k: int) -> None:
         o = self.o
         db = f"drain_k{k}"
-        tag = f"d{k}"
         log(f"drain k={k}: preparing database {db}, slots and topics")
         self.create_db(db)
-        readers = ["limit_a"] + [s for s in o.systems] + ["limit_b"]
-        if o.profile:
-            readers.append("outboxd_perf")
-        slots = {r: f"{r}_k{k}" for r in readers}
-        for s in slots.values():
-            self.create_slot(db, s)
-        for system in o.systems:
-            self.kafka.create_topics(self.topics(system, tag), o.partitions)
-        if o.profile:
-            self.kafka.create_topics(self.topics("outboxd", tag + "p"), o.partitions)
+        readers = self.drain_readers()
+        for i, r in enumerate(readers):
+            r["slot"] = f"r{i}_{r['kind']}_k{k}"
+            r["tag"] = f"d{k}r{i}"
+            self.create_slot(db, r["slot"])
+            if r["kind"] != "limit":
+                self.kafka.create_topics(self.topics(r["kind"], r["tag"]), o.partitions)
         with self.pg.connect(db) as c:
             start = lsn_int(c.execute("SELECT pg_current_wal_insert_lsn()::text").fetchone()[0])
         log(f"drain k={k}: writing {o.events} events in transactions of {k} ({o.writers} writers)")
@@ -652,28 +732,32 @@ rootLogger.appenderRef.file.ref = FILE
         end, last_commit, _ = self.wal_positions(db, start)
         wal_bytes = end - start
         log(f"drain k={k}: wrote {count} events at {w['events_per_s']:.0f} events/s; "
-            f"WAL {start and lsn_str(start)}..{lsn_str(end)} ({wal_bytes / 2**20:.0f} MiB), "
+            f"WAL {lsn_str(start)}..{lsn_str(end)} ({wal_bytes / 2**20:.0f} MiB), "
             f"last commit at {lsn_str(last_commit)}")
         entry = {"k": k, "events": count, "writer": w, "wal_start": lsn_str(start),
                  "wal_end": lsn_str(end), "last_commit": lsn_str(last_commit),
                  "wal_bytes": wal_bytes, "runs": {}, "loadavg_before": loadavg()}
         timeout = max(300.0, count / 1000.0)
-        for reader in readers:
-            if reader.startswith("limit"):
-                res = self.drain_limit(db, slots[reader], end, last_commit, timeout)
-            elif reader == "outboxd":
-                res = self.drain_outboxd(db, slots[reader], tag, last_commit, count, timeout, k)
-            elif reader == "outboxd_perf":
-                res = self.drain_outboxd(db, slots[reader], tag + "p", last_commit, count, timeout,
-                                         k, perf=True)
-            elif reader == "dbz":
-                res = self.drain_debezium(db, slots[reader], tag, last_commit, count, timeout, k)
+        for r in readers:
+            if r["kind"] == "limit":
+                res = self.drain_limit(db, r["slot"], end, last_commit, timeout)
+            elif r["kind"] == "outboxd":
+                res = self.drain_outboxd(db, r["slot"], r["tag"], last_commit, count, timeout,
+                                         env=r.get("env"), perf=r.get("perf", False))
             else:
-                raise ValueError(reader)
+                res = self.drain_debezium(db, r["slot"], r["tag"], last_commit, count, timeout)
+            res["kind"] = r["kind"]
+            res["variant"] = r.get("variant")
+            res["loadavg"] = loadavg()
             res["events_per_s"] = count / res["seconds"] if res.get("ok") else None
-            entry["runs"][reader] = res
+            entry["runs"][r["name"]] = res
             rate = f"{res['events_per_s']:.0f} events/s" if res.get("ok") else f"FAILED: {res.get('error')}"
-            log(f"drain k={k}: {reader}: {res['seconds']:.2f} s, {rate}")
+            extra = ""
+            if r["kind"] != "limit":
+                extra = (f", CPU {res.get('cpu_s')} s, peak RSS {res.get('peak_rss_mb', 0):.0f} MB, "
+                         f"broker CPU {res.get('broker_cpu_s')} s")
+            log(f"drain k={k}: {r['name']}: {res['seconds']:.2f} s, {rate}{extra}")
+            self.save()
         entry["loadavg_after"] = loadavg()
         self.results["drain"].append(entry)
         self.save()
@@ -698,6 +782,7 @@ rootLogger.appenderRef.file.ref = FILE
                "--no-loop", "--endpos", lsn_str(end), "-o", "proto_version=1", "-o",
                f"publication_names={PUBLICATION}", "-f", "/dev/null"]
         t0 = time.monotonic()
+        window = CpuWindow(self.kafka.proc.pid)
         sampler = Sampler(self.pg, db, slot, t0)
         sampler.start()
         p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -707,19 +792,23 @@ rootLogger.appenderRef.file.ref = FILE
         finally:
             pass
         t1 = time.monotonic()
+        cpu_window = window.result()
         p.returncode = os.waitstatus_to_exitcode(status)
         err = p.stderr.read() if p.stderr else ""
         time.sleep(0.1)
         sampler.stop()
         sent_max = max((s.sent for s in sampler.samples if s.sent is not None), default=None)
-        ok = p.returncode == 0
-        error = None if ok else f"pg_recvlogical exited {p.returncode}: {err.strip()[-300:]}"
+        # pg_recvlogical confirms what it wrote when it stops at --endpos.
+        confirmed = self.slot_confirmed(db, slot)
+        ok = p.returncode == 0 and confirmed >= last_commit
+        error = None if ok else (f"pg_recvlogical exited {p.returncode}, slot at {lsn_str(confirmed)}: "
+                                 f"{err.strip()[-300:]}")
         return {"ok": ok, "error": error, "seconds": t1 - t0, "cmd": " ".join(cmd),
                 "client_cpu_s": ru.ru_utime + ru.ru_stime, "client_peak_rss_mb": ru.ru_maxrss / 1024,
                 "walsender_cpu_s": sampler.walsender_cpu(),
                 "walsender_sent_max": lsn_str(sent_max) if sent_max else None,
-                "reached_last_commit": bool(sent_max and sent_max >= last_commit),
-                "curve": self.curve(sampler, "sent", lo, last_commit)}
+                "slot_confirmed_after": lsn_str(confirmed), **cpu_window,
+                "curve": self.curve(sampler, "sent", lo, last_commit) + ([(round(t1 - t0, 3), 1.0)] if ok else [])}
 
     def wait_confirmed(self, p: subprocess.Popen, sampler: Sampler, target: int,
                        timeout: float) -> tuple[bool, str | None, float]:
@@ -735,7 +824,9 @@ rootLogger.appenderRef.file.ref = FILE
                 return False, f"timeout after {timeout:.0f} s", now - t_start
             time.sleep(0.01)
 
-    def relay_result(self, p, sampler, ok, error, seconds, count, counter, lo, last_commit) -> dict:
+    def relay_result(self, p, sampler, ok, error, seconds, count, counter, lo, last_commit,
+                     window: CpuWindow) -> dict:
+        cpu_window = window.result()
         cpu = proc_cpu_s(p.pid)
         mem = proc_mem_mb(p.pid) or {}
         threads = proc_threads_cpu(p.pid)
@@ -753,7 +844,7 @@ rootLogger.appenderRef.file.ref = FILE
                 "peak_rss_mb": max(mem.get("VmHWM", 0.0), sampler.relay_hwm),
                 "walsender_cpu_s": sampler.walsender_cpu(), "threads_cpu_s": threads,
                 "kafka_records": kafka_total, "kafka_complete_s": kafka_done,
-                "first_confirm_s": first_move,
+                "first_confirm_s": first_move, **cpu_window,
                 "curve": self.curve(sampler, "confirmed", lo, last_commit)}
 
     def slot_confirmed(self, db: str, slot: str) -> int:
@@ -761,120 +852,181 @@ rootLogger.appenderRef.file.ref = FILE
             return lsn_int(c.execute("SELECT confirmed_flush_lsn::text FROM pg_replication_slots "
                                      "WHERE slot_name = %s", (slot,)).fetchone()[0])
 
-    def drain_outboxd(self, db, slot, tag, last_commit, count, timeout, k, perf=False) -> dict:
+    def drain_outboxd(self, db, slot, tag, last_commit, count, timeout, env=None,
+                      perf=False) -> dict:
         lo = self.slot_confirmed(db, slot)
         counter = TopicCounter(self.kafka.bootstrap, self.topics("outboxd", tag), self.o.partitions)
         t0 = time.monotonic()
-        p = self.start_outboxd(db, slot, tag, f"outboxd-{tag}.log")
-        perf_proc = None
-        if perf:
-            perf_proc = subprocess.Popen(["perf", "record", "-F", "499", "-g", "--call-graph", "dwarf,16384",
-                                          "-p", str(p.pid), "-o", str(self.rundir / f"perf-{tag}.data")],
-                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        window = CpuWindow(self.kafka.proc.pid)
+        p = self.start_outboxd(db, slot, tag, f"outboxd-{tag}.log", env)
+        perf_proc = self.perf_start(p.pid, f"drain-{tag}") if perf else None
         sampler = Sampler(self.pg, db, slot, t0, relay_pid=p.pid, counter=counter)
         sampler.start()
         ok, error, seconds = self.wait_confirmed(p, sampler, last_commit, timeout)
-        res = self.relay_result(p, sampler, ok, error, seconds, count, counter, lo, last_commit)
+        res = self.relay_result(p, sampler, ok, error, seconds, count, counter, lo, last_commit,
+                                window)
         if perf_proc:
-            perf_proc.send_signal(signal.SIGINT)
-            perf_proc.wait(60)
+            self.perf_stop(perf_proc, f"drain-{tag}")
         res["exit_code"] = stop_process(p)
         counter.close()
-        if perf_proc:
-            self.perf_report(tag)
         return res
 
+    def perf_start(self, pid: int, tag: str) -> subprocess.Popen:
+        return subprocess.Popen(["perf", "record", "-F", "499", "-g", "--call-graph", "dwarf,16384",
+                                 "-p", str(pid), "-o", str(self.rundir / f"perf-{tag}.data")],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def perf_stop(self, perf_proc: subprocess.Popen, tag: str) -> None:
+        perf_proc.send_signal(signal.SIGINT)
+        perf_proc.wait(60)
+        self.perf_report(tag)
+
     def perf_report(self, tag: str) -> None:
+        """Top symbols (text) and, when inferno is installed, a flame graph (SVG)."""
         data = self.rundir / f"perf-{tag}.data"
         with open(self.rundir / f"perf-{tag}.txt", "w") as f:
             subprocess.run(["perf", "report", "-i", str(data), "--stdio", "--no-children",
-                            "--sort", "comm,dso,symbol", "--percent-limit", "0.5", "-g", "none"],
+                            "--sort", "comm,dso,symbol", "-F", "overhead,comm,dso,sym",
+                            "--percent-limit", "0.5", "-g", "none"],
                            stdout=f, stderr=subprocess.DEVNULL)
+        tools = WORK / "tools" / "bin"
+        collapse, flame = tools / "inferno-collapse-perf", tools / "inferno-flamegraph"
+        if not (collapse.exists() and flame.exists()):
+            return
+        script = subprocess.run(["perf", "script", "-i", str(data)], capture_output=True)
+        folded = subprocess.run([str(collapse)], input=script.stdout, capture_output=True)
+        (self.rundir / f"perf-{tag}.folded").write_bytes(folded.stdout)
+        svg = subprocess.run([str(flame), "--title", f"outboxd, {tag}", "--width", "1600"],
+                             input=folded.stdout, capture_output=True)
+        if svg.returncode == 0:
+            out = self.rundir / f"flamegraph-{tag}.svg"
+            out.write_bytes(svg.stdout)
+            self.results.setdefault("flamegraphs", []).append(out.name)
+        data.unlink(missing_ok=True)  # hundreds of MB; the report and the SVG stay
 
-    def drain_debezium(self, db, slot, tag, last_commit, count, timeout, k) -> dict:
+    def drain_debezium(self, db, slot, tag, last_commit, count, timeout) -> dict:
         lo = self.slot_confirmed(db, slot)
         counter = TopicCounter(self.kafka.bootstrap, self.topics("dbz", tag), self.o.partitions)
         t0 = time.monotonic()
+        window = CpuWindow(self.kafka.proc.pid)
         p = self.start_debezium(db, slot, tag, f"dbz-{tag}")
         sampler = Sampler(self.pg, db, slot, t0, relay_pid=p.pid, counter=counter)
         sampler.start()
         ok, error, seconds = self.wait_confirmed(p, sampler, last_commit, timeout)
-        res = self.relay_result(p, sampler, ok, error, seconds, count, counter, lo, last_commit)
+        res = self.relay_result(p, sampler, ok, error, seconds, count, counter, lo, last_commit,
+                                window)
         res["exit_code"] = stop_process(p, 60)
         counter.close()
         return res
 
     # ---------------------------------------------------------------- latency
 
-    def latency_phase(self, system: str) -> None:
+    def latency_phase(self) -> None:
+        """Both relays run side by side, each on its own database and slot; the writer
+        feeds one at a time, alternating step by step, so that both meet the same
+        machine (background load included)."""
         o = self.o
-        db = f"lat_{system}"
-        tag = "lat"
-        slot = f"lat_{system}"
-        log(f"latency {system}: preparing")
-        self.create_db(db)
-        self.create_slot(db, slot)
-        topics = self.topics(system, tag)
-        self.kafka.create_topics(topics, o.partitions)
-        counter = TopicCounter(self.kafka.bootstrap, topics, o.partitions)
-        if system == "outboxd":
-            p = self.start_outboxd(db, slot, tag, "outboxd-lat.log")
-        else:
-            p = self.start_debezium(db, slot, tag, "dbz-lat")
-        result = {"steps": [], "highest_sustained": None}
-        consumer = LatencyConsumer(self.kafka.bootstrap, topics, o.partitions)
-        commit_times: dict[str, int] = {}
+        relays: dict[str, dict] = {}
         try:
-            # Attached = the relay's walsender holds the slot.
-            deadline = time.monotonic() + 120
-            with self.pg.connect(db) as c:
-                while c.execute("SELECT active_pid FROM pg_replication_slots WHERE slot_name = %s",
-                                (slot,)).fetchone()[0] is None:
-                    if p.poll() is not None or time.monotonic() > deadline:
-                        raise RuntimeError(f"{system} did not attach to its slot")
-                    time.sleep(0.2)
-            # Warm-up (JIT, connections, metadata); excluded from the numbers.
-            log(f"latency {system}: warm-up")
-            self.pgbench(db, 10, rate_tps=200, seconds=max(5, o.step_seconds // 3))
-            self.wait_caught_up(db, counter, 60)
-            steps = [(r, k, False) for r, k in o.latency_steps]
+            entries = [(s_, s_, {}) for s_ in o.systems if s_ == "outboxd"]
+            if o.latency_variants:
+                entries += [(f"outboxd[{n}]", "outboxd", env) for n, env in o.variants]
+            entries += [(s_, s_, {}) for s_ in o.systems if s_ == "dbz"]
+            for i, (system, kind, env) in enumerate(entries):
+                db = f"lat{i}_{kind}"
+                tag = f"lat{i}"
+                log(f"latency {system}: preparing")
+                self.create_db(db)
+                self.create_slot(db, db)
+                topics = self.topics(kind, tag)
+                self.kafka.create_topics(topics, o.partitions)
+                p = (self.start_outboxd(db, db, tag, f"outboxd-{tag}.log", env) if kind == "outboxd"
+                     else self.start_debezium(db, db, tag, f"dbz-{tag}"))
+                relays[system] = {
+                    "db": db, "proc": p, "counter": TopicCounter(self.kafka.bootstrap, topics, o.partitions),
+                    "consumer": LatencyConsumer(self.kafka.bootstrap, topics, o.partitions),
+                    "commit_times": {}, "active": True,
+                    "result": {"steps": [], "highest_sustained": None, "kind": kind, "env": env}}
+            for system, r in relays.items():
+                # Attached = the relay's walsender holds the slot.
+                deadline = time.monotonic() + 120
+                with self.pg.connect(r["db"]) as c:
+                    while c.execute("SELECT active_pid FROM pg_replication_slots WHERE slot_name = %s",
+                                    (r["db"],)).fetchone()[0] is None:
+                        if r["proc"].poll() is not None or time.monotonic() > deadline:
+                            raise RuntimeError(f"{system} did not attach to its slot")
+                        time.sleep(0.2)
+                # Warm-up (JIT, connections, metadata); excluded from the numbers.
+                log(f"latency {system}: warm-up")
+                self.pgbench(r["db"], 10, rate_tps=200, seconds=max(5, o.step_seconds // 3))
+                if self.wait_caught_up(r["db"], r["counter"], 60) is None:
+                    raise RuntimeError(f"{system} did not relay the warm-up events")
+            r0 = {s: (proc_cpu_s(r["proc"].pid) or 0.0) for s, r in relays.items()}
+            up = []
             rate = o.ladder_start
-            while rate <= o.ladder_max:
-                steps.append((rate, o.ladder_k, True))
+            while o.ladder_max and rate <= o.ladder_max:
+                up.append(rate)
                 rate = int(round(rate * o.ladder_factor, -3))
-            best = None
-            for rate, k, is_ladder in steps:
-                if is_ladder and best is None and result["steps"] and not result["steps"][-1]["sustained"]:
-                    break
-                step = self.latency_step(db, system, counter, consumer, commit_times, rate, k)
-                result["steps"].append(step)
-                self.save()
-                if step["sustained"] and (best is None or rate >= best["offered_events_per_s"]):
-                    best = step
-                if is_ladder and not step["sustained"]:
-                    break
-                if p.poll() is not None:
-                    raise RuntimeError(f"{system} exited with {p.returncode}")
-            result["highest_sustained"] = best and {
-                "offered_events_per_s": best["offered_events_per_s"], "k": best["k"],
-                "p50_ms": best["p50_ms"], "p99_ms": best["p99_ms"], "p999_ms": best["p999_ms"],
-                "bound": best.get("bound")}
-            last = result["steps"][-1] if result["steps"] else None
-            if last and not last["sustained"]:
-                result["first_unsustained"] = {"offered_events_per_s": last["offered_events_per_s"],
-                                               "why": last["why"]}
+            top_fixed = max((rt for rt, _ in o.latency_steps), default=0)
+            down = [rt for rt in (7000, 5000, 3000, 2000) if rt < top_fixed] if o.ladder_max else []
+            for r in relays.values():
+                r["queue"] = [(rt, k, None) for rt, k in o.latency_steps]
+            # Rounds: every relay still active runs its next step, one after the other.
+            while any(r["active"] and r["queue"] for r in relays.values()):
+                for system, r in relays.items():
+                    if not (r["active"] and r["queue"]):
+                        continue
+                    if r["proc"].poll() is not None:
+                        r["result"]["error"] = f"exited with {r['proc'].returncode}"
+                        r["active"] = False
+                        continue
+                    rate, k, ladder = r["queue"].pop(0)
+                    step = self.latency_step(r["db"], system, r["counter"], r["consumer"],
+                                             r["commit_times"], rate, k, r["proc"].pid)
+                    step["ladder"] = ladder
+                    r["result"]["steps"].append(step)
+                    self.save_latency(relays)
+                    if ladder is None and not r["queue"]:
+                        # Fixed steps done: climb if the top one held, else step down.
+                        if step["sustained"]:
+                            r["queue"] = [(rt, o.ladder_k, "up") for rt in up]
+                        else:
+                            r["queue"] = [(rt, o.ladder_k, "down") for rt in down]
+                    elif ladder == "up" and not step["sustained"]:
+                        r["queue"] = []
+                    elif ladder == "down" and step["sustained"]:
+                        r["queue"] = []
+            for system, r in relays.items():
+                res = r["result"]
+                ok = [s for s in res["steps"] if s["sustained"]]
+                best = max(ok, key=lambda s: s["offered_events_per_s"], default=None)
+                res["highest_sustained"] = best and {
+                    k: best[k] for k in ("offered_events_per_s", "k", "achieved_events_per_s",
+                                         "p50_ms", "p99_ms", "p999_ms", "relay_cpu_s")}
+                bad = [s for s in res["steps"] if s.get("ladder") == "up" and not s["sustained"]]
+                if bad:
+                    res["first_unsustained"] = {"offered_events_per_s": bad[0]["offered_events_per_s"],
+                                                "why": bad[0]["why"],
+                                                "writer_bound": bad[0]["bound"] == "writer"}
+                res["relay_cpu_s_steps"] = round((proc_cpu_s(r["proc"].pid) or 0.0) - r0[system], 2)
         except Exception as e:  # keep what we have; report the failure
-            result["error"] = str(e)
-            log(f"latency {system}: FAILED: {e}")
+            log(f"latency: FAILED: {e}")
+            for r in relays.values():
+                r["result"].setdefault("error", str(e))
         finally:
-            result["relay_cpu_s"] = proc_cpu_s(p.pid)
-            result["relay_peak_rss_mb"] = (proc_mem_mb(p.pid) or {}).get("VmHWM")
-            result["exit_code"] = stop_process(p, 60)
-            consumer.close()
-            counter.close()
-        self.results["latency"][system] = result
+            for system, r in relays.items():
+                r["result"]["relay_peak_rss_mb"] = (proc_mem_mb(r["proc"].pid) or {}).get("VmHWM")
+                r["result"]["exit_code"] = stop_process(r["proc"], 60)
+                r["consumer"].close()
+                r["counter"].close()
+            self.save_latency(relays)
+            for r in relays.values():
+                self.drop_db(r["db"])
+
+    def save_latency(self, relays: dict) -> None:
+        for system, r in relays.items():
+            self.results["latency"][system] = r["result"]
         self.save()
-        self.drop_db(db)
 
     def wait_caught_up(self, db: str, counter: TopicCounter, timeout: float) -> float | None:
         """Seconds until every row of the outbox is in Kafka, None on timeout."""
@@ -887,10 +1039,19 @@ rootLogger.appenderRef.file.ref = FILE
             time.sleep(0.1)
         return None
 
-    def latency_step(self, db, system, counter, consumer, commit_times, rate, k) -> dict:
+    def latency_step(self, db, system, counter, consumer, commit_times, rate, k, pid) -> dict:
         o = self.o
         log(f"latency {system}: {rate} events/s in transactions of {k} for {o.step_seconds} s")
+        cpu0 = proc_cpu_s(pid) or 0.0
+        window = CpuWindow(self.kafka.proc.pid)
+        perf_tag = f"live-{rate}x{k}"
+        perf_proc = (self.perf_start(pid, perf_tag)
+                     if o.profile and system == "outboxd" and (rate, k) == (10000, 10) else None)
         w = self.pgbench(db, k, rate_tps=rate / k, seconds=o.step_seconds)
+        if perf_proc:
+            self.perf_stop(perf_proc, perf_tag)
+        cpu_window = window.result()
+        relay_cpu = round((proc_cpu_s(pid) or 0.0) - cpu0, 2)
         catch_up = self.wait_caught_up(db, counter, max(30.0, o.step_seconds))
         with self.pg.connect(db) as c:
             for id_, ts in c.execute(
@@ -925,7 +1086,8 @@ rootLogger.appenderRef.file.ref = FILE
                 "min_ms": lat[0] if lat else None,
                 "sustained": not why, "why": "; ".join(why) or None,
                 "bound": "writer" if achieved < 0.95 * rate else None,
-                "unmatched_records": missing}
+                "unmatched_records": missing, "relay_cpu_s": relay_cpu,
+                "loadavg": loadavg(), **cpu_window}
         log(f"latency {system}: {rate} events/s: achieved {achieved:.0f}, p50 "
             f"{step['p50_ms']} p99 {p99} p99.9 {step['p999_ms']} ms; "
             + ("sustained" if step["sustained"] else f"NOT sustained ({step['why']})"))
@@ -979,8 +1141,7 @@ rootLogger.appenderRef.file.ref = FILE
             for k in self.o.ks:
                 self.drain_phase(k)
             if self.o.latency:
-                for system in self.o.systems:
-                    self.latency_phase(system)
+                self.latency_phase()
             self.results["environment"]["loadavg_end"] = loadavg()
             self.save()
         finally:
@@ -1032,9 +1193,12 @@ class LatencyConsumer:
 # ----------------------------------------------------------------------------- cli
 
 
+# The full preset also runs outboxd with linger.ms=5 next to its defaults (drain and
+# latency): the one setting the investigation found to matter most (docs/benchmarks.md).
 PRESETS = {
-    "full": dict(events=1_000_000, ks="1,10,100", step_seconds=30, ladder_max=200_000),
-    "quick": dict(events=50_000, ks="10", step_seconds=10, ladder_max=0),
+    "full": dict(events=1_000_000, ks="1,10,100", step_seconds=30, ladder_max=200_000,
+                 variants=["linger5:OUTBOXD_KAFKA__PRODUCER__LINGER_MS=5"]),
+    "quick": dict(events=50_000, ks="10", step_seconds=10, ladder_max=0, variants=[]),
 }
 
 
@@ -1050,7 +1214,7 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="quick preset: 50k events, k=10, short latency steps, no ladder")
     ap.add_argument("--events", type=int, help="events per transaction size (full: 1,000,000)")
-    ap.add_argument("--ks", help="transaction sizes, comma-separated (full: 1,10,100)")
+    ap.add_argument("--ks", help="transaction sizes, comma-separated (full: 1,10,100; none: skip the drain)")
     ap.add_argument("--writers", type=int, default=4, help="concurrent writer connections (pgbench -c)")
     ap.add_argument("--partitions", type=int, default=3, help="partitions per topic")
     ap.add_argument("--latency-steps", default="1000x1,1000x10,10000x10",
@@ -1069,6 +1233,13 @@ def main(argv=None) -> None:
                     help="also drain once more with outboxd under perf record (report in the run dir)")
     ap.add_argument("--outboxd-env", action="append", default=[], metavar="KEY=VALUE",
                     help="extra environment for outboxd (e.g. OUTBOXD_KAFKA__PRODUCER__LINGER_MS=5)")
+    ap.add_argument("--outboxd-variant", action="append", default=[], metavar="NAME:KEY=VALUE[,KEY=VALUE]",
+                    help="also drain with outboxd under extra settings, e.g. "
+                         "linger5:OUTBOXD_KAFKA__PRODUCER__LINGER_MS=5")
+    ap.add_argument("--no-preset-variants", action="store_true",
+                    help="leave out the preset's outboxd variants (full: linger5)")
+    ap.add_argument("--latency-variants", action="store_true",
+                    help="run the --outboxd-variant settings in the latency phase too")
     ap.add_argument("--keep", action="store_true", help="leave PostgreSQL and Kafka running at the end")
     ap.add_argument("--report-only", metavar="RESULTS_JSON", help="only render a report from a results file")
     # Wiring from run.sh.
@@ -1080,7 +1251,7 @@ def main(argv=None) -> None:
     ap.add_argument("--pg-port", type=int, default=54400)
     ap.add_argument("--kafka-port", type=int, default=19192)
     ap.add_argument("--connect-port", type=int, default=18083)
-    ap.add_argument("--metrics-port", type=int, default=19188)
+    ap.add_argument("--metrics-port", type=int, default=19300)
     args = ap.parse_args(argv)
 
     sys.path.insert(0, str(BENCH))
@@ -1097,7 +1268,7 @@ def main(argv=None) -> None:
     opts = Options(
         preset=preset,
         events=args.events or p["events"],
-        ks=[int(x) for x in (args.ks or p["ks"]).split(",")],
+        ks=[int(x) for x in (args.ks or p["ks"]).split(",") if x and x != "none"],
         writers=args.writers,
         partitions=args.partitions,
         latency_steps=parse_steps(args.latency_steps),
@@ -1111,6 +1282,9 @@ def main(argv=None) -> None:
         publish=(args.publish or preset == "full") and not args.no_publish,
         profile=args.profile,
         outboxd_env=dict(kv.split("=", 1) for kv in args.outboxd_env),
+        variants=[(v.split(":", 1)[0], dict(kv.split("=", 1) for kv in v.split(":", 1)[1].split(",")))
+                  for v in ([] if args.no_preset_variants else p["variants"]) + args.outboxd_variant],
+        latency_variants=args.latency_variants or (preset == "full" and not args.no_preset_variants),
     )
     for k in opts.ks:
         if opts.events % (k * opts.writers):

@@ -7,6 +7,8 @@
 #   bench/run.sh --quick         50k events, short latency steps; results go to
 #                                bench/.work/results/ only (add --publish to
 #                                write docs/ as well)
+#   bench/run.sh --profile       also profile outboxd (perf + flame graphs): one more
+#                                drain per transaction size, and the 10k events/s step
 #   bench/run.sh --help          every option (bench/bench.py)
 #
 # Prepares everything it needs, then hands over to bench/bench.py:
@@ -114,8 +116,18 @@ build_outboxd() {
     [[ -x $OUTBOXD_BIN ]] || die "outboxd binary missing after build"
 }
 
+# --profile: perf (Debian's linux-perf) and inferno's flame graph tools.
+ensure_profiler() {
+    command -v perf >/dev/null || apt_install linux-perf
+    if [[ ! -x $WORK/tools/bin/inferno-flamegraph ]]; then
+        log "installing inferno (flame graphs) into bench/.work/tools"
+        cargo install -q --locked inferno --version 0.12.8 --root "$WORK/tools" >&2
+    fi
+}
+
 mkdir -p "$WORK"
 ensure_system
+for arg in "$@"; do [[ $arg == --profile ]] && ensure_profiler; done
 ensure_python
 ensure_kafka_jars
 ensure_connect
