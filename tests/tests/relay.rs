@@ -5,6 +5,7 @@ use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use outboxd_pgoutput::Lsn;
+use outboxd_tests::scenario::{free_port, http_get};
 use outboxd_tests::{
     consume_until, services, unique_name, ConsumedRecord, DeliveryReport, RelayProcess, TestDb,
     TestTopics,
@@ -516,32 +517,6 @@ async fn transactional_logical_messages_are_relayed() {
     assert!(relay
         .wait_timeout(Duration::from_secs(60))
         .is_some_and(|s| s.success()));
-}
-
-fn http_get(port: u16, path: &str) -> (u16, String) {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    let status = response
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    (status, response)
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 #[tokio::test]
