@@ -343,7 +343,7 @@ def render(results: dict, chart_name: str) -> str:
           "step is read back (header `id`) and matched to its row's commit timestamp;",
           "4. writes `results.json`, this markdown and the chart (`bench/report.py`).", "",
           "Settings:", "",
-          "- outboxd: defaults (`linger.ms=1`, `acks=all`, idempotence, 100,000 records / 64 MiB in "
+          "- outboxd: defaults (`linger.ms=5`, `acks=all`, idempotence, 100,000 records / 64 MiB in "
           "flight, 16 MiB read buffer); the harness sets only the URL, slot, publication, table, brokers, "
           f"topic template and metrics address{extra_env(opts)}.",
           "- Debezium: `connector.class=io.debezium.connector.postgresql.PostgresConnector`, "

@@ -29,7 +29,7 @@ use crate::tracker::AckTracker;
 /// Why the relay stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum RelayError {
-    #[error("{0}")]
+    #[error(transparent)]
     Replication(#[from] outboxd_replication::Error),
     #[error(
         "Kafka refused an event, so the slot stays at {confirmed}: {reason}. Fix the cause \

@@ -238,9 +238,17 @@ impl Admin {
                 )));
             }
             self.client.batch_execute(&ddl).await.map_err(|e| {
+                let reason = e
+                    .as_db_error()
+                    .map_or_else(|| e.to_string(), |db| db.message().to_owned());
+                let advice = match e.code() {
+                    Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) => {
+                        "create the outbox table first (outboxd init prints the DDL)".to_owned()
+                    }
+                    _ => format!("run `{ddl}` as the tables' owner"),
+                };
                 Error::Preflight(format!(
-                    "could not create publication '{name}' ({e}): run `{ddl}` as the \
-                     tables' owner"
+                    "could not create publication '{name}': {reason}; {advice}"
                 ))
             })?;
             tracing::info!(publication = name, tables = %table_list, "publication created");
