@@ -483,6 +483,17 @@ impl RelayProcess {
         }
     }
 
+    /// SIGTERM, then asserts a clean exit (status 0) within 60 s.
+    pub fn stop_cleanly(&mut self) {
+        self.signal("TERM");
+        let status = self.wait_timeout(Duration::from_secs(60));
+        assert!(
+            status.is_some_and(|s| s.success()),
+            "outboxd did not exit cleanly after SIGTERM: {status:?}\n{}",
+            self.log_text()
+        );
+    }
+
     /// The log so far.
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()

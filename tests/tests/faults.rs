@@ -192,13 +192,7 @@ async fn postgres_link_faults_and_kills_lose_nothing() {
         "reconnects logged by the last relay: {}",
         log.matches("reconnecting").count()
     );
-    relay.signal("TERM");
-    let status = relay.wait_timeout(Duration::from_secs(60));
-    assert!(
-        status.is_some_and(|s| s.success()),
-        "clean exit\n{}",
-        tail(&relay.log_text())
-    );
+    relay.stop_cleanly();
 }
 
 /// A second relay on the same slot waits, says so, and takes over when the first is
@@ -268,10 +262,7 @@ async fn a_standby_relay_waits_for_the_slot_and_takes_over() {
     result.print();
     result.assert_complete(&standby.log_text());
     drop(load);
-    standby.signal("TERM");
-    assert!(standby
-        .wait_timeout(Duration::from_secs(60))
-        .is_some_and(|s| s.success()));
+    standby.stop_cleanly();
 }
 
 /// A record the broker refuses (too large for the producer's limit) among a
@@ -340,10 +331,7 @@ async fn a_refused_record_under_load_goes_to_the_dead_letter_topic() {
         Some("00000000-0000-4000-8000-0000000000ba")
     );
     drop(load);
-    relay.signal("TERM");
-    assert!(relay
-        .wait_timeout(Duration::from_secs(60))
-        .is_some_and(|s| s.success()));
+    relay.stop_cleanly();
 }
 
 /// A dedicated broker behind a proxy: restarted cleanly, SIGKILLed, partitioned
@@ -480,13 +468,7 @@ async fn kafka_restarts_kills_and_partitions_lose_nothing() {
     // (docs/reliability.md); the supervisor loop above stays as a safety net, and
     // how often it was needed is reported.
     println!("relay exits after broker outages: {restarts}");
-    relay.signal("TERM");
-    let status = relay.wait_timeout(Duration::from_secs(60));
-    assert!(
-        status.is_some_and(|s| s.success()),
-        "{}",
-        tail(&relay.log_text())
-    );
+    relay.stop_cleanly();
 }
 
 /// A dedicated PostgreSQL cluster stopped with `-m immediate` and restarted under
@@ -567,10 +549,7 @@ async fn postgres_crashes_lose_nothing_and_an_invalidated_slot_stops_the_relay()
     );
 
     // The slot invalidated while the relay is down.
-    relay.signal("TERM");
-    assert!(relay
-        .wait_timeout(Duration::from_secs(60))
-        .is_some_and(|s| s.success()));
+    relay.stop_cleanly();
     let c = pg_connect(&pg.url()).await;
     c.batch_execute("ALTER SYSTEM SET max_slot_wal_keep_size = '1MB'")
         .await

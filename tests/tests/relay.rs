@@ -230,15 +230,7 @@ async fn relays_100k_events_from_8_writers_in_per_key_commit_order() {
     );
     assert!(records.iter().all(|r| r.header("id").is_some()));
 
-    relay.signal("TERM");
-    let status = relay
-        .wait_timeout(Duration::from_secs(60))
-        .expect("exits after SIGTERM");
-    assert!(
-        status.success(),
-        "clean exit: {status:?}\n{}",
-        relay.log_text()
-    );
+    relay.stop_cleanly();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -267,10 +259,7 @@ async fn sigkill_at_random_moments_loses_nothing() {
         report.delivered, report.duplicates
     );
     assert_complete(&report, 30_000);
-    relay.signal("TERM");
-    assert!(relay
-        .wait_timeout(Duration::from_secs(60))
-        .is_some_and(|s| s.success()));
+    relay.stop_cleanly();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -280,25 +269,14 @@ async fn a_graceful_restart_publishes_no_duplicates() {
     let writers = tokio::spawn(async move { write_events(&url, 4, 20_000, 200, 5, 7).await });
     let mut relay = setup.start("graceful1");
     tokio::time::sleep(Duration::from_millis(1_500)).await;
-    relay.signal("TERM");
-    let status = relay
-        .wait_timeout(Duration::from_secs(60))
-        .expect("exits after SIGTERM");
-    assert!(
-        status.success(),
-        "clean exit: {status:?}\n{}",
-        relay.log_text()
-    );
+    relay.stop_cleanly();
     writers.await.unwrap();
     let mut relay = setup.start("graceful2");
     let records = setup.read_events(20_000, Duration::from_secs(120)).await;
     let report = DeliveryReport::check(&records, &setup.committed().await);
     assert_complete(&report, 20_000);
     assert_eq!(report.duplicates, 0, "{}", relay.log_text());
-    relay.signal("TERM");
-    assert!(relay
-        .wait_timeout(Duration::from_secs(60))
-        .is_some_and(|s| s.success()));
+    relay.stop_cleanly();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -487,9 +465,7 @@ async fn with_a_dead_letter_topic_bad_rows_are_diverted_and_the_rest_flows() {
         .header("outboxd.error")
         .unwrap()
         .contains("aggregatetype is NULL"));
-    relay.signal("TERM");
-    let status = relay.wait_timeout(Duration::from_secs(60)).expect("exits");
-    assert!(status.success(), "{}", relay.log_text());
+    relay.stop_cleanly();
 }
 
 #[tokio::test]
@@ -513,10 +489,7 @@ async fn transactional_logical_messages_are_relayed() {
         records[0].value.as_deref(),
         Some(&br#"{"agg":"agg-1","seq":1}"#[..])
     );
-    relay.signal("TERM");
-    assert!(relay
-        .wait_timeout(Duration::from_secs(60))
-        .is_some_and(|s| s.success()));
+    relay.stop_cleanly();
 }
 
 #[tokio::test]
@@ -573,10 +546,7 @@ async fn health_metrics_and_no_secrets_in_logs() {
     assert_eq!(http_get(port, "/healthz").0, 200);
     assert_eq!(http_get(port, "/readyz").0, 200);
 
-    relay.signal("TERM");
-    assert!(relay
-        .wait_timeout(Duration::from_secs(60))
-        .is_some_and(|s| s.success()));
+    relay.stop_cleanly();
     let log = relay.log_text();
     assert!(log.contains("\"level\":\"INFO\""), "JSON logs: {log}");
     assert!(!log.contains("pg-secret-must-not-leak"), "{log}");
@@ -629,10 +599,7 @@ async fn a_transaction_far_larger_than_the_caps_streams_through_in_bounded_memor
         "peak RSS {} MB: memory must stay bounded",
         peak >> 20
     );
-    relay.signal("TERM");
-    assert!(relay
-        .wait_timeout(Duration::from_secs(60))
-        .is_some_and(|s| s.success()));
+    relay.stop_cleanly();
 }
 
 /// Debezium compatibility through the real broker: topic, key, value, headers and the
@@ -681,9 +648,6 @@ async fn golden_debezium_compatible_records() {
             r.partition, partition,
             "murmur2 placement for key format {key_format}"
         );
-        relay.signal("TERM");
-        assert!(relay
-            .wait_timeout(Duration::from_secs(60))
-            .is_some_and(|s| s.success()));
+        relay.stop_cleanly();
     }
 }

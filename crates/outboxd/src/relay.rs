@@ -7,13 +7,12 @@
 //! unroutable row without a dead-letter topic, an invalidated slot: exit non-zero).
 //! Whatever ends it, the confirmed position is the acknowledged prefix, never more.
 
-use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use outboxd_kafka_sink::{Completion, KafkaSink, Record, RecordMeta, TxnId};
-use outboxd_pgoutput::{pg_time_to_system_time, Begin, LogicalMessage, Lsn};
+use outboxd_pgoutput::{pg_time_to_system_time, Begin, LogicalMessage, Lsn, Relation};
 use outboxd_replication::{
     open_stream, Admin, ConnectOptions, ReaderConfig, ReplicationEvent, ReplicationReader,
     SourceSpec, StreamSettings, TableName,
@@ -67,7 +66,8 @@ impl RelayError {
 pub struct Relay {
     config: Config,
     connect: ConnectOptions,
-    tables: HashSet<(String, String)>,
+    /// The outbox tables, parsed once.
+    tables: Vec<TableName>,
     router: Router,
     sink: KafkaSink,
     completions: mpsc::UnboundedReceiver<Completion>,
@@ -86,11 +86,6 @@ impl std::fmt::Debug for Relay {
             .field("confirmed", &self.confirmed)
             .finish_non_exhaustive()
     }
-}
-
-/// How a session ended without error.
-enum SessionEnd {
-    Shutdown,
 }
 
 impl Relay {
@@ -113,7 +108,7 @@ impl Relay {
             .postgres
             .tables
             .iter()
-            .map(|t| TableName::parse(t).map(|t| (t.schema, t.name)))
+            .map(|t| TableName::parse(t))
             .collect::<Result<_, _>>()?;
         Ok(Relay {
             router: Router::new(config.routing.clone()),
@@ -137,7 +132,7 @@ impl Relay {
             let result = self.session(&mut shutdown).await;
             self.health.set_stream_attached(false);
             match result {
-                Ok(SessionEnd::Shutdown) => {
+                Ok(()) => {
                     self.sink
                         .flush(self.config.server.shutdown_timeout())
                         .await
@@ -185,24 +180,15 @@ impl Relay {
         }
     }
 
-    async fn session(
-        &mut self,
-        shutdown: &mut watch::Receiver<bool>,
-    ) -> Result<SessionEnd, RelayError> {
+    /// One replication session; `Ok(())` only when it ended because of `shutdown`.
+    async fn session(&mut self, shutdown: &mut watch::Receiver<bool>) -> Result<(), RelayError> {
         let admin = Admin::connect(&self.connect).await?;
         admin.check_wal_level().await?;
-        let tables: Vec<TableName> = self
-            .config
-            .postgres
-            .tables
-            .iter()
-            .map(|t| TableName::parse(t))
-            .collect::<Result<_, _>>()?;
-        if !tables.is_empty() {
+        if !self.tables.is_empty() {
             admin
                 .ensure_publication(
                     &self.config.postgres.publication,
-                    &tables,
+                    &self.tables,
                     self.config.postgres.create_publication,
                 )
                 .await?;
@@ -282,10 +268,18 @@ impl Relay {
             (Ok(()), Err(e)) => Err(e.into()),
             (Ok(()), Ok(flushed)) if stopping => {
                 self.confirmed = self.confirmed.max(flushed);
-                Ok(SessionEnd::Shutdown)
+                Ok(())
             }
             (Ok(()), Ok(_)) => Err(outboxd_replication::Error::StreamClosed.into()),
         }
+    }
+
+    /// Whether a change belongs to one of the outbox tables (no allocation: this
+    /// runs for every change).
+    fn is_outbox(&self, relation: &Relation) -> bool {
+        self.tables
+            .iter()
+            .any(|t| t.schema == relation.namespace && t.name == relation.name)
     }
 
     async fn on_event(
@@ -308,10 +302,7 @@ impl Relay {
                 let Some(relation) = event.relation else {
                     return Ok(());
                 };
-                if !self
-                    .tables
-                    .contains(&(relation.namespace.clone(), relation.name.clone()))
-                {
+                if !self.is_outbox(&relation) {
                     return Ok(());
                 }
                 let (txn, position) = session.next_position()?;
@@ -342,11 +333,7 @@ impl Relay {
                 // Only inserts are events (as with Debezium's router); deleting outbox
                 // rows in the same transaction is the supported way to keep the table
                 // small.
-                if event
-                    .relation
-                    .as_ref()
-                    .is_none_or(|r| self.tables.contains(&(r.namespace.clone(), r.name.clone())))
-                {
+                if event.relation.as_ref().is_none_or(|r| self.is_outbox(r)) {
                     self.metrics.ignored_changes.inc();
                 }
             }
