@@ -29,6 +29,7 @@ fn spec(slot: &str) -> SourceSpec {
         messages: true,
         create_slot: true,
         expected_resume: None,
+        already_delivered: Lsn::ZERO,
         settings: StreamSettings::default(),
     }
 }
@@ -474,6 +475,37 @@ async fn a_slot_moved_past_the_expected_resume_point_is_refused() {
         message.contains(&slot) && message.contains(&created),
         "{message}"
     );
+}
+
+/// A relay that reconnects knows more than the slot when its last confirmations
+/// never reached the server: starting at what it already delivered must skip those
+/// transactions (no duplicates) and nothing after them.
+#[tokio::test]
+async fn a_reconnect_starts_after_what_was_already_delivered() {
+    let db = TestDb::create().await;
+    setup(&db, "SELECT 1").await;
+    let slot = db.slot_name();
+    let (admin, mut reader) = start(&db, &spec(&slot)).await;
+    insert_events(&db, 4, "d").await;
+    let txns = transactions(&mut reader, 4, false).await;
+    reader.close().await.unwrap();
+    let commit_end = |t: &Vec<ReplicationEvent>| match &t.last().unwrap().message {
+        LogicalMessage::Commit(c) => c.end_lsn,
+        other => panic!("a transaction ends with Commit, not {other:?}"),
+    };
+    let delivered = commit_end(&txns[1]);
+    assert!(
+        confirmed_flush(&admin, &slot).await < delivered,
+        "the slot must lag behind what was delivered for this test to mean anything"
+    );
+
+    let mut s = spec(&slot);
+    s.already_delivered = delivered;
+    let (_admin, mut reader) = start(&db, &s).await;
+    let replayed = transactions(&mut reader, 2, false).await;
+    assert_eq!(aggregate_ids(&replayed), ["d-2", "d-3"]);
+    assert_eq!(commit_end(&replayed[0]), commit_end(&txns[2]));
+    reader.close().await.unwrap();
 }
 
 #[tokio::test]

@@ -10,7 +10,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use outboxd_pgoutput::LogicalMessage;
+use outboxd_pgoutput::{LogicalMessage, Lsn};
 use outboxd_replication::{
     open_stream, Admin, ConnectOptions, Error, PgConnection, ReaderConfig, ReplicationClient,
     ReplicationReader, SourceSpec, SslMode, StreamSettings,
@@ -431,6 +431,7 @@ async fn a_stream_over_verified_tls_with_scram_delivers_an_insert() {
         messages: false,
         create_slot: true,
         expected_resume: None,
+        already_delivered: Lsn::ZERO,
         settings: StreamSettings::default(),
     };
     let (stream, started) = open_stream(&o, &admin, &spec).await.unwrap();

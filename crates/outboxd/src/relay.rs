@@ -199,6 +199,7 @@ impl Relay {
             messages: !self.config.routing.message_prefix.is_empty(),
             create_slot: self.config.postgres.create_slot,
             expected_resume: None,
+            already_delivered: self.confirmed,
             settings: StreamSettings {
                 status_interval: Duration::from_millis(
                     self.config.postgres.status_interval_ms.max(100),

@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use clap::Args;
-use outboxd_pgoutput::{pg_time_to_system_time, ColumnValue, LogicalMessage, Relation};
+use outboxd_pgoutput::{pg_time_to_system_time, ColumnValue, LogicalMessage, Lsn, Relation};
 use outboxd_replication::{
     open_stream, Admin, ReaderConfig, ReplicationReader, SourceSpec, StreamSettings,
 };
@@ -36,6 +36,7 @@ pub async fn run(config: &Config, options: &TailOptions) -> anyhow::Result<()> {
         messages: true,
         create_slot: config.postgres.create_slot,
         expected_resume: None,
+        already_delivered: Lsn::ZERO,
         settings: StreamSettings::default(),
     };
     let (stream, started) = open_stream(&opts, &admin, &spec).await?;

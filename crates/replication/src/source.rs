@@ -21,6 +21,11 @@ pub struct SourceSpec {
     /// Where the caller believes the stream must resume (e.g. from a checkpoint of
     /// its own). `None`: the slot's confirmed position is the checkpoint.
     pub expected_resume: Option<Lsn>,
+    /// Everything up to here is already durable downstream (a reconnecting relay
+    /// knows more than the slot when its last confirmations never reached the
+    /// server). The stream starts no earlier, so those events are not sent twice:
+    /// the server skips transactions that committed before the requested start.
+    pub already_delivered: Lsn,
     pub settings: StreamSettings,
 }
 
@@ -71,7 +76,10 @@ pub async fn open_stream(
         });
     }
     let confirmed = slot.confirmed_flush_lsn.unwrap_or(Lsn::ZERO);
-    let resume = spec.expected_resume.unwrap_or(confirmed);
+    let resume = spec
+        .expected_resume
+        .unwrap_or(confirmed)
+        .max(spec.already_delivered);
     let timeout = client.wal_sender_timeout().await?;
     let settings = spec.settings.clone().for_timeout(timeout);
     let stream = client
