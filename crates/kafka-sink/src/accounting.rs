@@ -45,8 +45,15 @@ pub(crate) struct Delivery {
     pub meta: RecordMeta,
     /// The record's own topic (not the dead-letter topic).
     pub topic: String,
-    /// Payload bytes counted against the in-flight cap, released at settlement.
-    pub bytes: usize,
+    /// Bytes counted against the in-flight cap ([`Record::in_flight_size`]), released
+    /// at settlement.
+    ///
+    /// [`Record::in_flight_size`]: crate::Record::in_flight_size
+    pub charged: usize,
+    /// Payload bytes ([`Record::payload_size`]), for the delivered-bytes statistic.
+    ///
+    /// [`Record::payload_size`]: crate::Record::payload_size
+    pub payload_bytes: usize,
     /// The record's own timestamp, kept for its dead-letter record: librdkafka reports
     /// no timestamp for a failed message.
     pub timestamp: Option<i64>,
@@ -373,7 +380,7 @@ impl Shared {
             self.stats.records_delivered.fetch_add(1, Ordering::Relaxed);
             self.stats
                 .bytes_delivered
-                .fetch_add(delivery.bytes as u64, Ordering::Relaxed);
+                .fetch_add(delivery.payload_bytes as u64, Ordering::Relaxed);
         }
         let mut txns = lock(&self.txns);
         match txns.get_mut(&delivery.txn) {
@@ -392,7 +399,7 @@ impl Shared {
         drop(txns);
         // Release after the completion went out: once `flush` sees nothing in flight,
         // every completion of what was in flight is in the channel.
-        self.release(delivery.bytes);
+        self.release(delivery.charged);
     }
 
     /// A record could neither be delivered nor dead-lettered: fail its transaction.
@@ -420,7 +427,7 @@ impl Shared {
             }
         }
         drop(txns);
-        self.release(delivery.bytes);
+        self.release(delivery.charged);
     }
 
     /// A record was refused, at enqueue time or in its delivery report. Dead-letters

@@ -53,11 +53,12 @@ pub struct SinkConfig {
     /// At most this many records are enqueued and not yet acknowledged; `send` waits
     /// beyond it. Bounds memory when the broker is slow or down.
     pub max_in_flight_records: usize,
-    /// At most this many payload bytes (see [`Record::payload_size`]) are in flight. A
-    /// single record larger than the cap is still let through when nothing else is in
-    /// flight, so that it cannot wedge the sink.
+    /// At most this many bytes are in flight, counted as [`Record::in_flight_size`]
+    /// (payload plus an estimate of the per-record cost), so the cap bounds process
+    /// memory. A single record larger than the cap is still let through when nothing
+    /// else is in flight, so that it cannot wedge the sink.
     ///
-    /// [`Record::payload_size`]: crate::Record::payload_size
+    /// [`Record::in_flight_size`]: crate::Record::in_flight_size
     pub max_in_flight_bytes: usize,
     /// Where records go that the broker refuses for good (too large, invalid, unknown
     /// topic…). `None`: such a record fails its transaction.
@@ -70,7 +71,7 @@ impl Default for SinkConfig {
             brokers: "localhost:9092".to_owned(),
             properties: Vec::new(),
             max_in_flight_records: 100_000,
-            max_in_flight_bytes: 64 * 1024 * 1024,
+            max_in_flight_bytes: 16 * 1024 * 1024,
             dead_letter_topic: None,
         }
     }

@@ -236,7 +236,7 @@ impl KafkaSink {
     /// enqueued and not counted.
     pub async fn send(&self, txn: TxnId, record: Record) -> Result<(), SinkError> {
         let _in_order = self.enqueue.lock().await;
-        let bytes = record.payload_size();
+        let bytes = record.in_flight_size();
         loop {
             if let Some(fatal) = self.fatal_error() {
                 return Err(SinkError::Fatal(fatal));
@@ -276,7 +276,8 @@ impl KafkaSink {
             txn,
             meta: record.meta.clone(),
             topic: record.topic.clone(),
-            bytes,
+            charged: bytes,
+            payload_bytes: record.payload_size(),
             timestamp: record.timestamp_ms,
             attempt: Attempt::Original,
         });

@@ -78,7 +78,7 @@ impl Default for PostgresConfig {
             create_slot: true,
             create_publication: true,
             status_interval_ms: 10_000,
-            max_buffered_bytes: 16 << 20,
+            max_buffered_bytes: 8 << 20,
         }
     }
 }
@@ -92,6 +92,7 @@ pub struct KafkaConfig {
     /// Where undeliverable or unroutable events go; empty: stop instead.
     pub dead_letter_topic: Option<String>,
     pub max_in_flight_records: usize,
+    /// Payload plus per-record overhead in flight: the sink's share of memory.
     pub max_in_flight_bytes: usize,
 }
 
@@ -128,7 +129,7 @@ impl Default for KafkaConfig {
             producer: BTreeMap::new(),
             dead_letter_topic: None,
             max_in_flight_records: 100_000,
-            max_in_flight_bytes: 64 << 20,
+            max_in_flight_bytes: 16 << 20,
         }
     }
 }

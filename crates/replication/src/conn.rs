@@ -435,6 +435,13 @@ impl PgConnection {
         }
     }
 
+    /// Whether a complete message is already buffered, so that reading it will not
+    /// wait for the network.
+    pub(crate) fn has_buffered_message(&self) -> bool {
+        let b = &self.read_buf;
+        b.len() >= 5 && b.len() > u32::from_be_bytes([b[1], b[2], b[3], b[4]]) as usize
+    }
+
     /// Takes one complete message off the read buffer, if there is one.
     fn parse_buffered(&mut self) -> Result<Option<Backend>, Error> {
         if self.read_buf.len() < 5 {

@@ -22,6 +22,12 @@ use crate::stream::{LogicalStream, StreamEvent, StreamPositions};
 /// Memory accounting overhead charged per message on top of its wire size.
 const PER_MESSAGE_OVERHEAD: usize = 128;
 
+/// At most this many messages go to the consumer in one hand-over. Messages that
+/// arrived in one socket read travel together: one wake-up of the consumer per
+/// batch instead of one per message (at 10k events/s, per-message hand-over spent
+/// ~40% of the relay's CPU samples on context switches).
+const MAX_BATCH: usize = 256;
+
 /// Knobs of the reader.
 #[derive(Debug, Clone)]
 pub struct ReaderConfig {
@@ -35,7 +41,7 @@ pub struct ReaderConfig {
 impl Default for ReaderConfig {
     fn default() -> Self {
         ReaderConfig {
-            max_buffered_bytes: 16 << 20,
+            max_buffered_bytes: 8 << 20,
             ack_delay: Duration::from_millis(20),
         }
     }
@@ -53,7 +59,9 @@ pub struct ReplicationEvent {
 /// The consumer's side of a running reader.
 #[derive(Debug)]
 pub struct ReplicationReader {
-    events: mpsc::UnboundedReceiver<ReplicationEvent>,
+    events: mpsc::UnboundedReceiver<Vec<ReplicationEvent>>,
+    /// The rest of the batch being handed out, in reverse order (popped from the end).
+    batch: Vec<ReplicationEvent>,
     ack: watch::Sender<Lsn>,
     stop: watch::Sender<Phase>,
     positions: watch::Receiver<StreamPositions>,
@@ -80,6 +88,7 @@ impl ReplicationReader {
         let task = tokio::spawn(run(stream, config, event_tx, ack_rx, stop_rx, positions_tx));
         ReplicationReader {
             events,
+            batch: Vec::new(),
             ack,
             stop,
             positions,
@@ -90,8 +99,15 @@ impl ReplicationReader {
     /// The next message; `None` once the reader stopped (at a transaction boundary
     /// after [`stop_at_transaction_boundary`](Self::stop_at_transaction_boundary), or
     /// because of an error that [`close`](Self::close) returns).
+    ///
+    /// Cancellation-safe: a message is either returned or stays queued.
     pub async fn recv(&mut self) -> Option<ReplicationEvent> {
-        self.events.recv().await
+        if self.batch.is_empty() {
+            let mut batch = self.events.recv().await?;
+            batch.reverse();
+            self.batch = batch;
+        }
+        self.batch.pop()
     }
 
     /// Everything up to `lsn` (the end LSN of a fully delivered transaction) is
@@ -143,7 +159,7 @@ impl ReplicationReader {
 async fn run(
     mut stream: LogicalStream,
     config: ReaderConfig,
-    events: mpsc::UnboundedSender<ReplicationEvent>,
+    events: mpsc::UnboundedSender<Vec<ReplicationEvent>>,
     mut ack: watch::Receiver<Lsn>,
     mut stop: watch::Receiver<Phase>,
     positions: watch::Sender<StreamPositions>,
@@ -179,20 +195,42 @@ async fn run(
                 }
             }
             event = stream.next_event() => {
-                match event? {
-                    StreamEvent::Message { wal_start, message, relation, wire_bytes } => {
-                        let charge = u32::try_from(wire_bytes + PER_MESSAGE_OVERHEAD)
-                            .unwrap_or(u32::MAX)
-                            .min(max_charge);
-                        let permit = wait_for_budget(&mut stream, &budget, charge, &mut ack).await?;
-                        let event = ReplicationEvent { wal_start, message, relation, _budget: permit };
-                        if events.send(event).is_err() {
-                            break; // the consumer is gone
+                // Take everything that arrived with this event, up to the end of the
+                // transaction we are asked to stop after.
+                let mut batch = Vec::new();
+                let mut consumer_gone = false;
+                let mut next = Some(event?);
+                while let Some(event) = next.take() {
+                    match event {
+                        StreamEvent::Message { wal_start, message, relation, wire_bytes } => {
+                            let charge = u32::try_from(wire_bytes + PER_MESSAGE_OVERHEAD)
+                                .unwrap_or(u32::MAX)
+                                .min(max_charge);
+                            let permit = match budget.clone().try_acquire_many_owned(charge) {
+                                Ok(permit) => permit,
+                                Err(_) => {
+                                    // The consumer frees budget only for what it has:
+                                    // hand over the batch before waiting.
+                                    if !batch.is_empty() && events.send(std::mem::take(&mut batch)).is_err() {
+                                        consumer_gone = true;
+                                        break;
+                                    }
+                                    wait_for_budget(&mut stream, &budget, charge, &mut ack).await?
+                                }
+                            };
+                            batch.push(ReplicationEvent { wal_start, message, relation, _budget: permit });
+                        }
+                        StreamEvent::Keepalive { .. } => {
+                            positions.send_replace(stream.positions());
                         }
                     }
-                    StreamEvent::Keepalive { .. } => {
-                        positions.send_replace(stream.positions());
+                    let stopping = *stop.borrow() >= Phase::StopAtBoundary && !stream.in_transaction();
+                    if batch.len() < MAX_BATCH && !stopping && stream.has_buffered_event() {
+                        next = Some(stream.next_event().await?);
                     }
+                }
+                if consumer_gone || (!batch.is_empty() && events.send(batch).is_err()) {
+                    break;
                 }
             }
         }

@@ -141,6 +141,12 @@ impl LogicalStream {
         target.max(p.reported_flush)
     }
 
+    /// Whether the next event is already received, so that
+    /// [`next_event`](Self::next_event) returns it without waiting for the network.
+    pub fn has_buffered_event(&self) -> bool {
+        self.conn.has_buffered_message()
+    }
+
     /// When the next timer-driven status update is due.
     pub fn status_due(&self) -> Instant {
         self.next_status
