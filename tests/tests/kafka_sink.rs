@@ -28,7 +28,7 @@ fn record(topic: &str, txn: u64, index: u32, key: &str, value: Bytes) -> Record 
         topic: topic.to_owned(),
         key: Some(Bytes::from(key.to_owned())),
         value: Some(value),
-        headers: vec![("id".to_owned(), Bytes::from(format!("ev-{txn}-{index}")))],
+        headers: vec![("id".into(), Bytes::from(format!("ev-{txn}-{index}")))],
         timestamp_ms: None,
         meta: RecordMeta {
             event_id: format!("ev-{txn}-{index}"),

@@ -47,5 +47,5 @@ pub use accounting::dead_letter_headers;
 pub use config::{SinkConfig, DEFAULT_PROPERTIES};
 pub use error::SinkError;
 pub use rdkafka::error::KafkaError;
-pub use record::{Completion, DeliveryFailure, PgLsn, Record, RecordMeta, TxnId};
+pub use record::{Completion, DeliveryFailure, HeaderName, PgLsn, Record, RecordMeta, TxnId};
 pub use sink::{BrokerInfo, ClusterCheck, KafkaSink, SinkStats, TopicCheck};

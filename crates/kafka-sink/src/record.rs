@@ -1,6 +1,7 @@
 //! What goes into the sink (records of a source transaction) and what comes out
 //! (one completion per transaction).
 
+use std::borrow::Cow;
 use std::fmt;
 
 use bytes::Bytes;
@@ -32,6 +33,9 @@ pub struct RecordMeta {
     pub index: u32,
 }
 
+/// A header name: usually a constant, so that building a record need not allocate it.
+pub type HeaderName = Cow<'static, str>;
+
 /// One Kafka record to produce.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Record {
@@ -41,7 +45,7 @@ pub struct Record {
     pub key: Option<Bytes>,
     /// `None` produces a tombstone.
     pub value: Option<Bytes>,
-    pub headers: Vec<(String, Bytes)>,
+    pub headers: Vec<(HeaderName, Bytes)>,
     /// Milliseconds since the Unix epoch; `None` lets the producer stamp the send time.
     pub timestamp_ms: Option<i64>,
     pub meta: RecordMeta,

@@ -503,7 +503,7 @@ fn content_of(record: &Record) -> Content {
         headers: record
             .headers
             .iter()
-            .map(|(k, v)| (k.clone(), Some(Bytes::clone(v))))
+            .map(|(k, v)| (k.to_string(), Some(Bytes::clone(v))))
             .collect(),
         timestamp: record.timestamp_ms,
     }

@@ -45,7 +45,7 @@ fn record(topic: &str, txn: u64, index: u32) -> Record {
         topic: topic.to_owned(),
         key: Some(Bytes::from(format!("key-{}", index % 3))),
         value: Some(Bytes::from(format!("value {txn}/{index}"))),
-        headers: vec![("id".to_owned(), Bytes::from(format!("e-{txn}-{index}")))],
+        headers: vec![("id".into(), Bytes::from(format!("e-{txn}-{index}")))],
         timestamp_ms: None,
         meta: RecordMeta {
             event_id: format!("e-{txn}-{index}"),

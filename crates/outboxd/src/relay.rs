@@ -524,20 +524,14 @@ fn dead_letter_record(topic: &str, error: &RouteError) -> Record {
         key: None,
         value: None,
         headers: vec![
+            ("outboxd.error".into(), Bytes::from(error.reason.clone())),
             (
-                "outboxd.error".to_owned(),
-                Bytes::from(error.reason.clone()),
-            ),
-            (
-                "outboxd.event.id".to_owned(),
+                "outboxd.event.id".into(),
                 Bytes::from(error.event_id.clone()),
             ),
-            (
-                "outboxd.lsn".to_owned(),
-                Bytes::from(p.commit_lsn.to_string()),
-            ),
-            ("outboxd.index".to_owned(), Bytes::from(p.index.to_string())),
-            ("outboxd.xid".to_owned(), Bytes::from(p.xid.to_string())),
+            ("outboxd.lsn".into(), Bytes::from(p.commit_lsn.to_string())),
+            ("outboxd.index".into(), Bytes::from(p.index.to_string())),
+            ("outboxd.xid".into(), Bytes::from(p.xid.to_string())),
         ],
         timestamp_ms: None,
         meta: RecordMeta {

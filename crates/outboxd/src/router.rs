@@ -3,11 +3,12 @@
 //!
 //! Pure: no I/O. Golden tests pin topic, key, value and headers for known rows.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use outboxd_kafka_sink::{Record, RecordMeta};
+use outboxd_kafka_sink::{HeaderName, Record, RecordMeta};
 use outboxd_pgoutput::{pg_time_to_system_time, ColumnValue, Lsn, Relation};
 use serde::{Deserialize, Serialize};
 
@@ -60,7 +61,7 @@ pub struct OutboxEvent {
     pub aggregate_id: Option<String>,
     pub payload: Option<Bytes>,
     /// Further columns to place as headers: (header name, value).
-    pub extra_headers: Vec<(String, Bytes)>,
+    pub extra_headers: Vec<(HeaderName, Bytes)>,
 }
 
 /// The JSON envelope of an outbox event sent with `pg_logical_emit_message`.
@@ -82,14 +83,53 @@ pub struct MessageEnvelope {
 }
 
 /// Builds records from events.
+///
+/// Keeps what repeats from record to record (topics per aggregate type, the source
+/// headers of the current transaction), so that the common record costs few
+/// allocations: in a profile of the 1M-event drain, malloc was a fifth of the
+/// samples before.
 #[derive(Debug, Clone)]
 pub struct Router {
     config: RoutingConfig,
+    /// Topic per aggregate type; cleared when it reaches [`MAX_CACHED_TOPICS`].
+    topics: HashMap<String, String>,
+    /// Source headers of the transaction routed last.
+    source: Option<SourceHeaders>,
+}
+
+/// At most this many aggregate types keep their topic cached.
+const MAX_CACHED_TOPICS: usize = 1024;
+
+/// Header values shared by every record of a transaction.
+#[derive(Debug, Clone)]
+struct SourceHeaders {
+    commit_lsn: Lsn,
+    lsn: Bytes,
+    xid: Bytes,
+    commit_time: Bytes,
+    timestamp_ms: i64,
+}
+
+impl SourceHeaders {
+    fn of(p: SourcePosition) -> Self {
+        let commit_time = pg_time_to_system_time(p.commit_time);
+        SourceHeaders {
+            commit_lsn: p.commit_lsn,
+            lsn: Bytes::from(p.commit_lsn.to_string()),
+            xid: Bytes::from(p.xid.to_string()),
+            commit_time: Bytes::from(humantime::format_rfc3339_micros(commit_time).to_string()),
+            timestamp_ms: unix_millis(commit_time),
+        }
+    }
 }
 
 impl Router {
     pub fn new(config: RoutingConfig) -> Self {
-        Router { config }
+        Router {
+            config,
+            topics: HashMap::new(),
+            source: None,
+        }
     }
 
     /// Reads an outbox row (an INSERT's new tuple) into an event.
@@ -131,7 +171,7 @@ impl Router {
             let mut extra_headers = Vec::new();
             for placement in &self.config.additional_headers {
                 if let Some(v) = column(&placement.column)? {
-                    extra_headers.push((placement.header.clone(), v));
+                    extra_headers.push((placement.header.clone().into(), v));
                 }
             }
             Ok(OutboxEvent {
@@ -173,21 +213,21 @@ impl Router {
             v => Some(Bytes::from(v.to_string())),
         };
         // The envelope's `type` goes where a row's type column would.
-        let mut extra_headers: Vec<(String, Bytes)> = self
+        let mut extra_headers: Vec<(HeaderName, Bytes)> = self
             .config
             .additional_headers
             .iter()
             .filter(|p| p.column == self.config.columns.event_type)
             .filter_map(|p| {
                 let t = envelope.event_type.clone()?;
-                Some((p.header.clone(), Bytes::from(t)))
+                Some((p.header.clone().into(), Bytes::from(t)))
             })
             .collect();
         extra_headers.extend(
             envelope
                 .headers
                 .into_iter()
-                .map(|(k, v)| (k, Bytes::from(v))),
+                .map(|(k, v)| (k.into(), Bytes::from(v))),
         );
         Ok(OutboxEvent {
             id: envelope.id,
@@ -200,7 +240,7 @@ impl Router {
 
     /// Builds the Kafka record for an event.
     pub fn route(
-        &self,
+        &mut self,
         event: OutboxEvent,
         position: SourcePosition,
     ) -> Result<Record, RouteError> {
@@ -223,6 +263,10 @@ impl Router {
             ))
         })?;
         let topic = self.topic_for(&aggregate_type).map_err(fail)?;
+        let source = match &self.source {
+            Some(s) if s.commit_lsn == position.commit_lsn => s,
+            _ => self.source.insert(SourceHeaders::of(position)),
+        };
         let key = match self.config.key_format {
             KeyFormat::String => Bytes::from(aggregate_id),
             KeyFormat::Json => Bytes::from(serde_json::Value::String(aggregate_id).to_string()),
@@ -235,33 +279,26 @@ impl Router {
                 self.config.max_record_bytes
             )));
         }
-        let mut headers = vec![("id".to_owned(), Bytes::from(event_id.clone()))];
+        let mut headers = Vec::with_capacity(5 + event.extra_headers.len());
+        headers.push(("id".into(), Bytes::from(event_id.clone())));
         headers.extend(event.extra_headers);
-        let commit_time = pg_time_to_system_time(position.commit_time);
         if self.config.source_headers {
-            headers.push((
-                "outboxd.lsn".to_owned(),
-                Bytes::from(position.commit_lsn.to_string()),
-            ));
-            headers.push((
-                "outboxd.index".to_owned(),
-                Bytes::from(position.index.to_string()),
-            ));
-            headers.push((
-                "outboxd.xid".to_owned(),
-                Bytes::from(position.xid.to_string()),
-            ));
-            headers.push((
-                "outboxd.commit_time".to_owned(),
-                Bytes::from(humantime::format_rfc3339_micros(commit_time).to_string()),
-            ));
+            headers.extend([
+                ("outboxd.lsn".into(), source.lsn.clone()),
+                (
+                    "outboxd.index".into(),
+                    Bytes::from(position.index.to_string()),
+                ),
+                ("outboxd.xid".into(), source.xid.clone()),
+                ("outboxd.commit_time".into(), source.commit_time.clone()),
+            ]);
         }
         Ok(Record {
             topic,
             key: Some(key),
             value: event.payload,
             headers,
-            timestamp_ms: Some(unix_millis(commit_time)),
+            timestamp_ms: Some(source.timestamp_ms),
             meta: RecordMeta {
                 event_id,
                 lsn: position.commit_lsn.0,
@@ -270,7 +307,10 @@ impl Router {
         })
     }
 
-    fn topic_for(&self, aggregate_type: &str) -> Result<String, String> {
+    fn topic_for(&mut self, aggregate_type: &str) -> Result<String, String> {
+        if let Some(topic) = self.topics.get(aggregate_type) {
+            return Ok(topic.clone());
+        }
         let topic = self
             .config
             .topic
@@ -283,6 +323,10 @@ impl Router {
                  Kafka topic name (letters, digits, '.', '_', '-'; at most 249)"
             ));
         }
+        if self.topics.len() >= MAX_CACHED_TOPICS {
+            self.topics.clear();
+        }
+        self.topics.insert(aggregate_type.to_owned(), topic.clone());
         Ok(topic)
     }
 }
@@ -369,7 +413,7 @@ mod tests {
     };
 
     fn route(config: RoutingConfig, values: &[ColumnValue]) -> Result<Record, RouteError> {
-        let router = Router::new(config);
+        let mut router = Router::new(config);
         let event = router.event_from_row(&outbox_relation(), values, POSITION)?;
         router.route(event, POSITION)
     }
@@ -408,7 +452,7 @@ mod tests {
         let headers: Vec<(&str, &[u8])> = r
             .headers
             .iter()
-            .map(|(k, v)| (k.as_str(), &v[..]))
+            .map(|(k, v)| (k.as_ref(), &v[..]))
             .collect();
         assert_eq!(
             headers,
@@ -436,7 +480,7 @@ mod tests {
         };
         let mut relation = outbox_relation();
         relation.columns[4].type_oid = BYTEA_OID;
-        let router = Router::new(config);
+        let mut router = Router::new(config);
         let event = router
             .event_from_row(&relation, &row(text("order"), text("\\x00ff41")), POSITION)
             .unwrap();
@@ -509,7 +553,7 @@ mod tests {
             }],
             ..RoutingConfig::default()
         };
-        let router = Router::new(config);
+        let mut router = Router::new(config);
         let content = br#"{"aggregatetype":"order","aggregateid":"o-9","type":"OrderShipped","payload":{"carrier":"dhl"},"headers":{"tenant":"t1"}}"#;
         let event = router.event_from_message(content, POSITION).unwrap();
         let r = router.route(event, POSITION).unwrap();
@@ -537,5 +581,52 @@ mod tests {
         assert_eq!(decode_bytea_hex(b"\\xa"), None);
         assert_eq!(decode_bytea_hex(b"ab"), None);
         assert_eq!(decode_bytea_hex(b"\\xzz"), None);
+    }
+
+    /// The caches must not leak one transaction's values into the next, nor let a
+    /// bad aggregate type through the second time.
+    #[test]
+    fn cached_values_follow_the_transaction_and_the_aggregate_type() {
+        let mut router = Router::new(RoutingConfig::default());
+        let relation = outbox_relation();
+        let mut record = |aggregate_type: &str, position: SourcePosition| {
+            let event = router
+                .event_from_row(&relation, &row(text(aggregate_type), text("{}")), position)
+                .unwrap();
+            router.route(event, position)
+        };
+        let header = |r: &Record, name: &str| {
+            let (_, v) = r.headers.iter().find(|(k, _)| k == name).unwrap();
+            String::from_utf8(v.to_vec()).unwrap()
+        };
+        let second = SourcePosition {
+            index: 4,
+            ..POSITION
+        };
+        let next_txn = SourcePosition {
+            commit_lsn: Lsn(0x16_B374_F000),
+            index: 0,
+            commit_time: 2_000_000,
+            xid: 743,
+        };
+        let a = record("order", POSITION).unwrap();
+        let b = record("order", second).unwrap();
+        let c = record("invoice", next_txn).unwrap();
+        assert_eq!(
+            (a.topic.as_str(), c.topic.as_str()),
+            ("outbox.event.order", "outbox.event.invoice")
+        );
+        assert_eq!(header(&a, "outboxd.lsn"), header(&b, "outboxd.lsn"));
+        assert_eq!(header(&b, "outboxd.index"), "4");
+        assert_eq!(header(&c, "outboxd.lsn"), "16/B374F000");
+        assert_eq!(header(&c, "outboxd.xid"), "743");
+        assert_eq!(
+            header(&c, "outboxd.commit_time"),
+            "2000-01-01T00:00:02.000000Z"
+        );
+        assert_eq!(c.timestamp_ms, Some(946_684_802_000));
+        for _ in 0..2 {
+            assert!(record("no/slash", next_txn).is_err());
+        }
     }
 }
