@@ -32,9 +32,9 @@ use crate::protocol::{ServerFrame, StatusUpdate};
 /// was not looked up.
 pub const DEFAULT_RECEIVE_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// Added to the server's `wal_sender_timeout` for the derived receive timeout, so
-/// that after a network partition the server has dropped its end (freeing the slot)
-/// by the time we reconnect.
+/// Added to the server's `wal_sender_timeout` for the derived receive timeout: if we
+/// gave up on the server sooner than it gives up on us, the reconnect would find
+/// the slot still held (a retryable `SlotInUse`, but a wasted round).
 const RECEIVE_TIMEOUT_MARGIN: Duration = Duration::from_secs(5);
 
 /// The shortest receive timeout honoured; a zero one would fail every read.
