@@ -8,6 +8,8 @@
 use std::collections::BTreeMap;
 use std::io;
 use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -199,6 +201,7 @@ struct FakeServer {
     port: u16,
     received: mpsc::UnboundedReceiver<Received>,
     task: JoinHandle<io::Result<()>>,
+    answers_keepalive_requests: Arc<AtomicBool>,
 }
 
 impl FakeServer {
@@ -208,15 +211,25 @@ impl FakeServer {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let port = listener.local_addr().expect("local address").port();
         let (tx, received) = mpsc::unbounded_channel();
+        let answers_keepalive_requests = Arc::new(AtomicBool::new(false));
+        let answers = answers_keepalive_requests.clone();
         let task = tokio::spawn(async move {
             let (socket, _) = listener.accept().await?;
-            serve(socket, startup, streaming, tx).await
+            serve(socket, startup, streaming, tx, answers).await
         });
         FakeServer {
             port,
             received,
             task,
+            answers_keepalive_requests,
         }
+    }
+
+    /// From now on, answer a status update that asks for a reply with a keepalive,
+    /// as a walsender does.
+    fn answer_keepalive_requests(&self) {
+        self.answers_keepalive_requests
+            .store(true, Ordering::Relaxed);
     }
 
     /// A server that starts up normally and then streams `streaming`.
@@ -299,6 +312,7 @@ async fn serve(
     startup: Vec<Step>,
     streaming: Vec<Step>,
     tx: mpsc::UnboundedSender<Received>,
+    answers_keepalive_requests: Arc<AtomicBool>,
 ) -> io::Result<()> {
     // The startup packet (after an SSLRequest, which we decline, if one comes).
     loop {
@@ -355,6 +369,12 @@ async fn serve(
                 }
             }
             b'd' => {
+                if answers_keepalive_requests.load(Ordering::Relaxed)
+                    && body.first() == Some(&b'r')
+                    && body.last() == Some(&1)
+                {
+                    socket.write_all(&keepalive(Lsn(0x10), false)).await?;
+                }
                 let _ = tx.send(Received::CopyData(body));
             }
             b'X' => return Ok(()),
@@ -651,6 +671,71 @@ async fn a_server_that_closes_mid_frame_is_an_io_error() {
         matches!(&err, Error::Io { source, .. } if source.kind() == io::ErrorKind::UnexpectedEof),
         "{err:?}"
     );
+}
+
+#[tokio::test]
+async fn a_silent_server_is_asked_for_a_keepalive_then_given_up_on() {
+    // Nothing after CopyBothResponse; then a frame that stops in the middle. Both
+    // leave the socket open: only the receive timeout can end the wait.
+    let mut partial = vec![b'd'];
+    partial.extend_from_slice(&104u32.to_be_bytes());
+    partial.extend_from_slice(b"w123456789");
+    for streaming in [vec![], vec![Step::Send(partial)]] {
+        let mut fake = FakeServer::streaming(streaming).await;
+        let receive_timeout = Duration::from_secs(1);
+        let mut stream = fake
+            .stream_with(StreamSettings {
+                receive_timeout: Some(receive_timeout),
+                ..StreamSettings::default()
+            })
+            .await;
+        let started = std::time::Instant::now();
+        let (events, err) = first_error(&mut stream).await;
+        let took = started.elapsed();
+        assert!(events.is_empty(), "{events:?}");
+        assert!(
+            matches!(&err, Error::ReceiveTimeout { peer, timeout, .. }
+                if *peer == format!("127.0.0.1:{}", fake.port) && *timeout == receive_timeout),
+            "{err:?}"
+        );
+        assert!(err.is_retryable(), "{err}");
+        assert!(took >= receive_timeout / 2, "gave up after {took:?}");
+        // Halfway through, a standby status update with reply-requested went out.
+        let asked = fake
+            .wait_for(|r| match r {
+                Received::CopyData(d) if d.first() == Some(&b'r') => Some(d[33] == 1),
+                _ => None,
+            })
+            .await;
+        assert_eq!(asked, Some(true), "no keepalive request before giving up");
+    }
+}
+
+#[tokio::test]
+async fn a_quiet_server_that_answers_keepalive_requests_is_not_given_up_on() {
+    let fake = FakeServer::streaming(vec![]).await;
+    fake.answer_keepalive_requests();
+    let receive_timeout = Duration::from_secs(1);
+    let mut stream = fake
+        .stream_with(StreamSettings {
+            receive_timeout: Some(receive_timeout),
+            ..StreamSettings::default()
+        })
+        .await;
+    // Four receive timeouts in which the server says nothing of its own accord.
+    let mut keepalives = 0;
+    let quiet = timeout(receive_timeout * 4, async {
+        loop {
+            match stream.next_event().await {
+                Ok(StreamEvent::Keepalive { .. }) => keepalives += 1,
+                other => return other,
+            }
+        }
+    })
+    .await;
+    assert!(quiet.is_err(), "the stream ended: {quiet:?}");
+    // One request per half timeout, each answered.
+    assert!((4..=10).contains(&keepalives), "{keepalives} keepalives");
 }
 
 #[tokio::test]

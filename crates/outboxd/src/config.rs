@@ -45,6 +45,10 @@ pub struct PostgresConfig {
     /// Upper bound for the interval between standby status updates, in milliseconds
     /// (also capped at a third of the server's wal_sender_timeout).
     pub status_interval_ms: u64,
+    /// Seconds without a byte from the server after which the replication
+    /// connection counts as dead and is reopened (a keepalive is requested halfway).
+    /// Unset: the server's wal_sender_timeout + 5 s, or 60 s when that is disabled.
+    pub receive_timeout_secs: Option<u64>,
     /// Bytes of decoded messages buffered between the stream and the relay.
     pub max_buffered_bytes: usize,
 }
@@ -61,6 +65,7 @@ impl std::fmt::Debug for PostgresConfig {
             .field("create_slot", &self.create_slot)
             .field("create_publication", &self.create_publication)
             .field("status_interval_ms", &self.status_interval_ms)
+            .field("receive_timeout_secs", &self.receive_timeout_secs)
             .field("max_buffered_bytes", &self.max_buffered_bytes)
             .finish()
     }
@@ -78,8 +83,17 @@ impl Default for PostgresConfig {
             create_slot: true,
             create_publication: true,
             status_interval_ms: 10_000,
+            receive_timeout_secs: None,
             max_buffered_bytes: 8 << 20,
         }
+    }
+}
+
+impl PostgresConfig {
+    /// The stream's receive timeout; `None` lets it follow the server's
+    /// wal_sender_timeout.
+    pub fn receive_timeout(&self) -> Option<Duration> {
+        self.receive_timeout_secs.map(Duration::from_secs)
     }
 }
 
@@ -339,6 +353,12 @@ impl Config {
                  put url under [postgres] in the configuration file"
             );
         }
+        if self.postgres.receive_timeout_secs == Some(0) {
+            anyhow::bail!(
+                "postgres.receive_timeout_secs must be at least 1; leave it unset to follow \
+                 the server's wal_sender_timeout"
+            );
+        }
         if self.postgres.tables.is_empty() && self.routing.message_prefix.is_empty() {
             anyhow::bail!("nothing to relay: set postgres.tables and/or routing.message_prefix");
         }
@@ -532,6 +552,30 @@ mod tests {
         assert!(e.to_string().contains("slto"), "{e}");
         let e = Config::load_from(None, &Overrides::default(), env(&[])).unwrap_err();
         assert!(e.to_string().contains("postgres.url"), "{e}");
+    }
+
+    #[test]
+    fn receive_timeout_follows_the_server_unless_set() {
+        let url = ("OUTBOXD_POSTGRES__URL", "postgres://h/db");
+        let config = Config::load_from(None, &Overrides::default(), env(&[url])).unwrap();
+        assert_eq!(config.postgres.receive_timeout(), None);
+        let config = Config::load_from(
+            None,
+            &Overrides::default(),
+            env(&[url, ("OUTBOXD_POSTGRES__RECEIVE_TIMEOUT_SECS", "25")]),
+        )
+        .unwrap();
+        assert_eq!(
+            config.postgres.receive_timeout(),
+            Some(Duration::from_secs(25))
+        );
+        let e = Config::load_from(
+            None,
+            &Overrides::default(),
+            env(&[url, ("OUTBOXD_POSTGRES__RECEIVE_TIMEOUT_SECS", "0")]),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("receive_timeout_secs"), "{e}");
     }
 
     #[test]

@@ -204,6 +204,7 @@ impl Relay {
                 status_interval: Duration::from_millis(
                     self.config.postgres.status_interval_ms.max(100),
                 ),
+                receive_timeout: self.config.postgres.receive_timeout(),
                 ..StreamSettings::default()
             },
         };

@@ -4,12 +4,15 @@
 //! Every check that can fail because of the server's setup says what to change.
 
 use std::fmt;
+use std::future::Future;
+use std::time::Duration;
 
 use outboxd_pgoutput::Lsn;
 use tokio_postgres::{Client, NoTls};
 
 use crate::client::{parse_lsn, quote_ident};
 use crate::config::ConnectOptions;
+use crate::conn::conn_timeout_error;
 use crate::error::Error;
 use crate::tls;
 
@@ -75,12 +78,23 @@ impl SlotInfo {
 pub struct Admin {
     client: Client,
     peer: String,
+    /// The bound on catalog reads (`connect_timeout`).
+    answer_timeout: Duration,
 }
 
 impl Admin {
     /// Connects with the same options (and TLS rules) as the replication connection.
+    /// `connect_timeout` bounds the whole handshake, as in libpq (tokio-postgres
+    /// applies it to the TCP connect only, so a silent server would hold us forever).
     pub async fn connect(opts: &ConnectOptions) -> Result<Admin, Error> {
         let peer = opts.describe();
+        tokio::time::timeout(opts.connect_timeout, Self::connect_unbounded(opts, &peer))
+            .await
+            .map_err(|_| conn_timeout_error(&peer, "connecting", opts.connect_timeout))?
+    }
+
+    async fn connect_unbounded(opts: &ConnectOptions, peer: &str) -> Result<Admin, Error> {
+        let peer = peer.to_owned();
         let config = opts.to_tokio_config();
         let sql_err = |source| Error::Sql {
             peer: peer.clone(),
@@ -99,7 +113,11 @@ impl Admin {
                 client
             }
         };
-        Ok(Admin { client, peer })
+        Ok(Admin {
+            client,
+            peer,
+            answer_timeout: opts.connect_timeout,
+        })
     }
 
     /// The underlying client, for callers with SQL of their own.
@@ -114,12 +132,31 @@ impl Admin {
         }
     }
 
+    /// Runs a catalog read, which the server answers at once: no answer within
+    /// `connect_timeout` means a dead path (tokio-postgres itself waits forever).
+    async fn prompt<T>(
+        &self,
+        what: &str,
+        query: impl Future<Output = Result<T, tokio_postgres::Error>>,
+    ) -> Result<T, Error> {
+        match tokio::time::timeout(self.answer_timeout, query).await {
+            Ok(result) => result.map_err(|e| self.sql(e)),
+            Err(_) => Err(conn_timeout_error(
+                &self.peer,
+                &format!("waiting for {what}"),
+                self.answer_timeout,
+            )),
+        }
+    }
+
     async fn show(&self, setting: &str) -> Result<String, Error> {
         let row = self
-            .client
-            .query_one("SELECT current_setting($1)", &[&setting])
-            .await
-            .map_err(|e| self.sql(e))?;
+            .prompt(
+                "a setting",
+                self.client
+                    .query_one("SELECT current_setting($1)", &[&setting]),
+            )
+            .await?;
         Ok(row.get(0))
     }
 
@@ -148,14 +185,15 @@ impl Admin {
     /// The user must have REPLICATION (or be superuser) to open a walsender.
     pub async fn check_replication_role(&self) -> Result<(), Error> {
         let row = self
-            .client
-            .query_one(
-                "SELECT current_user::text, rolreplication OR rolsuper FROM pg_roles \
-                 WHERE rolname = current_user",
-                &[],
+            .prompt(
+                "the role's attributes",
+                self.client.query_one(
+                    "SELECT current_user::text, rolreplication OR rolsuper FROM pg_roles \
+                     WHERE rolname = current_user",
+                    &[],
+                ),
             )
-            .await
-            .map_err(|e| self.sql(e))?;
+            .await?;
         let user: String = row.get(0);
         let allowed: bool = row.get(1);
         if !allowed {
@@ -171,16 +209,17 @@ impl Admin {
     /// Checks that `table` exists and has the columns the caller needs.
     pub async fn check_table(&self, table: &TableName, columns: &[&str]) -> Result<(), Error> {
         let rows = self
-            .client
-            .query(
-                "SELECT a.attname::text FROM pg_attribute a \
-                 JOIN pg_class c ON c.oid = a.attrelid \
-                 JOIN pg_namespace n ON n.oid = c.relnamespace \
-                 WHERE n.nspname = $1 AND c.relname = $2 AND a.attnum > 0 AND NOT a.attisdropped",
-                &[&table.schema, &table.name],
+            .prompt(
+                "the table's columns",
+                self.client.query(
+                    "SELECT a.attname::text FROM pg_attribute a \
+                     JOIN pg_class c ON c.oid = a.attrelid \
+                     JOIN pg_namespace n ON n.oid = c.relnamespace \
+                     WHERE n.nspname = $1 AND c.relname = $2 AND a.attnum > 0 AND NOT a.attisdropped",
+                    &[&table.schema, &table.name],
+                ),
             )
-            .await
-            .map_err(|e| self.sql(e))?;
+            .await?;
         if rows.is_empty() {
             return Err(Error::Preflight(format!(
                 "table {table} does not exist (or is not visible to this user): create it \
@@ -214,13 +253,14 @@ impl Admin {
         create: bool,
     ) -> Result<(), Error> {
         let existing = self
-            .client
-            .query_opt(
-                "SELECT pubinsert, puballtables FROM pg_publication WHERE pubname = $1",
-                &[&name],
+            .prompt(
+                "the publication",
+                self.client.query_opt(
+                    "SELECT pubinsert, puballtables FROM pg_publication WHERE pubname = $1",
+                    &[&name],
+                ),
             )
-            .await
-            .map_err(|e| self.sql(e))?;
+            .await?;
         let table_list = tables
             .iter()
             .map(TableName::quoted)
@@ -263,13 +303,11 @@ impl Admin {
             )));
         }
         let published = self
-            .client
-            .query(
+            .prompt("the publication's tables", self.client.query(
                 "SELECT schemaname::text, tablename::text FROM pg_publication_tables WHERE pubname = $1",
                 &[&name],
-            )
-            .await
-            .map_err(|e| self.sql(e))?;
+            ))
+            .await?;
         let missing: Vec<&TableName> = tables
             .iter()
             .filter(|t| {
@@ -296,16 +334,17 @@ impl Admin {
     /// The slot's state, or `None` when there is no such slot.
     pub async fn slot(&self, name: &str) -> Result<Option<SlotInfo>, Error> {
         let row = self
-            .client
-            .query_opt(
-                "SELECT slot_name::text, plugin::text, slot_type, database::text, active_pid, \
-                        restart_lsn::text, confirmed_flush_lsn::text, wal_status, \
-                        (pg_current_wal_lsn() - confirmed_flush_lsn)::bigint \
-                 FROM pg_replication_slots WHERE slot_name = $1",
-                &[&name],
+            .prompt(
+                "the slot's state",
+                self.client.query_opt(
+                    "SELECT slot_name::text, plugin::text, slot_type, database::text, active_pid, \
+                            restart_lsn::text, confirmed_flush_lsn::text, wal_status, \
+                            (pg_current_wal_lsn() - confirmed_flush_lsn)::bigint \
+                     FROM pg_replication_slots WHERE slot_name = $1",
+                    &[&name],
+                ),
             )
-            .await
-            .map_err(|e| self.sql(e))?;
+            .await?;
         let Some(row) = row else { return Ok(None) };
         let lsn = |idx: usize| -> Result<Option<Lsn>, Error> {
             row.get::<_, Option<String>>(idx)
@@ -361,10 +400,12 @@ impl Admin {
     /// `pg_current_wal_lsn()`.
     pub async fn current_wal_lsn(&self) -> Result<Lsn, Error> {
         let row = self
-            .client
-            .query_one("SELECT pg_current_wal_lsn()::text", &[])
-            .await
-            .map_err(|e| self.sql(e))?;
+            .prompt(
+                "the current WAL position",
+                self.client
+                    .query_one("SELECT pg_current_wal_lsn()::text", &[]),
+            )
+            .await?;
         parse_lsn(&row.get::<_, String>(0))
     }
 }

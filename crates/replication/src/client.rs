@@ -6,7 +6,7 @@ use std::time::Duration;
 use outboxd_pgoutput::Lsn;
 
 use crate::config::ConnectOptions;
-use crate::conn::PgConnection;
+use crate::conn::{conn_timeout_error, PgConnection, QueryResult};
 use crate::error::{Error, ServerError};
 use crate::stream::{LogicalStream, StreamSettings};
 
@@ -36,6 +36,8 @@ pub struct StartOptions {
 #[derive(Debug)]
 pub struct ReplicationClient {
     conn: PgConnection,
+    /// The bound on commands the server answers at once (`connect_timeout`).
+    answer_timeout: Duration,
 }
 
 impl ReplicationClient {
@@ -48,7 +50,25 @@ impl ReplicationClient {
             server_version = conn.parameter("server_version").unwrap_or("?"),
             "replication connection established"
         );
-        Ok(ReplicationClient { conn })
+        Ok(ReplicationClient {
+            conn,
+            answer_timeout: opts.connect_timeout,
+        })
+    }
+
+    /// Runs a command the server answers at once (IDENTIFY_SYSTEM, SHOW). No answer
+    /// within `connect_timeout` means a dead path, as during the connect itself.
+    /// Not for commands that may wait on other sessions (slot creation and drop).
+    async fn prompt_query(&mut self, sql: &str) -> Result<QueryResult, Error> {
+        let limit = self.answer_timeout;
+        match tokio::time::timeout(limit, self.conn.simple_query(sql)).await {
+            Ok(result) => result,
+            Err(_) => Err(conn_timeout_error(
+                self.conn.peer(),
+                &format!("waiting for the answer to {sql}"),
+                limit,
+            )),
+        }
     }
 
     /// The server's major version (14, 15, …).
@@ -62,7 +82,7 @@ impl ReplicationClient {
     }
 
     pub async fn identify_system(&mut self) -> Result<SystemIdentity, Error> {
-        let r = self.conn.simple_query("IDENTIFY_SYSTEM").await?;
+        let r = self.prompt_query("IDENTIFY_SYSTEM").await?;
         let field = |name: &str| {
             r.first(name)
                 .map(str::to_owned)
@@ -80,7 +100,7 @@ impl ReplicationClient {
 
     /// The server's `wal_sender_timeout`; `None` when disabled (0).
     pub async fn wal_sender_timeout(&mut self) -> Result<Option<Duration>, Error> {
-        let r = self.conn.simple_query("SHOW wal_sender_timeout").await?;
+        let r = self.prompt_query("SHOW wal_sender_timeout").await?;
         let value = r
             .rows
             .first()
@@ -139,7 +159,18 @@ impl ReplicationClient {
             sql.push_str(", messages 'true'");
         }
         sql.push(')');
-        match self.conn.start_copy_both(&sql).await {
+        // The server answers START_REPLICATION at once; decoding begins after.
+        let limit = self.answer_timeout;
+        let answer = tokio::time::timeout(limit, self.conn.start_copy_both(&sql))
+            .await
+            .unwrap_or_else(|_| {
+                Err(conn_timeout_error(
+                    self.conn.peer(),
+                    "waiting for the answer to START_REPLICATION",
+                    limit,
+                ))
+            });
+        match answer {
             Ok(()) => {}
             Err(Error::Server { error, .. }) if error.code == "55006" => {
                 return Err(Error::SlotInUse {

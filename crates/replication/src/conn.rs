@@ -23,6 +23,7 @@ use postgres_protocol::message::backend::{ErrorFields, Message};
 use postgres_protocol::message::frontend;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
+use tokio::time::Instant;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
@@ -36,6 +37,18 @@ pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 1 << 30;
 
 /// The most the read buffer grows by ahead of data actually received.
 const READ_CHUNK_BYTES: usize = 1 << 20;
+
+/// TCP keepalive: probe after 30 s of silence, every 10 s, give up after 3 misses.
+/// A backstop for the moments without an application-level timeout (commands that
+/// may legitimately wait, such as CREATE_REPLICATION_SLOT): a peer that vanished
+/// without a FIN or RST is noticed within about a minute instead of never.
+pub(crate) const TCP_KEEPALIVE_IDLE: Duration = Duration::from_secs(30);
+pub(crate) const TCP_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+pub(crate) const TCP_KEEPALIVE_RETRIES: u32 = 3;
+/// How long sent data may stay unacknowledged before the kernel drops the
+/// connection (Linux `TCP_USER_TIMEOUT`); without it a write into a dead path
+/// sits in the socket buffer for the ~15 minutes of TCP's retransmissions.
+pub(crate) const TCP_USER_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The byte stream under the protocol: plain TCP or TLS over TCP.
 #[derive(Debug)]
@@ -114,6 +127,10 @@ pub struct PgConnection {
     peer: String,
     max_message_bytes: usize,
     parameters: HashMap<String, String>,
+    /// When bytes last arrived from the server, and how many so far: the stream's
+    /// receive timeout measures silence with them.
+    last_received: Instant,
+    bytes_received: u64,
 }
 
 impl PgConnection {
@@ -138,6 +155,7 @@ impl PgConnection {
         })?
         .map_err(io_err)?;
         tcp.set_nodelay(true).map_err(io_err)?;
+        set_tcp_keepalive(&tcp).map_err(io_err)?;
 
         let transport = negotiate_tls(tcp, opts, &peer).await?;
         let mut conn = PgConnection {
@@ -147,6 +165,8 @@ impl PgConnection {
             peer,
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
             parameters: HashMap::new(),
+            last_received: Instant::now(),
+            bytes_received: 0,
         };
         tokio::time::timeout(opts.connect_timeout, conn.startup(opts, replication))
             .await
@@ -187,6 +207,17 @@ impl PgConnection {
     /// Caps the size of one backend message.
     pub fn set_max_message_bytes(&mut self, max: usize) {
         self.max_message_bytes = max;
+    }
+
+    /// When the last bytes arrived from the server (any bytes, so that a huge
+    /// message arriving slowly counts as life).
+    pub(crate) fn last_received(&self) -> Instant {
+        self.last_received
+    }
+
+    /// Bytes received from the server so far (after TLS).
+    pub(crate) fn bytes_received(&self) -> u64 {
+        self.bytes_received
     }
 
     async fn startup(&mut self, opts: &ConnectOptions, replication: bool) -> Result<(), Error> {
@@ -422,6 +453,10 @@ impl PgConnection {
                 .read_buf(&mut self.read_buf)
                 .await
                 .map_err(|e| self.io(e))?;
+            if n > 0 {
+                self.last_received = Instant::now();
+                self.bytes_received += n as u64;
+            }
             if n == 0 {
                 return Err(self.io(io::Error::new(
                     io::ErrorKind::UnexpectedEof,
@@ -498,11 +533,11 @@ impl PgConnection {
         frontend::copy_done(&mut self.write_buf);
     }
 
-    /// Writes everything queued.
+    /// Writes everything queued. Cancellation-safe: what was not written yet stays
+    /// queued (a frame is never half dropped) and goes out with the next flush.
     pub(crate) async fn flush(&mut self) -> Result<(), Error> {
-        let buf = self.write_buf.split();
         self.transport
-            .write_all(&buf)
+            .write_all_buf(&mut self.write_buf)
             .await
             .map_err(|e| self.io(e))?;
         self.transport.flush().await.map_err(|e| self.io(e))
@@ -575,7 +610,20 @@ async fn negotiate_tls(
     }
 }
 
-fn conn_timeout_error(peer: &str, what: &str, after: Duration) -> Error {
+fn set_tcp_keepalive(tcp: &TcpStream) -> io::Result<()> {
+    let socket = socket2::SockRef::from(tcp);
+    socket.set_tcp_keepalive(
+        &socket2::TcpKeepalive::new()
+            .with_time(TCP_KEEPALIVE_IDLE)
+            .with_interval(TCP_KEEPALIVE_INTERVAL)
+            .with_retries(TCP_KEEPALIVE_RETRIES),
+    )?;
+    #[cfg(target_os = "linux")]
+    socket.set_tcp_user_timeout(Some(TCP_USER_TIMEOUT))?;
+    Ok(())
+}
+
+pub(crate) fn conn_timeout_error(peer: &str, what: &str, after: Duration) -> Error {
     Error::Io {
         peer: peer.to_owned(),
         source: io::Error::new(

@@ -120,6 +120,21 @@ pub enum Error {
     /// The stream was closed (by the server's CopyDone or by us).
     #[error("replication stream closed by the server")]
     StreamClosed,
+
+    /// Nothing arrived on the replication connection for `receive_timeout`, not even
+    /// the answer to a keepalive request: the connection is presumed dead.
+    #[error(
+        "replication connection to {peer}: nothing received for {silent:?}, not even an \
+         answer to a keepalive request (receive_timeout is {timeout:?}). The network path \
+         to PostgreSQL may be dropping packets (firewall, NAT or load balancer idle \
+         timeouts, a failed-over address) or the server may be stuck; outboxd reconnects. \
+         If this repeats on a healthy network, raise postgres.receive_timeout_secs"
+    )]
+    ReceiveTimeout {
+        peer: String,
+        silent: std::time::Duration,
+        timeout: std::time::Duration,
+    },
 }
 
 impl Error {
@@ -134,7 +149,10 @@ impl Error {
     /// Whether reconnecting later may succeed without an operator's help.
     pub fn is_retryable(&self) -> bool {
         match self {
-            Error::Io { .. } | Error::StreamClosed | Error::SlotInUse { .. } => true,
+            Error::Io { .. }
+            | Error::StreamClosed
+            | Error::SlotInUse { .. }
+            | Error::ReceiveTimeout { .. } => true,
             // Admin shutdown, too many connections, the server starting up or
             // shutting down, crash recovery: all pass.
             Error::Server { error, .. } => {

@@ -33,4 +33,6 @@ pub use outboxd_pgoutput::Lsn;
 pub use protocol::{ServerFrame, StatusUpdate};
 pub use reader::{ReaderConfig, ReplicationEvent, ReplicationReader};
 pub use source::{open_stream, SourceSpec, Started};
-pub use stream::{LogicalStream, StreamEvent, StreamPositions, StreamSettings};
+pub use stream::{
+    LogicalStream, StreamEvent, StreamPositions, StreamSettings, DEFAULT_RECEIVE_TIMEOUT,
+};

@@ -8,6 +8,14 @@
 //! - never lower than what we reported before;
 //! - on a timer (the caller picks an interval below `wal_sender_timeout`), at once
 //!   when the server asks, and once more when the stream is closed.
+//!
+//! Liveness: a path that silently drops packets leaves the socket open and a read
+//! waiting forever. The server only speaks when it has data, when WAL moves, or when
+//! *we* have been silent — so an idle but healthy server can be quiet indefinitely.
+//! Halfway through `receive_timeout` without a byte we therefore ask for a keepalive
+//! (a status update with reply-requested, which the walsender answers at once); if
+//! the other half passes without a byte too, the stream fails with the retryable
+//! [`Error::ReceiveTimeout`].
 
 use std::time::{Duration, SystemTime};
 
@@ -16,9 +24,21 @@ use outboxd_pgoutput::{LogicalMessage, Lsn, SharedRelation, StreamDecoder};
 use postgres_protocol::message::backend::Message;
 use tokio::time::Instant;
 
-use crate::conn::{copy_data_payload, server_error, Backend, PgConnection};
+use crate::conn::{conn_timeout_error, copy_data_payload, server_error, Backend, PgConnection};
 use crate::error::Error;
 use crate::protocol::{ServerFrame, StatusUpdate};
+
+/// The receive timeout when the server's `wal_sender_timeout` is disabled (0) or
+/// was not looked up.
+pub const DEFAULT_RECEIVE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Added to the server's `wal_sender_timeout` for the derived receive timeout: if we
+/// gave up on the server sooner than it gives up on us, the reconnect would find
+/// the slot still held (a retryable `SlotInUse`, but a wasted round).
+const RECEIVE_TIMEOUT_MARGIN: Duration = Duration::from_secs(5);
+
+/// The shortest receive timeout honoured; a zero one would fail every read.
+const MIN_RECEIVE_TIMEOUT: Duration = Duration::from_millis(100);
 
 /// Knobs of a stream.
 #[derive(Debug, Clone)]
@@ -26,6 +46,12 @@ pub struct StreamSettings {
     /// How often a status update goes out without being asked for. Keep it well
     /// below the server's `wal_sender_timeout` (see [`StreamSettings::for_timeout`]).
     pub status_interval: Duration,
+    /// How long the stream waits without receiving a byte before it fails with
+    /// [`Error::ReceiveTimeout`]; halfway through it asks the server for a keepalive.
+    /// `None`: the server's `wal_sender_timeout` plus 5 s, set by
+    /// [`StreamSettings::for_timeout`] ([`DEFAULT_RECEIVE_TIMEOUT`] when the server's
+    /// is disabled or unknown).
+    pub receive_timeout: Option<Duration>,
     /// The largest backend message accepted.
     pub max_message_bytes: usize,
 }
@@ -34,6 +60,7 @@ impl Default for StreamSettings {
     fn default() -> Self {
         StreamSettings {
             status_interval: Duration::from_secs(10),
+            receive_timeout: None,
             max_message_bytes: crate::conn::DEFAULT_MAX_MESSAGE_BYTES,
         }
     }
@@ -41,12 +68,16 @@ impl Default for StreamSettings {
 
 impl StreamSettings {
     /// Caps the status interval at a third of the server's `wal_sender_timeout`, so
-    /// that a delayed update still arrives in time.
+    /// that a delayed update still arrives in time, and derives the receive timeout
+    /// from it unless one was set.
     pub fn for_timeout(mut self, wal_sender_timeout: Option<Duration>) -> Self {
         if let Some(timeout) = wal_sender_timeout {
             let cap = (timeout / 3).max(Duration::from_millis(100));
             self.status_interval = self.status_interval.min(cap);
         }
+        self.receive_timeout.get_or_insert(
+            wal_sender_timeout.map_or(DEFAULT_RECEIVE_TIMEOUT, |t| t + RECEIVE_TIMEOUT_MARGIN),
+        );
         self
     }
 }
@@ -89,6 +120,10 @@ pub struct LogicalStream {
     /// End LSN of the last Commit handed to the caller (or the start position).
     last_commit_end: Lsn,
     next_status: Instant,
+    receive_timeout: Duration,
+    /// A keepalive request not answered yet: when it went out, and the count of
+    /// bytes received by then (any byte since counts as the answer).
+    probe: Option<(Instant, u64)>,
 }
 
 impl LogicalStream {
@@ -98,6 +133,11 @@ impl LogicalStream {
             conn,
             decoder: StreamDecoder::new(),
             next_status: Instant::now() + settings.status_interval,
+            receive_timeout: settings
+                .receive_timeout
+                .unwrap_or(DEFAULT_RECEIVE_TIMEOUT)
+                .max(MIN_RECEIVE_TIMEOUT),
+            probe: None,
             settings,
             positions: StreamPositions {
                 received: start,
@@ -163,7 +203,18 @@ impl LogicalStream {
         };
         self.conn
             .queue_copy_data(&update.encode(SystemTime::now()))?;
-        self.conn.flush().await?;
+        // A write that cannot complete means the peer stopped taking data: as dead
+        // as a silent one, and it must not stall us past the receive timeout.
+        tokio::time::timeout(self.receive_timeout, self.conn.flush())
+            .await
+            .map_err(|_| {
+                conn_timeout_error(
+                    self.conn.peer(),
+                    "sending a standby status update (the server takes no data; the network \
+                     path may be dropping packets)",
+                    self.receive_timeout,
+                )
+            })??;
         self.positions.reported_flush = flush;
         self.next_status = Instant::now() + self.settings.status_interval;
         tracing::trace!(write = %update.write, flush = %flush, "standby status sent");
@@ -171,15 +222,35 @@ impl LogicalStream {
     }
 
     /// The next event. While waiting it sends status updates on the timer, and it
-    /// answers keepalives that ask for a reply before returning them.
-    /// Cancellation-safe: a frame half read stays buffered.
+    /// answers keepalives that ask for a reply before returning them. Fails with
+    /// [`Error::ReceiveTimeout`] when the server stays silent (see the module docs).
+    /// Cancellation-safe: a frame half read stays buffered, a status update half
+    /// written stays queued, and the silence is measured from the last byte received.
     pub async fn next_event(&mut self) -> Result<StreamEvent, Error> {
         loop {
             let due = self.next_status;
+            let (silence_deadline, probing) = self.silence_deadline();
             let message = tokio::select! {
+                // Data already buffered wins over a timer that fired meanwhile (say,
+                // while the caller was not reading because of backpressure).
+                biased;
                 m = self.conn.read_message() => m?,
                 _ = tokio::time::sleep_until(due) => {
                     self.send_status(false).await?;
+                    continue;
+                }
+                _ = tokio::time::sleep_until(silence_deadline) => {
+                    if probing {
+                        return Err(Error::ReceiveTimeout {
+                            peer: self.conn.peer().to_owned(),
+                            silent: self.conn.last_received().elapsed(),
+                            timeout: self.receive_timeout,
+                        });
+                    }
+                    let received = self.conn.bytes_received();
+                    self.send_status(true).await?;
+                    self.probe = Some((Instant::now(), received));
+                    tracing::debug!(peer = self.conn.peer(), "server silent; keepalive requested");
                     continue;
                 }
             };
@@ -207,6 +278,19 @@ impl LogicalStream {
                 }
             };
             return self.handle_frame(payload).await;
+        }
+    }
+
+    /// When to act on the server's silence, and whether that is the failure (a
+    /// keepalive request is outstanding) or the time to send one.
+    fn silence_deadline(&mut self) -> (Instant, bool) {
+        let half = self.receive_timeout / 2;
+        match self.probe {
+            Some((sent, received)) if self.conn.bytes_received() == received => (sent + half, true),
+            _ => {
+                self.probe = None;
+                (self.conn.last_received() + half, false)
+            }
         }
     }
 
@@ -279,5 +363,52 @@ impl LogicalStream {
         self.conn.terminate().await;
         tracing::info!(flush = %flushed, "replication stream closed");
         Ok(flushed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn receive_timeout_follows_wal_sender_timeout_unless_set() {
+        let derived = |server| {
+            StreamSettings::default()
+                .for_timeout(server)
+                .receive_timeout
+        };
+        assert_eq!(
+            derived(Some(Duration::from_secs(10))),
+            Some(Duration::from_secs(15))
+        );
+        assert_eq!(
+            derived(Some(Duration::from_secs(60))),
+            Some(Duration::from_secs(65))
+        );
+        // wal_sender_timeout = 0: the server never gives up, we do after a minute.
+        assert_eq!(derived(None), Some(DEFAULT_RECEIVE_TIMEOUT));
+        let set = StreamSettings {
+            receive_timeout: Some(Duration::from_secs(3)),
+            ..StreamSettings::default()
+        };
+        assert_eq!(
+            set.for_timeout(Some(Duration::from_secs(60)))
+                .receive_timeout,
+            Some(Duration::from_secs(3))
+        );
+    }
+
+    #[test]
+    fn a_receive_timeout_is_retryable_and_says_what_to_check() {
+        let e = Error::ReceiveTimeout {
+            peer: "db:5432".to_owned(),
+            silent: Duration::from_secs(15),
+            timeout: Duration::from_secs(15),
+        };
+        assert!(e.is_retryable());
+        let text = e.to_string();
+        for needle in ["db:5432", "15s", "dropping packets", "receive_timeout_secs"] {
+            assert!(text.contains(needle), "{needle} missing in: {text}");
+        }
     }
 }
