@@ -10,15 +10,35 @@ use rand::Rng;
 use tokio::task::block_in_place;
 
 use crate::proxy::{FaultProxy, Mode};
-use crate::scenario::{DedicatedKafka, DedicatedPg, Outbox};
-use crate::RelayProcess;
+use crate::scenario::{DedicatedKafka, DedicatedPg, Endpoints, Outbox, AGGREGATE_TYPE};
+use crate::{unique_name, RelayProcess};
 
 /// Relay settings for scenarios that partition Kafka: a delivery timeout that
 /// [`Fault::KafkaPartition`] outlasts, and a shutdown that does not wait that long.
-pub const SHORT_DELIVERY_TIMEOUT: &[(&str, &str)] = &[
+const SHORT_DELIVERY_TIMEOUT: &[(&str, &str)] = &[
     ("OUTBOXD_KAFKA__PRODUCER__MESSAGE_TIMEOUT_MS", "8000"),
     ("OUTBOXD_SERVER__SHUTDOWN_TIMEOUT_SECS", "10"),
 ];
+
+/// An outbox for Kafka faults, routed to a fresh topic of `kafka`, which outboxd
+/// reaches through the broker's proxy with [`SHORT_DELIVERY_TIMEOUT`]. Writers use
+/// `pg_url`, outboxd `relay_pg`.
+pub async fn outbox_on_kafka(
+    kafka: &DedicatedKafka,
+    pg_url: String,
+    relay_pg: (String, u16),
+    name: &str,
+) -> Outbox {
+    let prefix = unique_name(name);
+    kafka.create_topic(&format!("{prefix}.{AGGREGATE_TYPE}"), 3);
+    let endpoints = Endpoints {
+        pg_url,
+        relay_pg,
+        relay_brokers: kafka.proxied_brokers(),
+        checker_brokers: kafka.brokers(),
+    };
+    Outbox::on(endpoints, &prefix, SHORT_DELIVERY_TIMEOUT).await
+}
 
 /// What faults act on; a fault whose target is absent panics.
 #[derive(Debug, Clone, Copy)]

@@ -11,7 +11,7 @@
 
 use std::time::{Duration, Instant};
 
-use outboxd_tests::faults::{Fault, Targets, SHORT_DELIVERY_TIMEOUT};
+use outboxd_tests::faults::{outbox_on_kafka, Fault, Targets};
 use outboxd_tests::proxy::{FaultProxy, Mode};
 use outboxd_tests::scenario::{
     env_or, free_port, http_get, metric, seed, tail, DedicatedKafka, DedicatedPg, Endpoints, Load,
@@ -316,19 +316,12 @@ async fn kafka_restarts_kills_and_partitions_lose_nothing() {
     let kafka = tokio::task::spawn_blocking(DedicatedKafka::start)
         .await
         .unwrap();
-    let prefix = outboxd_tests::unique_name("kfaults");
-    let topic = format!("{prefix}.order");
-    kafka.create_topic(&topic, 3);
     let db = outboxd_tests::TestDb::create().await;
-    let outbox = Outbox::on(
-        Endpoints {
-            pg_url: db.url.clone(),
-            relay_pg: (db.host.clone(), db.port),
-            relay_brokers: kafka.proxied_brokers(),
-            checker_brokers: kafka.brokers(),
-        },
-        &prefix,
-        SHORT_DELIVERY_TIMEOUT,
+    let outbox = outbox_on_kafka(
+        &kafka,
+        db.url.clone(),
+        (db.host.clone(), db.port),
+        "kfaults",
     )
     .await;
     let started = Instant::now();

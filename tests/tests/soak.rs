@@ -14,12 +14,11 @@
 
 use std::time::{Duration, Instant};
 
-use outboxd_tests::faults::{Fault, Targets, SHORT_DELIVERY_TIMEOUT};
+use outboxd_tests::faults::{outbox_on_kafka, Fault, Targets};
 use outboxd_tests::proxy::FaultProxy;
 use outboxd_tests::scenario::{
-    env_or, seed, DedicatedKafka, DedicatedPg, Endpoints, Load, LoadSpec, Outbox, ScenarioResult,
+    env_or, seed, DedicatedKafka, DedicatedPg, Load, LoadSpec, ScenarioResult,
 };
-use outboxd_tests::unique_name;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -53,19 +52,8 @@ async fn soak() {
         .await
         .unwrap();
     let pg_proxy = FaultProxy::start(format!("127.0.0.1:{}", pg.port).parse().unwrap());
-    let prefix = unique_name("soak");
-    kafka.create_topic(&format!("{prefix}.order"), 3);
-    let outbox = Outbox::on(
-        Endpoints {
-            pg_url: pg.url(),
-            relay_pg: ("127.0.0.1".to_owned(), pg_proxy.port()),
-            relay_brokers: kafka.proxied_brokers(),
-            checker_brokers: kafka.brokers(),
-        },
-        &prefix,
-        SHORT_DELIVERY_TIMEOUT,
-    )
-    .await;
+    let relay_pg = ("127.0.0.1".to_owned(), pg_proxy.port());
+    let outbox = outbox_on_kafka(&kafka, pg.url(), relay_pg, "soak").await;
     let started = Instant::now();
     let load = Load::start(
         &outbox.endpoints.pg_url,
