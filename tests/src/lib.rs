@@ -6,6 +6,7 @@
 //! topics with unique names, so tests run in parallel and never see each other's data;
 //! everything is dropped again when the guard goes out of scope, also after a panic.
 
+pub mod faults;
 pub mod proxy;
 pub mod scenario;
 
@@ -359,6 +360,22 @@ impl ConsumedRecord {
     }
 }
 
+/// A consumer of its own (no group offsets shared with anything else) subscribed to
+/// `topics` from the beginning, with one more `setting`.
+fn checker(brokers: &str, topics: &[String], setting: (&str, &str)) -> BaseConsumer {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", unique_name("outboxd_checker"))
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .set(setting.0, setting.1)
+        .create()
+        .expect("Kafka consumer");
+    let refs: Vec<&str> = topics.iter().map(String::as_str).collect();
+    consumer.subscribe(&refs).expect("subscribe");
+    consumer
+}
+
 /// Reads `topics` from the beginning with a consumer of its own (no group offsets
 /// shared with anything else) until `expected` records arrived or `timeout` passed.
 /// `isolation` is `read_committed` or `read_uncommitted`.
@@ -368,16 +385,11 @@ pub fn consume_all(
     timeout: Duration,
     isolation: &str,
 ) -> Vec<ConsumedRecord> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &services().kafka_brokers)
-        .set("group.id", unique_name("outboxd_checker"))
-        .set("enable.auto.commit", "false")
-        .set("auto.offset.reset", "earliest")
-        .set("isolation.level", isolation)
-        .create()
-        .expect("Kafka consumer");
-    let refs: Vec<&str> = topics.iter().map(String::as_str).collect();
-    consumer.subscribe(&refs).expect("subscribe");
+    let consumer = checker(
+        &services().kafka_brokers,
+        topics,
+        ("isolation.level", isolation),
+    );
     let deadline = std::time::Instant::now() + timeout;
     let mut out = Vec::new();
     while out.len() < expected && std::time::Instant::now() < deadline {
@@ -526,16 +538,11 @@ pub fn consume_until_from(
     timeout: Duration,
     mut done: impl FnMut(&[ConsumedRecord]) -> bool,
 ) -> Vec<ConsumedRecord> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", unique_name("outboxd_checker"))
-        .set("enable.auto.commit", "false")
-        .set("auto.offset.reset", "earliest")
-        .set("topic.metadata.refresh.interval.ms", "1000")
-        .create()
-        .expect("Kafka consumer");
-    let refs: Vec<&str> = topics.iter().map(String::as_str).collect();
-    consumer.subscribe(&refs).expect("subscribe");
+    let consumer = checker(
+        brokers,
+        topics,
+        ("topic.metadata.refresh.interval.ms", "1000"),
+    );
     let deadline = std::time::Instant::now() + timeout;
     let mut out = Vec::new();
     while std::time::Instant::now() < deadline {
@@ -575,6 +582,26 @@ pub struct DeliveryReport {
 }
 
 impl DeliveryReport {
+    /// Zero missing, zero order violations and `expected` events delivered;
+    /// `context` (what ran, a log) goes into the failure message.
+    pub fn assert_complete(&self, expected: usize, context: &str) {
+        assert_eq!(
+            self.missing, 0,
+            "missing events: {:?}\n{context}",
+            self.examples
+        );
+        assert_eq!(
+            self.order_violations, 0,
+            "order violations: {:?}\n{context}",
+            self.examples
+        );
+        assert_eq!(
+            self.delivered, expected,
+            "delivered: {:?}\n{context}",
+            self.examples
+        );
+    }
+
     /// Checks records whose value is `{"agg": <aggregate id>, "seq": <1-based sequence
     /// number in commit order>, …}` against `expected` (aggregate id → last sequence
     /// number committed). A replayed suffix (seeing 3, 4 again after 5) is allowed and

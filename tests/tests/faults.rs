@@ -11,9 +11,10 @@
 
 use std::time::{Duration, Instant};
 
+use outboxd_tests::faults::{outbox_on_kafka, Fault, Targets};
 use outboxd_tests::proxy::{FaultProxy, Mode};
 use outboxd_tests::scenario::{
-    free_port, http_get, metric, seed, tail, DedicatedKafka, DedicatedPg, Endpoints, Load,
+    env_or, free_port, http_get, metric, seed, tail, DedicatedKafka, DedicatedPg, Endpoints, Load,
     LoadSpec, Outbox, ScenarioResult,
 };
 use outboxd_tests::{pg_connect, services};
@@ -21,29 +22,13 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 fn faults(default: usize) -> usize {
-    std::env::var("OUTBOXD_FAULTS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(default)
+    env_or("OUTBOXD_FAULTS", default)
 }
 
 fn shared_pg_addr() -> std::net::SocketAddr {
     let config: tokio_postgres::Config = services().pg_url.parse().expect("pg url");
     let port = config.get_ports().first().copied().unwrap_or(5432);
     format!("127.0.0.1:{port}").parse().expect("addr")
-}
-
-/// Terminates the walsender serving `slot` (if any); true if one was terminated.
-async fn terminate_walsender(pg_url: &str, slot: &str) -> bool {
-    let c = pg_connect(pg_url).await;
-    c.query_one(
-        "SELECT count(pg_terminate_backend(active_pid)) FROM pg_replication_slots \
-         WHERE slot_name = $1 AND active_pid IS NOT NULL",
-        &[&slot],
-    )
-    .await
-    .map(|r| r.get::<_, i64>(0) > 0)
-    .unwrap_or(false)
 }
 
 /// Waits until `/readyz` answers `status` (or `timeout`); true if it did.
@@ -97,59 +82,42 @@ async fn postgres_link_faults_and_kills_lose_nothing() {
         "relay never ready\n{}",
         relay.log_text()
     );
+    let kinds = [
+        Fault::TerminateWalsender,
+        Fault::PgReset,
+        Fault::PgCutMidFrame,
+        Fault::PgRefuse { ms: 500..3_000 },
+        // Shorter than wal_sender_timeout: the session survives or is replaced, either
+        // way nothing is lost.
+        Fault::PgPartition { ms: 500..4_000 },
+        Fault::SlowConfirmationsKill,
+    ];
+    let targets = Targets {
+        outbox: &outbox,
+        pg_proxy: Some(&proxy),
+        pg: None,
+        kafka: None,
+    };
     let n = faults(8);
     let mut applied = Vec::new();
     let mut saw_unready = 0;
     for i in 0..n {
         tokio::time::sleep(Duration::from_millis(rng.random_range(1_000..3_000))).await;
-        let fault = rng.random_range(0..6);
-        let name = match fault {
-            0 => {
-                terminate_walsender(&outbox.endpoints.pg_url, &outbox.slot).await;
-                "walsender terminated"
-            }
-            1 => {
-                proxy.set_mode(Mode::Reset);
-                tokio::time::sleep(Duration::from_millis(200)).await;
-                proxy.set_mode(Mode::Pass);
-                "connections reset"
-            }
-            2 => {
-                proxy.cut_mid_frame();
-                "connection cut mid-frame"
-            }
-            3 => {
-                proxy.set_mode(Mode::Refuse);
-                let down = Duration::from_millis(rng.random_range(500..3_000));
-                let unready = wait_ready(metrics_port, 503, down + Duration::from_secs(2));
-                saw_unready += usize::from(unready.await);
-                proxy.set_mode(Mode::Pass);
-                "server refuses connections"
-            }
-            4 => {
-                // A partition shorter than wal_sender_timeout: the session survives
-                // or is replaced, either way nothing is lost.
-                proxy.set_mode(Mode::Blackhole);
-                tokio::time::sleep(Duration::from_millis(rng.random_range(500..4_000))).await;
-                proxy.set_mode(Mode::Pass);
-                "network partition"
-            }
-            _ => {
-                // Slow link to PostgreSQL, then SIGKILL: records are acknowledged by
-                // Kafka but their confirmation is still on the way.
-                proxy.set_mode(Mode::Latency(Duration::from_millis(
-                    rng.random_range(200..1_500),
-                )));
-                tokio::time::sleep(Duration::from_millis(rng.random_range(500..2_000))).await;
-                relay.signal("KILL");
-                let _ = relay.wait_timeout(Duration::from_secs(10));
-                proxy.set_mode(Mode::Pass);
-                relay = outbox.start(&format!("pgfaults-after-kill{i}"));
-                "SIGKILL during slow confirmations"
-            }
-        };
-        applied.push(name);
-        println!("fault {i}: {name}");
+        let fault = &kinds[rng.random_range(0..kinds.len())];
+        let inject = fault.inject(&mut rng, &targets, &mut relay);
+        if let Fault::PgRefuse { ms } = fault {
+            // /readyz turns false while the server refuses connections.
+            let unready = wait_ready(
+                metrics_port,
+                503,
+                Duration::from_millis(ms.end) + Duration::from_secs(2),
+            );
+            saw_unready += usize::from(tokio::join!(inject, unready).1);
+        } else {
+            inject.await;
+        }
+        println!("fault {i}: {fault}");
+        applied.push(fault.clone());
     }
     proxy.set_mode(Mode::Pass);
     let load = load.stop().await;
@@ -179,7 +147,10 @@ async fn postgres_link_faults_and_kills_lose_nothing() {
     let body = tokio::task::spawn_blocking(move || http_get(metrics_port, "/metrics").1)
         .await
         .unwrap();
-    let kills = applied.iter().filter(|f| f.starts_with("SIGKILL")).count();
+    let kills = applied
+        .iter()
+        .filter(|f| **f == Fault::SlowConfirmationsKill)
+        .count();
     if kills < applied.len() {
         // The process that saw the last faults reconnected at least once (unless a
         // kill was the very last fault, checked above by readiness and delivery).
@@ -215,7 +186,7 @@ async fn a_standby_relay_waits_for_the_slot_and_takes_over() {
     );
     let mut active = outbox.start("active");
     // Wait until the first holds the slot.
-    let c = pg_connect(&outbox.endpoints.pg_url).await;
+    let c = outbox.connect().await;
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let active_pid: Option<i32> = c
@@ -297,7 +268,8 @@ async fn a_refused_record_under_load_goes_to_the_dead_letter_topic() {
     tokio::time::sleep(Duration::from_millis(1_000)).await;
     // 2 MB: above librdkafka's message.max.bytes (1 MB), so the record is refused.
     // Its aggregate is outside the writers' set, so the checker ignores it.
-    pg_connect(&outbox.endpoints.pg_url)
+    outbox
+        .connect()
         .await
         .batch_execute(&format!(
             "INSERT INTO outbox (id, aggregatetype, aggregateid, payload) VALUES \
@@ -344,23 +316,12 @@ async fn kafka_restarts_kills_and_partitions_lose_nothing() {
     let kafka = tokio::task::spawn_blocking(DedicatedKafka::start)
         .await
         .unwrap();
-    let prefix = outboxd_tests::unique_name("kfaults");
-    let topic = format!("{prefix}.order");
-    kafka.create_topic(&topic, 3);
     let db = outboxd_tests::TestDb::create().await;
-    let outbox = Outbox::on(
-        Endpoints {
-            pg_url: db.url.clone(),
-            relay_pg: (db.host.clone(), db.port),
-            relay_brokers: kafka.proxied_brokers(),
-            checker_brokers: kafka.brokers(),
-        },
-        &prefix,
-        &[
-            // A short delivery timeout, so that a partition outlasts it.
-            ("OUTBOXD_KAFKA__PRODUCER__MESSAGE_TIMEOUT_MS", "8000"),
-            ("OUTBOXD_SERVER__SHUTDOWN_TIMEOUT_SECS", "10"),
-        ],
+    let outbox = outbox_on_kafka(
+        &kafka,
+        db.url.clone(),
+        (db.host.clone(), db.port),
+        "kfaults",
     )
     .await;
     let started = Instant::now();
@@ -380,11 +341,17 @@ async fn kafka_restarts_kills_and_partitions_lose_nothing() {
     let n = faults(4);
     let mut applied = Vec::new();
     let kinds = [
-        "clean restart",
-        "SIGKILL",
-        "partition > delivery timeout",
-        "reset",
+        Fault::KafkaRestart,
+        Fault::KafkaKill,
+        Fault::KafkaPartition,
+        Fault::KafkaReset,
     ];
+    let targets = Targets {
+        outbox: &outbox,
+        pg_proxy: None,
+        pg: None,
+        kafka: Some(&kafka),
+    };
     for i in 0..n {
         tokio::time::sleep(Duration::from_millis(rng.random_range(2_000..4_000))).await;
         // Every kind once in the first four faults (in seeded order), then at random.
@@ -398,55 +365,23 @@ async fn kafka_restarts_kills_and_partitions_lose_nothing() {
         } else {
             rng.random_range(0..kinds.len())
         };
+        let fault = &kinds[kind];
         let t0 = Instant::now();
-        match kind {
-            0 => {
-                let k = &kafka;
-                std::thread::scope(|s| s.spawn(|| k.restart()).join().unwrap());
-            }
-            1 => {
-                let k = &kafka;
-                std::thread::scope(|s| {
-                    s.spawn(|| {
-                        k.kill();
-                        k.start_again()
-                    })
-                    .join()
-                    .unwrap()
-                });
-            }
-            2 => {
-                kafka.proxy.set_mode(Mode::Blackhole);
-                tokio::time::sleep(Duration::from_secs(12)).await;
-                kafka.proxy.set_mode(Mode::Pass);
-            }
-            _ => {
-                kafka.proxy.set_mode(Mode::Reset);
-                tokio::time::sleep(Duration::from_millis(300)).await;
-                kafka.proxy.set_mode(Mode::Pass);
-            }
-        }
-        println!("fault {i}: {} ({:?})", kinds[kind], t0.elapsed());
-        applied.push(kinds[kind]);
-        // A relay that stopped (a delivery it could not complete) is restarted, as a
-        // supervisor would; the test reports how often that was needed.
-        if let Some(status) = relay.wait_timeout(Duration::from_millis(100)) {
-            println!(
-                "relay exited ({status:?}) after {}:\n{}",
-                kinds[kind],
-                tail(&relay.log_text())
-            );
-            restarts += 1;
-            relay = outbox.start(&format!("kafkafaults-restart{restarts}"));
-        }
+        fault.inject(&mut rng, &targets, &mut relay).await;
+        println!("fault {i}: {fault} ({:?})", t0.elapsed());
+        applied.push(fault.clone());
+        // The test reports how often a supervisor's restart was needed.
+        restarts +=
+            usize::from(outbox.restart_if_exited(&mut relay, Duration::from_millis(100), fault));
     }
     let load = load.stop().await;
     // A relay about to give up does so within message.timeout.ms (8 s) of the last
     // fault: wait that long before deciding it needs a restart.
-    if relay.wait_timeout(Duration::from_secs(10)).is_some() {
-        restarts += 1;
-        relay = outbox.start("kafkafaults-final");
-    }
+    restarts += usize::from(outbox.restart_if_exited(
+        &mut relay,
+        Duration::from_secs(10),
+        &"the last fault",
+    ));
     let (report, events) = outbox.check(Duration::from_secs(180)).await;
     let result = ScenarioResult {
         name: "kafka restart / SIGKILL / partition / reset",
@@ -507,21 +442,18 @@ async fn postgres_crashes_lose_nothing_and_an_invalidated_slot_stops_the_relay()
         },
     );
     let mut relay = outbox.start("pgcrash");
+    let targets = Targets {
+        outbox: &outbox,
+        pg_proxy: None,
+        pg: Some(&pg),
+        kafka: None,
+    };
     let n = faults(3);
     for i in 0..n {
         tokio::time::sleep(Duration::from_millis(rng.random_range(1_500..4_000))).await;
-        let down = Duration::from_millis(rng.random_range(200..3_000));
-        let p = &pg;
-        std::thread::scope(|s| {
-            s.spawn(|| {
-                p.crash();
-                std::thread::sleep(down);
-                p.restart();
-            })
-            .join()
-            .unwrap()
-        });
-        println!("fault {i}: PostgreSQL -m immediate, down {down:?}");
+        let t0 = Instant::now();
+        Fault::PgCrash.inject(&mut rng, &targets, &mut relay).await;
+        println!("fault {i}: {} ({:?})", Fault::PgCrash, t0.elapsed());
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
     let load = load.stop().await;

@@ -1,222 +1,61 @@
 //! End-to-end: the `outboxd` binary between the real PostgreSQL and the real Kafka,
 //! checked by an independent consumer.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use outboxd_pgoutput::Lsn;
-use outboxd_tests::scenario::{free_port, http_get};
-use outboxd_tests::{
-    consume_until, services, unique_name, ConsumedRecord, DeliveryReport, RelayProcess, TestDb,
-    TestTopics,
-};
+use outboxd_tests::scenario::{free_port, http_get, seed, tail, Load, LoadSpec, Outbox};
+use outboxd_tests::{consume_until, unique_name, DeliveryReport, TestTopics};
 use rand::{Rng, SeedableRng};
 
-const AGGREGATE_TYPE: &str = "order";
-
-/// A database with an outbox, the relay's settings, and the topic it routes to.
-struct Setup {
-    db: TestDb,
-    slot: String,
-    topics: TestTopics,
-    env: Vec<(String, String)>,
-}
-
-impl Setup {
-    async fn new(extra_env: &[(&str, &str)]) -> Setup {
-        Self::with_partitions(extra_env, 3).await
-    }
-
-    async fn with_partitions(extra_env: &[(&str, &str)], partitions: i32) -> Setup {
-        let db = TestDb::create().await;
-        db.connect()
-            .await
-            .batch_execute(
-                "CREATE TABLE outbox (id uuid PRIMARY KEY DEFAULT gen_random_uuid(), \
-                     aggregatetype text, aggregateid text, type text NOT NULL DEFAULT 'created', \
-                     payload jsonb, timestamp timestamptz NOT NULL DEFAULT now());
-                 CREATE TABLE aggregates (id text PRIMARY KEY, seq bigint NOT NULL);
-                 CREATE TABLE busy (id bigint, pad text);",
-            )
-            .await
-            .unwrap();
-        let prefix = unique_name("relay");
-        let topics =
-            TestTopics::create_named(&[format!("{prefix}.{AGGREGATE_TYPE}")], partitions).await;
-        // As `outboxd init --apply` would: the slot exists before the first event is
-        // written, so the relay sees every event whenever it starts.
-        let slot = db.slot_name();
-        let c = db.connect().await;
-        c.batch_execute(
-            "CREATE PUBLICATION outboxd_pub FOR TABLE outbox WITH (publish = 'insert')",
-        )
-        .await
-        .unwrap();
-        c.execute(
-            "SELECT pg_create_logical_replication_slot($1, 'pgoutput')",
-            &[&slot],
-        )
-        .await
-        .unwrap();
-        let mut env: Vec<(String, String)> = [
-            (
-                "OUTBOXD_POSTGRES__URL",
-                format!("{}?sslmode=disable", db.url),
-            ),
-            ("OUTBOXD_POSTGRES__SLOT", slot.clone()),
-            ("OUTBOXD_POSTGRES__PUBLICATION", "outboxd_pub".to_owned()),
-            ("OUTBOXD_POSTGRES__STATUS_INTERVAL_MS", "1000".to_owned()),
-            ("OUTBOXD_KAFKA__BROKERS", services().kafka_brokers.clone()),
-            (
-                "OUTBOXD_ROUTING__TOPIC",
-                format!("{prefix}.${{routedByValue}}"),
-            ),
-            ("OUTBOXD_SERVER__METRICS_ADDRESS", String::new()),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_owned(), v))
-        .collect();
-        env.extend(
-            extra_env
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string())),
-        );
-        Setup {
-            db,
-            slot,
-            topics,
-            env,
-        }
-    }
-
-    fn start(&self, name: &str) -> RelayProcess {
-        RelayProcess::start(&self.env, name)
-    }
-
-    /// Aggregate id → last sequence number committed.
-    async fn committed(&self) -> HashMap<String, i64> {
-        self.db
-            .connect()
-            .await
-            .query("SELECT id, seq FROM aggregates", &[])
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|r| (r.get(0), r.get(1)))
-            .collect()
-    }
-
-    async fn confirmed_flush(&self) -> Option<Lsn> {
-        let row = self
-            .db
-            .connect()
-            .await
-            .query_opt(
-                "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1",
-                &[&self.slot],
-            )
-            .await
-            .unwrap()?;
-        row.get::<_, Option<String>>(0).map(|s| s.parse().unwrap())
-    }
-
-    /// Reads the outbox topic until `expected` distinct events arrived.
-    async fn read_events(&self, expected: usize, timeout: Duration) -> Vec<ConsumedRecord> {
-        let topics = self.topics.names().to_vec();
-        tokio::task::spawn_blocking(move || {
-            let mut seen = HashSet::new();
-            let mut checked = 0;
-            consume_until(&topics, timeout, |records| {
-                for r in &records[checked..] {
-                    seen.insert(r.header("id"));
-                }
-                checked = records.len();
-                seen.len() >= expected
-            })
-        })
-        .await
-        .unwrap()
-    }
-}
-
-/// Writes `total` events from `writers` concurrent connections in transactions of
-/// `per_txn`, over `aggregates` aggregates. Each event carries its aggregate's next
-/// sequence number, taken under the aggregate's row lock, so sequence order is
-/// commit order per aggregate.
-async fn write_events(
-    url: &str,
+/// Starts `writers` concurrent writers of `per_writer` events each, in transactions
+/// of `per_txn` over `aggregates` aggregates (see [`Load`]).
+fn writers(
+    outbox: &Outbox,
     writers: usize,
-    total: usize,
+    per_writer: usize,
     aggregates: usize,
     per_txn: usize,
     seed: u64,
-) {
-    let mut tasks = Vec::new();
-    for w in 0..writers {
-        let url = url.to_owned();
-        let share = total / writers + usize::from(w < total % writers);
-        tasks.push(tokio::spawn(async move {
-            let mut client = outboxd_tests::pg_connect(&url).await;
-            let mut rng = rand::rngs::StdRng::seed_from_u64(seed + w as u64);
-            let mut written = 0;
-            while written < share {
-                let n = per_txn.min(share - written);
-                // Sorted, so concurrent transactions lock aggregates in one order.
-                let mut ids: Vec<String> = (0..n)
-                    .map(|_| format!("agg-{:04}", rng.random_range(0..aggregates)))
-                    .collect();
-                ids.sort();
-                let tx = client.transaction().await.unwrap();
-                let statement = tx
-                    .prepare(
-                        "WITH s AS (INSERT INTO aggregates AS a VALUES ($1, 1) \
-                                    ON CONFLICT (id) DO UPDATE SET seq = a.seq + 1 RETURNING seq) \
-                         INSERT INTO outbox (aggregatetype, aggregateid, payload) \
-                         SELECT 'order', $1, jsonb_build_object('agg', $1::text, 'seq', s.seq, \
-                                                                'pad', repeat('p', 150)) FROM s",
-                    )
-                    .await
-                    .unwrap();
-                let params: Vec<[&(dyn tokio_postgres::types::ToSql + Sync); 1]> =
-                    ids.iter().map(|id| [id as _]).collect();
-                let inserts = params.iter().map(|p| tx.execute(&statement, p));
-                futures_util::future::try_join_all(inserts).await.unwrap();
-                tx.commit().await.unwrap();
-                written += n;
-            }
-        }));
-    }
-    for t in tasks {
-        t.await.unwrap();
-    }
+) -> Load {
+    Load::start(
+        &outbox.endpoints.pg_url,
+        LoadSpec {
+            writers,
+            aggregates,
+            per_txn,
+            seed,
+            events_per_writer: Some(per_writer),
+            txn_rate: None,
+        },
+    )
 }
 
-fn assert_complete(report: &DeliveryReport, expected_events: usize) {
-    assert_eq!(report.missing, 0, "missing events: {:?}", report.examples);
-    assert_eq!(
-        report.order_violations, 0,
-        "order violations: {:?}",
-        report.examples
-    );
-    assert_eq!(report.delivered, expected_events, "{:?}", report.examples);
+/// Waits for the writers. Nothing here breaks the database, so a transaction that
+/// failed (and was given up by [`Load`]) fails the test.
+async fn all_written(load: Load) {
+    let load = load.finish().await;
+    assert_eq!(load.failed_txns.load(Ordering::Relaxed), 0, "failed writes");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn relays_100k_events_from_8_writers_in_per_key_commit_order() {
-    let setup = Setup::new(&[]).await;
-    let mut relay = setup.start("e2e");
+    let outbox = Outbox::on_shared(None, &[]).await;
+    let mut relay = outbox.start("e2e");
     let started = std::time::Instant::now();
-    write_events(&setup.db.url, 8, 100_000, 1_000, 10, 1).await;
+    all_written(writers(&outbox, 8, 12_500, 1_000, 10, 1)).await;
     let written = started.elapsed();
-    let records = setup.read_events(100_000, Duration::from_secs(240)).await;
-    let report = DeliveryReport::check(&records, &setup.committed().await);
+    let records = outbox.read_events(100_000, Duration::from_secs(240)).await;
+    let report = DeliveryReport::check(&records, &outbox.committed().await);
     println!(
         "100k events: written in {written:?}, all read back {:?} after the writers started; \
          {} duplicates",
         started.elapsed(),
         report.duplicates
     );
-    assert_complete(&report, 100_000);
+    report.assert_complete(100_000, &tail(&relay.log_text()));
     assert_eq!(report.duplicates, 0, "no crash, so no duplicates");
     // Every record has the Debezium id header, and the idempotency key is unique.
     let keys: HashSet<(Option<String>, Option<String>)> = records
@@ -235,58 +74,50 @@ async fn relays_100k_events_from_8_writers_in_per_key_commit_order() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sigkill_at_random_moments_loses_nothing() {
-    let setup = Setup::new(&[]).await;
-    let seed: u64 = std::env::var("OUTBOXD_TEST_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(rand::random);
-    println!("seed {seed} (rerun with OUTBOXD_TEST_SEED={seed})");
+    let outbox = Outbox::on_shared(None, &[]).await;
+    let seed = seed("sigkill");
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    let url = setup.db.url.clone();
-    let writers = tokio::spawn(async move { write_events(&url, 4, 30_000, 200, 5, seed).await });
+    let load = writers(&outbox, 4, 7_500, 200, 5, seed);
     for round in 0..10 {
-        let relay = setup.start(&format!("kill{round}"));
+        let relay = outbox.start(&format!("kill{round}"));
         tokio::time::sleep(Duration::from_millis(rng.random_range(300..2_000))).await;
         relay.signal("KILL");
         drop(relay);
     }
-    writers.await.unwrap();
-    let mut relay = setup.start("after-kills");
-    let records = setup.read_events(30_000, Duration::from_secs(180)).await;
-    let report = DeliveryReport::check(&records, &setup.committed().await);
+    all_written(load).await;
+    let mut relay = outbox.start("after-kills");
+    let (report, _) = outbox.check(Duration::from_secs(180)).await;
     println!(
         "after 10 SIGKILLs: {} events delivered, {} duplicates (seed {seed})",
         report.delivered, report.duplicates
     );
-    assert_complete(&report, 30_000);
+    report.assert_complete(30_000, &tail(&relay.log_text()));
     relay.stop_cleanly();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_graceful_restart_publishes_no_duplicates() {
-    let setup = Setup::new(&[]).await;
-    let url = setup.db.url.clone();
-    let writers = tokio::spawn(async move { write_events(&url, 4, 20_000, 200, 5, 7).await });
-    let mut relay = setup.start("graceful1");
+    let outbox = Outbox::on_shared(None, &[]).await;
+    let load = writers(&outbox, 4, 5_000, 200, 5, 7);
+    let mut relay = outbox.start("graceful1");
     tokio::time::sleep(Duration::from_millis(1_500)).await;
     relay.stop_cleanly();
-    writers.await.unwrap();
-    let mut relay = setup.start("graceful2");
-    let records = setup.read_events(20_000, Duration::from_secs(120)).await;
-    let report = DeliveryReport::check(&records, &setup.committed().await);
-    assert_complete(&report, 20_000);
+    all_written(load).await;
+    let mut relay = outbox.start("graceful2");
+    let (report, _) = outbox.check(Duration::from_secs(120)).await;
+    report.assert_complete(20_000, &tail(&relay.log_text()));
     assert_eq!(report.duplicates, 0, "{}", relay.log_text());
     relay.stop_cleanly();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_outbox_on_a_busy_database_keeps_the_slot_lag_small() {
-    let setup = Setup::new(&[]).await;
-    let relay = setup.start("idle");
-    let c = setup.db.connect().await;
+    let outbox = Outbox::on_shared(None, &[]).await;
+    let relay = outbox.start("idle");
+    let c = outbox.connect().await;
     // Wait for the relay to create and attach to its slot.
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while setup.confirmed_flush().await.is_none() {
+    while outbox.confirmed_flush().await.is_none() {
         assert!(
             std::time::Instant::now() < deadline,
             "slot not created: {}",
@@ -306,7 +137,7 @@ async fn an_idle_outbox_on_a_busy_database_keeps_the_slot_lag_small() {
         let lag: i64 = c
             .query_one(
                 "SELECT (pg_current_wal_lsn() - confirmed_flush_lsn)::bigint FROM pg_replication_slots WHERE slot_name = $1",
-                &[&setup.slot],
+                &[&outbox.slot],
             )
             .await
             .unwrap()
@@ -320,8 +151,8 @@ async fn an_idle_outbox_on_a_busy_database_keeps_the_slot_lag_small() {
 }
 
 /// Inserts one event per statement and returns the WAL position after each commit.
-async fn insert_rows(db: &TestDb, rows: &[(&str, Option<&str>, &str)]) -> Vec<Lsn> {
-    let c = db.connect().await;
+async fn insert_rows(outbox: &Outbox, rows: &[(&str, Option<&str>, &str)]) -> Vec<Lsn> {
+    let c = outbox.connect().await;
     let mut after = Vec::new();
     for (id, aggregate_type, payload) in rows {
         c.execute(
@@ -346,9 +177,9 @@ const GOOD_2: &str = "00000000-0000-4000-8000-000000000002";
 
 #[tokio::test]
 async fn an_unroutable_row_stops_the_relay_before_it() {
-    let setup = Setup::new(&[]).await;
+    let outbox = Outbox::on_shared(None, &[]).await;
     let after = insert_rows(
-        &setup.db,
+        &outbox,
         &[
             (GOOD_1, Some("order"), r#"{"agg":"agg-1","seq":1}"#),
             (BAD, None, "{}"),
@@ -356,7 +187,7 @@ async fn an_unroutable_row_stops_the_relay_before_it() {
         ],
     )
     .await;
-    let mut relay = setup.start("unroutable");
+    let mut relay = outbox.start("unroutable");
     let status = relay
         .wait_timeout(Duration::from_secs(60))
         .expect("the relay stops");
@@ -367,13 +198,13 @@ async fn an_unroutable_row_stops_the_relay_before_it() {
         log.contains("aggregatetype is NULL"),
         "and the reason\n{log}"
     );
-    let confirmed = setup.confirmed_flush().await.unwrap();
+    let confirmed = outbox.confirmed_flush().await.unwrap();
     assert!(
         confirmed <= after[0],
         "confirmed {confirmed} must stay before the bad row (≤ {})",
         after[0]
     );
-    let records = setup.read_events(1, Duration::from_secs(20)).await;
+    let records = outbox.read_events(1, Duration::from_secs(20)).await;
     let ids: Vec<_> = records.iter().filter_map(|r| r.header("id")).collect();
     assert!(ids.contains(&GOOD_1.to_owned()), "{ids:?}");
     assert!(
@@ -384,10 +215,10 @@ async fn an_unroutable_row_stops_the_relay_before_it() {
 
 #[tokio::test]
 async fn an_oversized_payload_stops_the_relay_with_the_event_named() {
-    let setup = Setup::new(&[("OUTBOXD_ROUTING__MAX_RECORD_BYTES", "200")]).await;
+    let outbox = Outbox::on_shared(None, &[("OUTBOXD_ROUTING__MAX_RECORD_BYTES", "200")]).await;
     let big = format!(r#"{{"agg":"agg-1","seq":1,"pad":"{}"}}"#, "x".repeat(500));
-    insert_rows(&setup.db, &[(BAD, Some("order"), &big)]).await;
-    let mut relay = setup.start("oversized");
+    insert_rows(&outbox, &[(BAD, Some("order"), &big)]).await;
+    let mut relay = outbox.start("oversized");
     let status = relay
         .wait_timeout(Duration::from_secs(60))
         .expect("the relay stops");
@@ -401,20 +232,21 @@ async fn an_oversized_payload_stops_the_relay_with_the_event_named() {
 #[tokio::test]
 async fn a_record_kafka_refuses_stops_the_relay_with_the_broker_reason() {
     // Routing lets 2 MB through; the producer's message.max.bytes (1 MB) does not.
-    let setup = Setup::new(&[("OUTBOXD_ROUTING__MAX_RECORD_BYTES", "10000000")]).await;
+    let outbox =
+        Outbox::on_shared(None, &[("OUTBOXD_ROUTING__MAX_RECORD_BYTES", "10000000")]).await;
     let big = format!(
         r#"{{"agg":"agg-1","seq":1,"pad":"{}"}}"#,
         "x".repeat(2_000_000)
     );
     let after = insert_rows(
-        &setup.db,
+        &outbox,
         &[
             (GOOD_1, Some("order"), r#"{"agg":"agg-1","seq":1}"#),
             (BAD, Some("order"), &big),
         ],
     )
     .await;
-    let mut relay = setup.start("refused");
+    let mut relay = outbox.start("refused");
     let status = relay
         .wait_timeout(Duration::from_secs(60))
         .expect("the relay stops");
@@ -424,7 +256,7 @@ async fn a_record_kafka_refuses_stops_the_relay_with_the_broker_reason() {
         log.contains(BAD) && log.to_lowercase().contains("too large"),
         "{log}"
     );
-    let confirmed = setup.confirmed_flush().await.unwrap();
+    let confirmed = outbox.confirmed_flush().await.unwrap();
     assert!(
         confirmed <= after[0],
         "confirmed {confirmed} must stay before the refused row"
@@ -435,9 +267,10 @@ async fn a_record_kafka_refuses_stops_the_relay_with_the_broker_reason() {
 async fn with_a_dead_letter_topic_bad_rows_are_diverted_and_the_rest_flows() {
     let dlq = unique_name("relay_dlq");
     let dlq_topic = TestTopics::create_named(std::slice::from_ref(&dlq), 1).await;
-    let setup = Setup::new(&[("OUTBOXD_KAFKA__DEAD_LETTER_TOPIC", dlq.as_str())]).await;
+    let outbox =
+        Outbox::on_shared(None, &[("OUTBOXD_KAFKA__DEAD_LETTER_TOPIC", dlq.as_str())]).await;
     insert_rows(
-        &setup.db,
+        &outbox,
         &[
             (GOOD_1, Some("order"), r#"{"agg":"agg-1","seq":1}"#),
             (BAD, None, "{}"),
@@ -445,8 +278,8 @@ async fn with_a_dead_letter_topic_bad_rows_are_diverted_and_the_rest_flows() {
         ],
     )
     .await;
-    let mut relay = setup.start("dlq");
-    let records = setup.read_events(2, Duration::from_secs(60)).await;
+    let mut relay = outbox.start("dlq");
+    let records = outbox.read_events(2, Duration::from_secs(60)).await;
     let ids: Vec<_> = records.iter().filter_map(|r| r.header("id")).collect();
     assert!(
         ids.contains(&GOOD_1.to_owned()) && ids.contains(&GOOD_2.to_owned()),
@@ -470,8 +303,8 @@ async fn with_a_dead_letter_topic_bad_rows_are_diverted_and_the_rest_flows() {
 
 #[tokio::test]
 async fn transactional_logical_messages_are_relayed() {
-    let setup = Setup::new(&[]).await;
-    let c = setup.db.connect().await;
+    let outbox = Outbox::on_shared(None, &[]).await;
+    let c = outbox.connect().await;
     c.batch_execute(
         r#"BEGIN;
            SELECT pg_logical_emit_message(true, 'outbox', '{"id":"m-1","aggregatetype":"order","aggregateid":"agg-1","type":"Shipped","payload":{"agg":"agg-1","seq":1}}');
@@ -480,8 +313,8 @@ async fn transactional_logical_messages_are_relayed() {
     )
     .await
     .unwrap();
-    let mut relay = setup.start("messages");
-    let records = setup.read_events(1, Duration::from_secs(60)).await;
+    let mut relay = outbox.start("messages");
+    let records = outbox.read_events(1, Duration::from_secs(60)).await;
     assert_eq!(records.len(), 1, "{records:?}\n{}", relay.log_text());
     assert_eq!(records[0].header("id").as_deref(), Some("m-1"));
     assert_eq!(records[0].key.as_deref(), Some(&b"agg-1"[..]));
@@ -496,31 +329,34 @@ async fn transactional_logical_messages_are_relayed() {
 async fn health_metrics_and_no_secrets_in_logs() {
     let port = free_port();
     let address = format!("127.0.0.1:{port}");
-    let mut setup = Setup::new(&[
-        ("OUTBOXD_SERVER__METRICS_ADDRESS", address.as_str()),
-        (
-            "OUTBOXD_KAFKA__PRODUCER__SASL_PASSWORD",
-            "kafka-secret-must-not-leak",
-        ),
-        ("OUTBOXD_LOG__FORMAT", "json"),
-    ])
+    let mut outbox = Outbox::on_shared(
+        None,
+        &[
+            ("OUTBOXD_SERVER__METRICS_ADDRESS", address.as_str()),
+            (
+                "OUTBOXD_KAFKA__PRODUCER__SASL_PASSWORD",
+                "kafka-secret-must-not-leak",
+            ),
+            ("OUTBOXD_LOG__FORMAT", "json"),
+        ],
+    )
     .await;
     // The cluster trusts local connections, so the password is accepted and unused.
     let url = format!(
         "{}?sslmode=disable",
-        setup
-            .db
-            .url
+        outbox
+            .endpoints
+            .pg_url
             .replacen("postgres@", "postgres:pg-secret-must-not-leak@", 1)
     );
-    setup.env.push(("OUTBOXD_POSTGRES__URL".to_owned(), url));
-    let mut relay = setup.start("metrics");
+    outbox.set_env("OUTBOXD_POSTGRES__URL", &url);
+    let mut relay = outbox.start("metrics");
     insert_rows(
-        &setup.db,
+        &outbox,
         &[(GOOD_1, Some("order"), r#"{"agg":"agg-1","seq":1}"#)],
     )
     .await;
-    setup.read_events(1, Duration::from_secs(60)).await;
+    outbox.read_events(1, Duration::from_secs(60)).await;
 
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     let metrics = loop {
@@ -565,15 +401,17 @@ fn peak_rss(pid: u32) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_transaction_far_larger_than_the_caps_streams_through_in_bounded_memory() {
-    let setup = Setup::new(&[
-        ("OUTBOXD_POSTGRES__MAX_BUFFERED_BYTES", "2097152"),
-        ("OUTBOXD_KAFKA__MAX_IN_FLIGHT_BYTES", "4194304"),
-        ("OUTBOXD_KAFKA__MAX_IN_FLIGHT_RECORDS", "10000"),
-    ])
+    let outbox = Outbox::on_shared(
+        None,
+        &[
+            ("OUTBOXD_POSTGRES__MAX_BUFFERED_BYTES", "2097152"),
+            ("OUTBOXD_KAFKA__MAX_IN_FLIGHT_BYTES", "4194304"),
+            ("OUTBOXD_KAFKA__MAX_IN_FLIGHT_RECORDS", "10000"),
+        ],
+    )
     .await;
     // One transaction of 200k events with 1 kB payloads: ~200 MB of records.
-    setup
-        .db
+    outbox
         .connect()
         .await
         .batch_execute(
@@ -584,11 +422,11 @@ async fn a_transaction_far_larger_than_the_caps_streams_through_in_bounded_memor
         )
         .await
         .unwrap();
-    let mut relay = setup.start("bigtxn");
-    let records = setup.read_events(200_000, Duration::from_secs(300)).await;
+    let mut relay = outbox.start("bigtxn");
+    let records = outbox.read_events(200_000, Duration::from_secs(300)).await;
     let peak = peak_rss(relay.pid());
-    let report = DeliveryReport::check(&records, &setup.committed().await);
-    assert_complete(&report, 200_000);
+    let report = DeliveryReport::check(&records, &outbox.committed().await);
+    report.assert_complete(200_000, &tail(&relay.log_text()));
     println!(
         "200k events (~200 MB) in one transaction: outboxd peak RSS {} MB",
         peak >> 20
@@ -612,16 +450,16 @@ async fn golden_debezium_compatible_records() {
     ] {
         // Partitions from Kafka's own murmur2 (kafka-clients 4.3.1,
         // Utils.toPositive(Utils.murmur2(key)) % 6), as in tests/tests/kafka_sink.rs.
-        let setup = Setup::with_partitions(
+        let outbox = Outbox::on_shared_with_partitions(
+            None,
+            6,
             &[
                 ("OUTBOXD_ROUTING__KEY_FORMAT", key_format),
                 ("OUTBOXD_ROUTING__SOURCE_HEADERS", "false"),
             ],
-            6,
         )
         .await;
-        setup
-            .db
+        outbox
             .connect()
             .await
             .batch_execute(&format!(
@@ -630,11 +468,11 @@ async fn golden_debezium_compatible_records() {
             ))
             .await
             .unwrap();
-        let mut relay = setup.start("golden");
-        let records = setup.read_events(1, Duration::from_secs(60)).await;
+        let mut relay = outbox.start("golden");
+        let records = outbox.read_events(1, Duration::from_secs(60)).await;
         assert_eq!(records.len(), 1, "{}", relay.log_text());
         let r = &records[0];
-        assert_eq!(r.topic, setup.topics.names()[0]);
+        assert_eq!(r.topic, outbox.topic);
         assert_eq!(r.key.as_deref(), Some(key));
         assert_eq!(
             r.value.as_deref(),

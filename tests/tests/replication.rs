@@ -44,6 +44,27 @@ async fn start(db: &TestDb, spec: &SourceSpec) -> (Admin, ReplicationReader) {
     )
 }
 
+/// The next event, which must come `within` that time.
+async fn next_event(reader: &mut ReplicationReader, within: Duration) -> ReplicationEvent {
+    tokio::time::timeout(within, reader.recv())
+        .await
+        .expect("an event in time")
+        .expect("the reader is running")
+}
+
+/// The walsender serving `slot`, if any.
+async fn active_pid(admin: &Admin, slot: &str) -> Option<i32> {
+    admin
+        .client()
+        .query_one(
+            "SELECT active_pid FROM pg_replication_slots WHERE slot_name = $1",
+            &[&slot],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
 /// Reads whole transactions (Begin … Commit), acknowledging each when `ack` is set.
 async fn transactions(
     reader: &mut ReplicationReader,
@@ -53,10 +74,7 @@ async fn transactions(
     let mut out = Vec::new();
     let mut current = Vec::new();
     while out.len() < count {
-        let event = tokio::time::timeout(Duration::from_secs(30), reader.recv())
-            .await
-            .expect("a transaction within 30 s")
-            .expect("the reader is running");
+        let event = next_event(reader, Duration::from_secs(30)).await;
         let commit_end = match &event.message {
             LogicalMessage::Commit(c) => Some(c.end_lsn),
             _ => None,
@@ -124,10 +142,7 @@ async fn every_message_kind_from_real_sql() {
     // event by event until the transactional one's Commit.
     let mut events = Vec::new();
     loop {
-        let e = tokio::time::timeout(Duration::from_secs(30), reader.recv())
-            .await
-            .unwrap()
-            .unwrap();
+        let e = next_event(&mut reader, Duration::from_secs(30)).await;
         let done = matches!(&e.message, LogicalMessage::Message(m) if !m.transactional);
         events.push(e);
         if done {
@@ -304,10 +319,7 @@ async fn a_transaction_larger_than_logical_decoding_work_mem_streams_whole() {
     let mut inserts = 0usize;
     let mut next_expected = 1u64;
     loop {
-        let e = tokio::time::timeout(Duration::from_secs(120), reader.recv())
-            .await
-            .unwrap()
-            .unwrap();
+        let e = next_event(&mut reader, Duration::from_secs(120)).await;
         match (&e.message, &e.relation) {
             (LogicalMessage::Insert(i), Some(rel)) => {
                 let id = text(&i.new[rel.column_index("aggregateid").unwrap()]).unwrap();
@@ -349,40 +361,21 @@ async fn a_consumer_stalled_beyond_wal_sender_timeout_keeps_the_connection() {
         },
     );
     insert_events(&db, 20, "k").await;
-    let pid_before: i32 = admin
-        .client()
-        .query_one(
-            "SELECT active_pid FROM pg_replication_slots WHERE slot_name = $1",
-            &[&slot],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let pid_before = active_pid(&admin, &slot).await;
+    assert!(pid_before.is_some(), "a walsender serves the slot");
     tokio::time::sleep(Duration::from_secs(7)).await;
     // Consume without holding on to events (they hold the buffer budget).
     let mut commits = 0;
     while commits < 20 {
-        let e = tokio::time::timeout(Duration::from_secs(30), reader.recv())
-            .await
-            .expect("a message within 30 s")
-            .expect("the reader is running");
+        let e = next_event(&mut reader, Duration::from_secs(30)).await;
         if let LogicalMessage::Commit(c) = e.message {
             reader.acknowledge(c.end_lsn);
             commits += 1;
         }
     }
-    let pid_after: Option<i32> = admin
-        .client()
-        .query_one(
-            "SELECT active_pid FROM pg_replication_slots WHERE slot_name = $1",
-            &[&slot],
-        )
-        .await
-        .unwrap()
-        .get(0);
     assert_eq!(
-        pid_after,
-        Some(pid_before),
+        active_pid(&admin, &slot).await,
+        pid_before,
         "the same walsender still serves the slot"
     );
     assert!(!reader.is_finished());

@@ -232,6 +232,15 @@ impl FakeServer {
             .store(true, Ordering::Relaxed);
     }
 
+    /// The error connecting to a server that answers the startup packet with `startup`.
+    async fn startup_error(startup: Vec<Step>) -> Error {
+        let fake = FakeServer::start(startup, vec![]).await;
+        timeout(PROMPTLY, ReplicationClient::connect(&fake.options()))
+            .await
+            .expect("the startup fails promptly")
+            .expect_err("the startup fails")
+    }
+
     /// A server that starts up normally and then streams `streaming`.
     async fn streaming(streaming: Vec<Step>) -> FakeServer {
         FakeServer::start(normal_startup(), streaming).await
@@ -773,11 +782,7 @@ async fn an_absurd_message_length_is_refused_before_any_buffering() {
     );
 
     // And during startup, before streaming.
-    let fake = FakeServer::start(vec![Step::Send(header(b'R', 1 << 31))], vec![]).await;
-    let err = timeout(PROMPTLY, ReplicationClient::connect(&fake.options()))
-        .await
-        .expect("prompt")
-        .expect_err("an absurd startup message");
+    let err = FakeServer::startup_error(vec![Step::Send(header(b'R', 1 << 31))]).await;
     assert!(
         matches!(&err, Error::Protocol(m) if m.contains("declares length 2147483648")),
         "{err:?}"
@@ -820,23 +825,18 @@ async fn an_error_response_while_streaming_is_a_server_error_with_its_sqlstate()
 
 #[tokio::test]
 async fn an_error_response_to_the_startup_is_an_auth_or_server_error() {
-    // Refused credentials.
-    let fake = FakeServer::start(
-        vec![
-            Step::Send(error_response(
-                "FATAL",
-                "28P01",
-                "password authentication failed for user \"fake_user\"",
-            )),
+    let refusal = |code, message| {
+        FakeServer::startup_error(vec![
+            Step::Send(error_response("FATAL", code, message)),
             Step::Close,
-        ],
-        vec![],
+        ])
+    };
+    // Refused credentials.
+    let err = refusal(
+        "28P01",
+        "password authentication failed for user \"fake_user\"",
     )
     .await;
-    let err = timeout(PROMPTLY, ReplicationClient::connect(&fake.options()))
-        .await
-        .expect("prompt")
-        .expect_err("refused");
     match &err {
         Error::Auth { user, reason } => {
             assert_eq!(user, "fake_user");
@@ -848,33 +848,14 @@ async fn an_error_response_to_the_startup_is_an_auth_or_server_error() {
     assert!(!err.is_retryable());
 
     // Not about credentials: too many connections is a (retryable) server error.
-    let fake = FakeServer::start(
-        vec![
-            Step::Send(error_response(
-                "FATAL",
-                "53300",
-                "sorry, too many clients already",
-            )),
-            Step::Close,
-        ],
-        vec![],
-    )
-    .await;
-    let err = timeout(PROMPTLY, ReplicationClient::connect(&fake.options()))
-        .await
-        .expect("prompt")
-        .expect_err("refused");
+    let err = refusal("53300", "sorry, too many clients already").await;
     assert_eq!(err.sqlstate(), Some("53300"), "{err:?}");
     assert!(err.is_retryable());
 
     // A method we do not speak (GSSAPI = 7), and a password request without one.
     for (code, expected) in [(7u32, "Kerberos/GSSAPI"), (3, "none is configured")] {
-        let fake =
-            FakeServer::start(vec![Step::Send(backend(b'R', &code.to_be_bytes()))], vec![]).await;
-        let err = timeout(PROMPTLY, ReplicationClient::connect(&fake.options()))
-            .await
-            .expect("prompt")
-            .expect_err("cannot authenticate");
+        let err =
+            FakeServer::startup_error(vec![Step::Send(backend(b'R', &code.to_be_bytes()))]).await;
         assert!(
             matches!(&err, Error::Auth { reason, .. } if reason.contains(expected)),
             "{err:?}"

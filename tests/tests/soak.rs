@@ -14,33 +14,26 @@
 
 use std::time::{Duration, Instant};
 
-use outboxd_tests::proxy::{FaultProxy, Mode};
+use outboxd_tests::faults::{outbox_on_kafka, Fault, Targets};
+use outboxd_tests::proxy::FaultProxy;
 use outboxd_tests::scenario::{
-    seed, tail, DedicatedKafka, DedicatedPg, Endpoints, Load, LoadSpec, Outbox, ScenarioResult,
+    env_or, seed, DedicatedKafka, DedicatedPg, Load, LoadSpec, ScenarioResult,
 };
-use outboxd_tests::{pg_connect, unique_name};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-fn env_or(name: &str, default: f64) -> f64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(default)
-}
-
-const FAULTS: &[&str] = &[
-    "walsender terminated",
-    "postgres connections reset",
-    "postgres connection cut mid-frame",
-    "postgres partition (3-8 s)",
-    "postgres refuses connections (1-5 s)",
-    "relay SIGKILL during slow confirmations",
-    "postgres -m immediate + restart",
-    "kafka clean restart",
-    "kafka SIGKILL + start",
-    "kafka partition longer than the delivery timeout",
-    "kafka connections reset",
+const FAULTS: &[Fault] = &[
+    Fault::TerminateWalsender,
+    Fault::PgReset,
+    Fault::PgCutMidFrame,
+    Fault::PgPartition { ms: 3_000..8_000 },
+    Fault::PgRefuse { ms: 1_000..5_000 },
+    Fault::SlowConfirmationsKill,
+    Fault::PgCrash,
+    Fault::KafkaRestart,
+    Fault::KafkaKill,
+    Fault::KafkaPartition,
+    Fault::KafkaReset,
 ];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -59,22 +52,8 @@ async fn soak() {
         .await
         .unwrap();
     let pg_proxy = FaultProxy::start(format!("127.0.0.1:{}", pg.port).parse().unwrap());
-    let prefix = unique_name("soak");
-    kafka.create_topic(&format!("{prefix}.order"), 3);
-    let outbox = Outbox::on(
-        Endpoints {
-            pg_url: pg.url(),
-            relay_pg: ("127.0.0.1".to_owned(), pg_proxy.port()),
-            relay_brokers: kafka.proxied_brokers(),
-            checker_brokers: kafka.brokers(),
-        },
-        &prefix,
-        &[
-            ("OUTBOXD_KAFKA__PRODUCER__MESSAGE_TIMEOUT_MS", "8000"),
-            ("OUTBOXD_SERVER__SHUTDOWN_TIMEOUT_SECS", "10"),
-        ],
-    )
-    .await;
+    let relay_pg = ("127.0.0.1".to_owned(), pg_proxy.port());
+    let outbox = outbox_on_kafka(&kafka, pg.url(), relay_pg, "soak").await;
     let started = Instant::now();
     let load = Load::start(
         &outbox.endpoints.pg_url,
@@ -88,6 +67,12 @@ async fn soak() {
         },
     );
     let mut relay = outbox.start("soak");
+    let targets = Targets {
+        outbox: &outbox,
+        pg_proxy: Some(&pg_proxy),
+        pg: Some(&pg),
+        kafka: Some(&kafka),
+    };
     let mut relay_exits = 0;
     let mut counts = vec![0usize; FAULTS.len()];
     while started.elapsed() < duration {
@@ -95,82 +80,7 @@ async fn soak() {
         tokio::time::sleep(Duration::from_secs_f64(gap)).await;
         let kind = rng.random_range(0..FAULTS.len());
         let t0 = Instant::now();
-        match kind {
-            0 => {
-                let c = pg_connect(&pg.url()).await;
-                let _ = c
-                    .execute(
-                        "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots \
-                         WHERE slot_name = $1 AND active_pid IS NOT NULL",
-                        &[&outbox.slot],
-                    )
-                    .await;
-            }
-            1 => {
-                pg_proxy.set_mode(Mode::Reset);
-                tokio::time::sleep(Duration::from_millis(300)).await;
-                pg_proxy.set_mode(Mode::Pass);
-            }
-            2 => pg_proxy.cut_mid_frame(),
-            3 => {
-                pg_proxy.set_mode(Mode::Blackhole);
-                tokio::time::sleep(Duration::from_millis(rng.random_range(3_000..8_000))).await;
-                pg_proxy.set_mode(Mode::Pass);
-            }
-            4 => {
-                pg_proxy.set_mode(Mode::Refuse);
-                tokio::time::sleep(Duration::from_millis(rng.random_range(1_000..5_000))).await;
-                pg_proxy.set_mode(Mode::Pass);
-            }
-            5 => {
-                pg_proxy.set_mode(Mode::Latency(Duration::from_millis(
-                    rng.random_range(200..1_500),
-                )));
-                tokio::time::sleep(Duration::from_millis(rng.random_range(500..2_000))).await;
-                relay.signal("KILL");
-                let _ = relay.wait_timeout(Duration::from_secs(10));
-                pg_proxy.set_mode(Mode::Pass);
-                relay = outbox.start("soak-after-kill");
-            }
-            6 => {
-                let down = Duration::from_millis(rng.random_range(200..3_000));
-                let p = &pg;
-                std::thread::scope(|s| {
-                    s.spawn(|| {
-                        p.crash();
-                        std::thread::sleep(down);
-                        p.restart();
-                    })
-                    .join()
-                    .unwrap()
-                });
-            }
-            7 => {
-                let k = &kafka;
-                std::thread::scope(|s| s.spawn(|| k.restart()).join().unwrap());
-            }
-            8 => {
-                let k = &kafka;
-                std::thread::scope(|s| {
-                    s.spawn(|| {
-                        k.kill();
-                        k.start_again()
-                    })
-                    .join()
-                    .unwrap()
-                });
-            }
-            9 => {
-                kafka.proxy.set_mode(Mode::Blackhole);
-                tokio::time::sleep(Duration::from_secs(12)).await;
-                kafka.proxy.set_mode(Mode::Pass);
-            }
-            _ => {
-                kafka.proxy.set_mode(Mode::Reset);
-                tokio::time::sleep(Duration::from_millis(300)).await;
-                kafka.proxy.set_mode(Mode::Pass);
-            }
-        }
+        FAULTS[kind].inject(&mut rng, &targets, &mut relay).await;
         counts[kind] += 1;
         println!(
             "[{:>5.0} s] fault: {} ({:.1} s)",
@@ -178,24 +88,20 @@ async fn soak() {
             FAULTS[kind],
             t0.elapsed().as_secs_f64()
         );
-        // A relay that gave up is restarted, as a supervisor would; counted.
-        if let Some(status) = relay.wait_timeout(Duration::from_millis(100)) {
-            relay_exits += 1;
-            println!(
-                "relay exited ({status:?}) after {}:\n{}",
-                FAULTS[kind],
-                tail(&relay.log_text())
-            );
-            relay = outbox.start("soak-restarted");
-        }
+        relay_exits += usize::from(outbox.restart_if_exited(
+            &mut relay,
+            Duration::from_millis(100),
+            &FAULTS[kind],
+        ));
     }
     let load = load.stop().await;
     // A relay about to give up does so within message.timeout.ms (8 s) of the last
     // fault: wait that long before deciding it needs a restart.
-    if relay.wait_timeout(Duration::from_secs(10)).is_some() {
-        relay_exits += 1;
-        relay = outbox.start("soak-final");
-    }
+    relay_exits += usize::from(outbox.restart_if_exited(
+        &mut relay,
+        Duration::from_secs(10),
+        &"the last fault",
+    ));
     let (report, events) = outbox.check(Duration::from_secs(600)).await;
     let result = ScenarioResult {
         name: "soak",
