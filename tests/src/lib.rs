@@ -8,6 +8,7 @@
 
 pub mod proxy;
 pub mod scenario;
+pub mod secure_kafka;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
