@@ -22,6 +22,13 @@
 # add a listener on the first port that advertises the second, where a test's
 # fault proxy forwards to it; clients bootstrapping through the proxy then stay on
 # it, clients of KAFKA_PORT do not.
+# KAFKA_SASL_SSL_PORT adds a SASL_SSL listener (SCRAM-SHA-256 and -512) on that port,
+# with a PEM key store from KAFKA_SSL_DIR ($KAFKA_STATE_DIR/tls): server.pem (key and
+# certificate chain) is made there with openssl when missing, signed by a throwaway
+# CA (ca.crt, which clients trust; the certificate names localhost and 127.0.0.1).
+# KAFKA_SCRAM_USERS ("name:password ...", no spaces, commas or brackets in either)
+# are given SCRAM-SHA-256 and -512 credentials when the storage is formatted, i.e.
+# on the first start of a state dir only.
 set -euo pipefail
 
 KAFKA_VERSION=4.3.1
@@ -43,6 +50,7 @@ PID_FILE=$STATE_DIR/kafka.pid
 LOG_FILE=$STATE_DIR/server.log
 CONSOLE_LOG=$STATE_DIR/console.log
 # Outside STATE_DIR, which `reset` deletes.
+SSL_DIR=${KAFKA_SSL_DIR:-$STATE_DIR/tls}
 LOCK_FILE=$REPO_ROOT/.local/kafka.lock
 [[ -z ${KAFKA_STATE_DIR:-} ]] || LOCK_FILE=${KAFKA_STATE_DIR%/}.lock
 
@@ -209,12 +217,55 @@ render_config() {
             -e "s|^listener.security.protocol.map=.*|&,PROXIED:PLAINTEXT|" \
             "$CONFIG"
     fi
+    [[ -z ${KAFKA_SASL_SSL_PORT:-} ]] || add_sasl_ssl_listener
     # Admin client settings for the readiness probe: fail fast, retry here.
     cat >"$ADMIN_CONFIG" <<EOF
 request.timeout.ms=5000
 default.api.timeout.ms=15000
 reconnect.backoff.ms=100
 reconnect.backoff.max.ms=250
+EOF
+}
+
+# A throwaway CA and a server certificate for localhost / 127.0.0.1, as one PEM key
+# store (PKCS#8 key, then the certificate), which Kafka reads without a password.
+make_tls() {
+    [[ -f $SSL_DIR/server.pem ]] && return
+    command -v openssl >/dev/null 2>&1 || apt_install openssl "openssl not found"
+    log "making a test CA and server certificate in $SSL_DIR"
+    mkdir -p "$SSL_DIR"
+    (
+        cd "$SSL_DIR"
+        openssl req -x509 -newkey rsa:2048 -nodes -days 3650 \
+            -subj "/CN=outboxd test Kafka CA" -keyout ca.key -out ca.crt
+        openssl req -newkey rsa:2048 -nodes -subj "/CN=localhost" \
+            -keyout server.key -out server.csr
+        printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\n' >san.ext
+        openssl x509 -req -in server.csr -CA ca.crt -CAkey ca.key -CAcreateserial \
+            -days 3650 -extfile san.ext -out server.crt
+        cat server.key server.crt >server.pem.tmp
+        chmod 0600 server.key server.pem.tmp
+        mv server.pem.tmp server.pem
+    ) >>"$CONSOLE_LOG" 2>&1 || { tail -n 20 "$CONSOLE_LOG" >&2; die "openssl failed"; }
+}
+
+# SCRAM over TLS; the inter-broker and controller listeners stay PLAINTEXT.
+add_sasl_ssl_listener() {
+    make_tls
+    sed -i \
+        -e "s|^listeners=.*|&,SASL_SSL://$KAFKA_HOST:$KAFKA_SASL_SSL_PORT|" \
+        -e "s|^advertised.listeners=.*|&,SASL_SSL://$KAFKA_HOST:$KAFKA_SASL_SSL_PORT|" \
+        -e "s|^listener.security.protocol.map=.*|&,SASL_SSL:SASL_SSL|" \
+        "$CONFIG"
+    local scram=org.apache.kafka.common.security.scram.ScramLoginModule
+    cat >>"$CONFIG" <<EOF
+
+# SASL_SSL listener (KAFKA_SASL_SSL_PORT), added by scripts/kafka.sh.
+listener.name.sasl_ssl.sasl.enabled.mechanisms=SCRAM-SHA-256,SCRAM-SHA-512
+listener.name.sasl_ssl.scram-sha-256.sasl.jaas.config=$scram required;
+listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=$scram required;
+listener.name.sasl_ssl.ssl.keystore.type=PEM
+listener.name.sasl_ssl.ssl.keystore.location=$SSL_DIR/server.pem
 EOF
 }
 
@@ -228,9 +279,17 @@ format_storage() {
     while [[ $id == -* ]]; do
         id=$(head -c 16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=\n')
     done
+    local -a scram=()
+    local user mechanism
+    for user in ${KAFKA_SCRAM_USERS:-}; do
+        [[ $user == ?*:?* ]] || die "KAFKA_SCRAM_USERS: '$user' is not name:password"
+        for mechanism in SCRAM-SHA-256 SCRAM-SHA-512; do
+            scram+=(--add-scram "$mechanism=[name=${user%%:*},password=${user#*:}]")
+        done
+    done
     log "formatting KRaft storage (cluster id $id)"
     run_tool "${QUICK_JVM_OPTS[@]}" kafka.tools.StorageTool format --ignore-formatted \
-        -t "$id" -c "$CONFIG" >>"$CONSOLE_LOG" 2>&1 ||
+        -t "$id" -c "$CONFIG" "${scram[@]}" >>"$CONSOLE_LOG" 2>&1 ||
         { tail -n 20 "$CONSOLE_LOG" >&2; die "storage format failed"; }
 }
 

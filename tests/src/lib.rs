@@ -9,6 +9,7 @@
 pub mod faults;
 pub mod proxy;
 pub mod scenario;
+pub mod secure_kafka;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
@@ -425,7 +426,25 @@ pub fn outboxd_binary() -> std::path::PathBuf {
     static BINARY: OnceLock<std::path::PathBuf> = OnceLock::new();
     BINARY
         .get_or_init(|| {
-            let status = std::process::Command::new(env!("CARGO"))
+            let mut cargo = std::process::Command::new(env!("CARGO"));
+            // Without the variables cargo sets for this test process: build scripts
+            // (ring's) watch some of them, so a build with them rebuilds ring and all
+            // above it, and the next plain `cargo test` rebuilds it back.
+            for (name, _) in std::env::vars_os() {
+                let name = name.to_string_lossy();
+                if name.starts_with("CARGO_PKG_")
+                    || name.starts_with("CARGO_MANIFEST_")
+                    || [
+                        "CARGO_CRATE_NAME",
+                        "CARGO_PRIMARY_PACKAGE",
+                        "CARGO_TARGET_TMPDIR",
+                    ]
+                    .contains(&name.as_ref())
+                {
+                    cargo.env_remove(name.as_ref());
+                }
+            }
+            let status = cargo
                 .args(["build", "-q", "-p", "outboxd"])
                 .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
                 .status()

@@ -107,8 +107,12 @@ impl Admin {
                 client
             }
             Some(tls_config) => {
-                let tls = tokio_postgres_rustls::MakeRustlsConnect::new((*tls_config).clone());
-                let (client, connection) = config.connect(tls).await.map_err(sql_err)?;
+                let connector =
+                    tokio_postgres_rustls::MakeRustlsConnect::new((*tls_config).clone());
+                let (client, connection) = config
+                    .connect(connector)
+                    .await
+                    .map_err(|e| tls::handshake_refusal(opts, &e).unwrap_or_else(|| sql_err(e)))?;
                 tokio::spawn(drive(connection, peer.clone()));
                 client
             }

@@ -94,6 +94,16 @@ fn root_store(opts: &ConnectOptions) -> Result<RootCertStore, Error> {
     Ok(roots)
 }
 
+/// The admin connection's handshake refusal as the replication connection reports
+/// it: `Error::Tls` with rustls's reason, which is not retried (a wrong name or CA
+/// does not fix itself). tokio-postgres says only "error performing TLS handshake"
+/// and keeps the reason in its source.
+pub(crate) fn handshake_refusal(opts: &ConnectOptions, e: &tokio_postgres::Error) -> Option<Error> {
+    let io = std::error::Error::source(e)?.downcast_ref::<std::io::Error>()?;
+    let reason = io.get_ref()?.downcast_ref::<rustls::Error>()?;
+    Some(tls_error(opts, reason.to_string()))
+}
+
 fn tls_error(opts: &ConnectOptions, reason: String) -> Error {
     Error::Tls {
         peer: format!("{}:{}", opts.host, opts.port),

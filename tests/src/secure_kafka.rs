@@ -1,0 +1,107 @@
+//! A Kafka broker of the test's own with a SASL_SSL listener (SCRAM over TLS, the
+//! certificate signed by a throwaway CA) next to its plaintext one, for testing
+//! outboxd's Kafka security settings end to end. `scripts/kafka.sh` makes the
+//! certificates (`KAFKA_SASL_SSL_PORT`) and the SCRAM user (`KAFKA_SCRAM_USERS`).
+
+use std::path::PathBuf;
+
+use crate::scenario::{free_port, run_script};
+use crate::unique_name;
+
+/// Stopped and wiped when dropped.
+#[derive(Debug)]
+pub struct SecureKafka {
+    port: u16,
+    controller_port: u16,
+    sasl_ssl_port: u16,
+    state: PathBuf,
+    /// The SCRAM user (SCRAM-SHA-256 and SCRAM-SHA-512 credentials).
+    pub user: String,
+    /// Its password: random, so that a test can look for it in logs.
+    pub password: String,
+}
+
+impl SecureKafka {
+    /// Starts the broker (blocking: run it on a blocking thread in async tests).
+    pub fn start(user: &str) -> SecureKafka {
+        let k = SecureKafka {
+            port: free_port(),
+            controller_port: free_port(),
+            sasl_ssl_port: free_port(),
+            state: std::env::temp_dir().join(unique_name("outboxd-secure-kafka")),
+            user: user.to_owned(),
+            password: format!("scram-{:016x}", rand::random::<u64>()),
+        };
+        k.script("start")
+            .expect("broker with a SASL_SSL listener starts");
+        k
+    }
+
+    fn script(&self, cmd: &str) -> Result<(), String> {
+        run_script(
+            "kafka.sh",
+            &[cmd],
+            &[
+                ("KAFKA_PORT", self.port.to_string()),
+                ("KAFKA_CONTROLLER_PORT", self.controller_port.to_string()),
+                ("KAFKA_SASL_SSL_PORT", self.sasl_ssl_port.to_string()),
+                (
+                    "KAFKA_SCRAM_USERS",
+                    format!("{}:{}", self.user, self.password),
+                ),
+                ("KAFKA_STATE_DIR", self.state.display().to_string()),
+            ],
+        )
+    }
+
+    /// The plaintext listener (checkers, topic set-up).
+    pub fn brokers(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// The SASL_SSL listener.
+    pub fn sasl_ssl_brokers(&self) -> String {
+        format!("127.0.0.1:{}", self.sasl_ssl_port)
+    }
+
+    /// The CA that signed the broker's certificate.
+    pub fn ca_file(&self) -> PathBuf {
+        self.state.join("tls").join("ca.crt")
+    }
+
+    /// outboxd's settings for the SASL_SSL listener as this user, through the
+    /// librdkafka pass-through only.
+    pub fn relay_env(&self, mechanism: &str) -> Vec<(String, String)> {
+        [
+            ("OUTBOXD_KAFKA__BROKERS", self.sasl_ssl_brokers()),
+            (
+                "OUTBOXD_KAFKA__PRODUCER__SECURITY_PROTOCOL",
+                "SASL_SSL".to_owned(),
+            ),
+            (
+                "OUTBOXD_KAFKA__PRODUCER__SASL_MECHANISMS",
+                mechanism.to_owned(),
+            ),
+            ("OUTBOXD_KAFKA__PRODUCER__SASL_USERNAME", self.user.clone()),
+            (
+                "OUTBOXD_KAFKA__PRODUCER__SASL_PASSWORD",
+                self.password.clone(),
+            ),
+            (
+                "OUTBOXD_KAFKA__PRODUCER__SSL_CA_LOCATION",
+                self.ca_file().display().to_string(),
+            ),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect()
+    }
+}
+
+impl Drop for SecureKafka {
+    fn drop(&mut self) {
+        let _ = self.script("stop");
+        let _ = std::fs::remove_dir_all(&self.state);
+        let _ = std::fs::remove_file(format!("{}.lock", self.state.display()));
+    }
+}
