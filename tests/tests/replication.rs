@@ -382,6 +382,55 @@ async fn a_consumer_stalled_beyond_wal_sender_timeout_keeps_the_connection() {
     reader.close().await.unwrap();
 }
 
+/// While catching up the reader is backpressured most of the time; the consumer's
+/// acknowledgements must still reach the server within the ack delay, not on the
+/// status timer (seconds), or a crash then replays seconds of delivered events.
+#[tokio::test]
+async fn a_backpressured_reader_reports_acknowledgements_promptly() {
+    let db = TestDb::create().await;
+    setup(&db, "SELECT 1").await;
+    let slot = db.slot_name();
+    let mut opts = db.connect_options("postgres");
+    // Status timer: 10 s (the default interval; a third of 60 s is more).
+    opts.options = Some("-c wal_sender_timeout=60s".to_owned());
+    let admin = Admin::connect(&opts).await.unwrap();
+    let (stream, _) = open_stream(&opts, &admin, &spec(&slot)).await.unwrap();
+    let mut reader = ReplicationReader::spawn(
+        stream,
+        ReaderConfig {
+            max_buffered_bytes: 4096,
+            ..ReaderConfig::default()
+        },
+    );
+    insert_events(&db, 40, "b").await;
+    // Hold on to every event (and so to the budget): the reader stays blocked.
+    let mut held = Vec::new();
+    let first_commit = loop {
+        let event = next_event(&mut reader, Duration::from_secs(30)).await;
+        let end = match &event.message {
+            LogicalMessage::Commit(c) => Some(c.end_lsn),
+            _ => None,
+        };
+        held.push(event);
+        if let Some(end) = end {
+            break end;
+        }
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await; // the reader fills its budget
+    let acked_at = tokio::time::Instant::now();
+    reader.acknowledge(first_commit);
+    while confirmed_flush(&admin, &slot).await < first_commit {
+        assert!(
+            acked_at.elapsed() < Duration::from_secs(3),
+            "the acknowledgement did not reach the server within 3 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    println!("acknowledgement confirmed after {:?}", acked_at.elapsed());
+    drop(held);
+    reader.close().await.unwrap();
+}
+
 #[tokio::test]
 async fn an_idle_outbox_on_a_busy_database_retains_no_wal() {
     let db = TestDb::create().await;

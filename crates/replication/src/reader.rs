@@ -215,7 +215,8 @@ async fn run(
                                         consumer_gone = true;
                                         break;
                                     }
-                                    wait_for_budget(&mut stream, &budget, charge, &mut ack).await?
+                                    let acks = Acks { rx: &mut ack, report_at: &mut report_at, delay: config.ack_delay };
+                                    wait_for_budget(&mut stream, &budget, charge, acks).await?
                                 }
                             };
                             batch.push(ReplicationEvent { wal_start, message, relation, _budget: permit });
@@ -268,28 +269,46 @@ async fn run(
     Ok(flushed)
 }
 
-/// Waits for buffer space while keeping status updates going.
+/// The acknowledgement side of the reader: where acks arrive and when the next
+/// one is due to be reported.
+struct Acks<'a> {
+    rx: &'a mut watch::Receiver<Lsn>,
+    report_at: &'a mut Option<Instant>,
+    delay: Duration,
+}
+
+/// Waits for buffer space while keeping status updates going, acknowledgements
+/// included: a backpressured reader is the normal state while catching up, and
+/// reporting acks only on the status timer (seconds) would make a crash then
+/// replay seconds of delivered events.
 async fn wait_for_budget(
     stream: &mut LogicalStream,
     budget: &Arc<Semaphore>,
     charge: u32,
-    ack: &mut watch::Receiver<Lsn>,
+    acks: Acks<'_>,
 ) -> Result<OwnedSemaphorePermit, Error> {
     loop {
-        let due = stream.status_due();
+        let due = match *acks.report_at {
+            Some(at) => at.min(stream.status_due()),
+            None => stream.status_due(),
+        };
         tokio::select! {
             permit = budget.clone().acquire_many_owned(charge) => {
                 return permit.map_err(|_| Error::protocol("reader budget closed"));
             }
-            changed = ack.changed() => {
+            changed = acks.rx.changed() => {
                 if changed.is_ok() {
-                    stream.acknowledge(*ack.borrow_and_update());
+                    stream.acknowledge(*acks.rx.borrow_and_update());
+                    acks.report_at.get_or_insert_with(|| Instant::now() + acks.delay);
                 } else {
                     // The consumer is gone; nothing will free the budget.
                     return Err(Error::StreamClosed);
                 }
             }
-            _ = tokio::time::sleep_until(due) => stream.send_status(false).await?,
+            _ = tokio::time::sleep_until(due) => {
+                stream.send_status(false).await?;
+                *acks.report_at = None;
+            }
         }
     }
 }
