@@ -71,7 +71,7 @@ impl Default for SinkConfig {
             brokers: "localhost:9092".to_owned(),
             properties: Vec::new(),
             max_in_flight_records: 100_000,
-            max_in_flight_bytes: 16 * 1024 * 1024,
+            max_in_flight_bytes: 8 * 1024 * 1024,
             dead_letter_topic: None,
         }
     }

@@ -84,7 +84,7 @@ impl Default for PostgresConfig {
             create_publication: true,
             status_interval_ms: 10_000,
             receive_timeout_secs: None,
-            max_buffered_bytes: 8 << 20,
+            max_buffered_bytes: 4 << 20,
         }
     }
 }
@@ -143,7 +143,7 @@ impl Default for KafkaConfig {
             producer: BTreeMap::new(),
             dead_letter_topic: None,
             max_in_flight_records: 100_000,
-            max_in_flight_bytes: 16 << 20,
+            max_in_flight_bytes: 8 << 20,
         }
     }
 }

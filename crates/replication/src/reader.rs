@@ -41,7 +41,7 @@ pub struct ReaderConfig {
 impl Default for ReaderConfig {
     fn default() -> Self {
         ReaderConfig {
-            max_buffered_bytes: 8 << 20,
+            max_buffered_bytes: 4 << 20,
             ack_delay: Duration::from_millis(20),
         }
     }
