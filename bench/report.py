@@ -331,7 +331,7 @@ def render(results: dict, chart_name: str) -> str:
           f"generate_series(1, k)` per transaction); then each reader drains its slot in turn: "
           "`pg_recvlogical --start --endpos=<WAL end> -o proto_version=1 -o publication_names=… -f /dev/null` "
           "(timed until it exits; it confirms the slot as it stops), outboxd, outboxd with each "
-          "variant setting (full preset: `linger.ms=5`), Debezium, outboxd again, pg_recvlogical again "
+          "variant setting (full preset: `caps4x`, 32 MiB in flight and a 16 MiB read buffer), Debezium, outboxd again, pg_recvlogical again "
           "(with `--profile`, one more outboxd drain under perf). A relay's time runs from process start until the slot's "
           "`confirmed_flush_lsn` reaches the last commit of the workload (polled every 50 ms), which "
           "happens only after Kafka acknowledged every record; the topics are then checked to hold "
@@ -343,8 +343,8 @@ def render(results: dict, chart_name: str) -> str:
           "step is read back (header `id`) and matched to its row's commit timestamp;",
           "4. writes `results.json`, this markdown and the chart (`bench/report.py`).", "",
           "Settings:", "",
-          "- outboxd: defaults (`linger.ms=5`, `acks=all`, idempotence, 100,000 records / 64 MiB in "
-          "flight, 16 MiB read buffer); the harness sets only the URL, slot, publication, table, brokers, "
+          "- outboxd: defaults (`linger.ms=5`, `acks=all`, idempotence, 100,000 records / 8 MiB in "
+          "flight (payload + per-record overhead), 4 MiB read buffer); the harness sets only the URL, slot, publication, table, brokers, "
           f"topic template and metrics address{extra_env(opts)}.",
           "- Debezium: `connector.class=io.debezium.connector.postgresql.PostgresConnector`, "
           "`plugin.name=pgoutput`, the pre-created slot and publication "

@@ -175,18 +175,25 @@ async fn kafka_over_sasl_ssl_with_scram_relays_in_order_and_refuses_wrong_creden
         bad_password_out.contains("FAIL  Kafka reachable"),
         "{bad_password_out}"
     );
-    // librdkafka's reason, logged by outboxd: the cause, not just a timeout.
+    // librdkafka's reason, in the FAIL line itself: the cause, not just a timeout.
+    let fail_line = |out: &str| {
+        out.lines()
+            .find(|l| l.contains("FAIL  Kafka reachable"))
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let line = fail_line(&bad_password_out);
     assert!(
-        bad_password_out.contains("SASL authentication error")
-            && bad_password_out.contains("invalid credentials with SASL mechanism SCRAM-SHA-512"),
+        line.contains("SASL authentication error")
+            && line.contains("invalid credentials with SASL mechanism SCRAM-SHA-512"),
         "{bad_password_out}"
     );
 
     assert!(!bad_ca.success(), "{bad_ca_out}");
     assert!(bad_ca_out.contains("FAIL  Kafka reachable"), "{bad_ca_out}");
+    let line = fail_line(&bad_ca_out);
     assert!(
-        bad_ca_out.contains("SSL handshake failed")
-            && bad_ca_out.contains("certificate verify failed"),
+        line.contains("SSL handshake failed") && line.contains("certificate verify failed"),
         "{bad_ca_out}"
     );
     for (out, what) in [

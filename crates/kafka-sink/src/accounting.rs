@@ -139,6 +139,8 @@ pub(crate) struct Shared {
     /// Woken whenever in-flight budget is released (senders waiting for room, flush).
     pub changed: Notify,
     fatal: Mutex<Option<String>>,
+    /// The reason of the latest non-fatal client error (connection, TLS, SASL).
+    last_client_error: Mutex<Option<String>>,
     pub stats: Counters,
     dead_letter_topic: Option<String>,
     dead_letters: Mutex<VecDeque<DeadLetter>>,
@@ -235,6 +237,7 @@ impl Shared {
             in_flight_bytes: AtomicUsize::new(0),
             changed: Notify::new(),
             fatal: Mutex::new(None),
+            last_client_error: Mutex::new(None),
             stats: Counters::default(),
             dead_letter_topic,
             dead_letters: Mutex::new(VecDeque::new()),
@@ -253,6 +256,14 @@ impl Shared {
     pub(crate) fn has_room(&self, bytes: usize, max_records: usize, max_bytes: usize) -> bool {
         let (records, in_bytes) = self.in_flight();
         records < max_records && (records == 0 || in_bytes.saturating_add(bytes) <= max_bytes)
+    }
+
+    pub(crate) fn set_last_client_error(&self, reason: String) {
+        *lock(&self.last_client_error) = Some(reason);
+    }
+
+    pub(crate) fn last_client_error(&self) -> Option<String> {
+        lock(&self.last_client_error).clone()
     }
 
     pub(crate) fn set_fatal(&self, reason: String) {

@@ -50,6 +50,10 @@ impl ClientContext for SinkContext {
             // Connection trouble and the like: librdkafka retries on its own, and what
             // it gives up on reaches us as failed delivery reports.
             tracing::warn!(target: "librdkafka", %error, %reason, "Kafka client error");
+            // "All brokers are down" follows the error that says why; keep the why.
+            if error.rdkafka_error_code() != Some(RDKafkaErrorCode::AllBrokersDown) {
+                self.shared.set_last_client_error(reason.to_owned());
+            }
         }
     }
 }

@@ -16,6 +16,14 @@ pub enum SinkError {
     /// metadata request).
     #[error("Kafka: {0}")]
     Kafka(#[from] KafkaError),
+    /// A request of the sink failed, and librdkafka had reported why just before
+    /// (authentication refused, TLS handshake failed…): both, so the caller can say
+    /// more than "Broker transport failure".
+    #[error("Kafka: {source} (the client's last error: {last_client_error})")]
+    Unreachable {
+        source: KafkaError,
+        last_client_error: String,
+    },
     /// The producer hit a fatal error (e.g. the idempotent producer lost its sequence,
     /// or was fenced) and cannot produce anymore: recreate the sink and resend from the
     /// last confirmed position.

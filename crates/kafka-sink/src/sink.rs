@@ -420,7 +420,13 @@ impl KafkaSink {
         })
         .await
         .map_err(|e| SinkError::Internal(format!("metadata request task: {e}")))?;
-        Ok(answer?)
+        answer.map_err(|source| match self.shared.last_client_error() {
+            Some(last_client_error) => SinkError::Unreachable {
+                source,
+                last_client_error,
+            },
+            None => SinkError::Kafka(source),
+        })
     }
 
     /// A broker's configuration value (e.g. `auto.create.topics.enable`), read with
