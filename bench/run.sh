@@ -20,7 +20,8 @@
 #   - Kafka 4.3.1 jars (scripts/kafka.sh's Maven Central cache, .cache/kafka);
 #   - Kafka Connect 4.3.1 (bench/connect/pom.xml) and the Debezium Postgres
 #     connector plugin archive, pinned, from Maven Central, into bench/.work/connect;
-#   - outboxd, built in release mode (CARGO_TARGET_DIR, default bench/.work/target).
+#   - outboxd, built in release mode (CARGO_TARGET_DIR, default bench/.work/target;
+#     BENCH_OUTBOXD_PROFILE=debug reuses a test build, for CI's smoke run only).
 # The run starts its own PostgreSQL cluster (127.0.0.1:54400, track_commit_timestamp
 # on) and its own Kafka broker (127.0.0.1:19192), both fresh, and stops them at the
 # end; the shared services of scripts/pg.sh and scripts/kafka.sh are not touched.
@@ -112,9 +113,15 @@ ensure_connect() {
 
 build_outboxd() {
     export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$WORK/target}
-    log "building outboxd (release, CARGO_TARGET_DIR=$CARGO_TARGET_DIR)"
-    (cd "$ROOT" && cargo build --release --locked -q -p outboxd) >&2
-    OUTBOXD_BIN=$CARGO_TARGET_DIR/release/outboxd
+    local profile=${BENCH_OUTBOXD_PROFILE:-release}
+    case $profile in
+        release) ;;
+        debug) log "warning: a debug build of outboxd: numbers from this run mean nothing" ;;
+        *) die "BENCH_OUTBOXD_PROFILE must be release or debug, not '$profile'" ;;
+    esac
+    log "building outboxd ($profile, CARGO_TARGET_DIR=$CARGO_TARGET_DIR)"
+    (cd "$ROOT" && cargo build --locked -q -p outboxd $([[ $profile == release ]] && echo --release)) >&2
+    OUTBOXD_BIN=$CARGO_TARGET_DIR/$profile/outboxd
     [[ -x $OUTBOXD_BIN ]] || die "outboxd binary missing after build"
 }
 
