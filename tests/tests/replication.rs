@@ -342,24 +342,33 @@ async fn a_transaction_larger_than_logical_decoding_work_mem_streams_whole() {
     reader.close().await.unwrap();
 }
 
-#[tokio::test]
-async fn a_consumer_stalled_beyond_wal_sender_timeout_keeps_the_connection() {
-    let db = TestDb::create().await;
-    setup(&db, "SELECT 1").await;
+/// A reader on a fresh slot with a budget of about one transaction, so that it
+/// blocks early on until the consumer lets go of events, under the given
+/// `wal_sender_timeout`.
+async fn backpressured_reader(
+    db: &TestDb,
+    wal_sender_timeout: &str,
+) -> (Admin, String, ReplicationReader) {
+    setup(db, "SELECT 1").await;
     let slot = db.slot_name();
     let mut opts = db.connect_options("postgres");
-    opts.options = Some("-c wal_sender_timeout=2s".to_owned());
+    opts.options = Some(format!("-c wal_sender_timeout={wal_sender_timeout}"));
     let admin = Admin::connect(&opts).await.unwrap();
     let (stream, _) = open_stream(&opts, &admin, &spec(&slot)).await.unwrap();
-    // A budget of about one transaction: the reader blocks early on until we
-    // consume, so it is backpressured the whole time we sleep.
-    let mut reader = ReplicationReader::spawn(
+    let reader = ReplicationReader::spawn(
         stream,
         ReaderConfig {
             max_buffered_bytes: 4096,
             ..ReaderConfig::default()
         },
     );
+    (admin, slot, reader)
+}
+
+#[tokio::test]
+async fn a_consumer_stalled_beyond_wal_sender_timeout_keeps_the_connection() {
+    let db = TestDb::create().await;
+    let (admin, slot, mut reader) = backpressured_reader(&db, "2s").await;
     insert_events(&db, 20, "k").await;
     let pid_before = active_pid(&admin, &slot).await;
     assert!(pid_before.is_some(), "a walsender serves the slot");
@@ -388,20 +397,8 @@ async fn a_consumer_stalled_beyond_wal_sender_timeout_keeps_the_connection() {
 #[tokio::test]
 async fn a_backpressured_reader_reports_acknowledgements_promptly() {
     let db = TestDb::create().await;
-    setup(&db, "SELECT 1").await;
-    let slot = db.slot_name();
-    let mut opts = db.connect_options("postgres");
     // Status timer: 10 s (the default interval; a third of 60 s is more).
-    opts.options = Some("-c wal_sender_timeout=60s".to_owned());
-    let admin = Admin::connect(&opts).await.unwrap();
-    let (stream, _) = open_stream(&opts, &admin, &spec(&slot)).await.unwrap();
-    let mut reader = ReplicationReader::spawn(
-        stream,
-        ReaderConfig {
-            max_buffered_bytes: 4096,
-            ..ReaderConfig::default()
-        },
-    );
+    let (admin, slot, mut reader) = backpressured_reader(&db, "60s").await;
     insert_events(&db, 40, "b").await;
     // Hold on to every event (and so to the budget): the reader stays blocked.
     let mut held = Vec::new();
