@@ -237,28 +237,37 @@ impl KafkaSink {
     pub async fn send(&self, txn: TxnId, record: Record) -> Result<(), SinkError> {
         let _in_order = self.enqueue.lock().await;
         let bytes = record.in_flight_size();
+        let has_room = || {
+            self.shared.has_room(
+                bytes,
+                self.config.max_in_flight_records,
+                self.config.max_in_flight_bytes,
+            )
+        };
+        let mut queue_full = false;
         loop {
             if let Some(fatal) = self.fatal_error() {
                 return Err(SinkError::Fatal(fatal));
             }
-            // Register interest before checking, so a release between the check and
-            // the wait is not missed.
-            let woken = self.shared.changed.notified();
-            tokio::pin!(woken);
-            woken.as_mut().enable();
-            if self.shared.has_room(
-                bytes,
-                self.config.max_in_flight_records,
-                self.config.max_in_flight_bytes,
-            ) {
+            if !queue_full && has_room() {
                 match self.try_enqueue(txn, &record, bytes)? {
                     Enqueued::Accounted => return Ok(()),
                     Enqueued::QueueFull => {
                         tracing::trace!("librdkafka queue full; waiting for deliveries");
+                        queue_full = true;
                     }
                 }
             }
+            // Only now (the common case has room) register interest, then check
+            // again, so that a release between the check and the wait is not missed.
+            let woken = self.shared.changed.notified();
+            tokio::pin!(woken);
+            woken.as_mut().enable();
+            if !queue_full && has_room() {
+                continue;
+            }
             let _ = tokio::time::timeout(WAIT_SLICE, woken).await;
+            queue_full = false;
         }
     }
 
