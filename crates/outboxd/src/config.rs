@@ -234,6 +234,11 @@ pub struct ServerConfig {
     pub metrics_address: String,
     /// How long a graceful stop waits for in-flight deliveries, in seconds.
     pub shutdown_timeout_secs: u64,
+    /// Threads of outboxd's own async runtime (librdkafka has threads of its own).
+    /// 1: one thread for the reader, the relay and the HTTP server, so handing a
+    /// batch from the reader to the relay needs no cross-thread wake-up; more: a
+    /// multi-threaded runtime with that many workers.
+    pub worker_threads: usize,
 }
 
 impl Default for ServerConfig {
@@ -241,6 +246,7 @@ impl Default for ServerConfig {
         ServerConfig {
             metrics_address: "127.0.0.1:9187".to_owned(),
             shutdown_timeout_secs: 30,
+            worker_threads: 2,
         }
     }
 }

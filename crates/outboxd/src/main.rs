@@ -113,8 +113,7 @@ fn init_logging(format: LogFormat) {
     }
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     let cli = Cli::parse();
     let common = match &cli.command {
         Command::Run(c) | Command::Check(c) => c,
@@ -129,12 +128,28 @@ async fn main() -> ExitCode {
         }
     };
     init_logging(config.log.format);
-    let result = match cli.command {
-        Command::Run(_) => run(config).await,
-        Command::Check(_) => check::run(&config).await,
-        Command::Init(a) => init::run(&config, a.apply).await,
-        Command::Tail(a) => tail::run(&config, &a.tail).await,
+    let runtime = match config.server.worker_threads {
+        0 | 1 => tokio::runtime::Builder::new_current_thread().enable_all().build(),
+        n => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(n)
+            .enable_all()
+            .build(),
     };
+    let runtime = match runtime {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Run(_) => run(config).await,
+            Command::Check(_) => check::run(&config).await,
+            Command::Init(a) => init::run(&config, a.apply).await,
+            Command::Tail(a) => tail::run(&config, &a.tail).await,
+        }
+    });
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
