@@ -1206,13 +1206,13 @@ class LatencyConsumer:
 
 
 # The full preset also runs outboxd with 4x its default memory caps (what the smaller
-# defaults cost in speed, if anything) and on a one-thread runtime, next to its
+# defaults cost in speed, if anything) and on a two-thread runtime, next to its
 # defaults (drain and latency).
 PRESETS = {
     "full": dict(events=1_000_000, ks="1,10,100", step_seconds=30, ladder_max=200_000,
                  variants=["caps4x:OUTBOXD_KAFKA__MAX_IN_FLIGHT_BYTES=33554432,"
                            "OUTBOXD_POSTGRES__MAX_BUFFERED_BYTES=16777216",
-                           "1thread:OUTBOXD_SERVER__WORKER_THREADS=1"]),
+                           "2threads:OUTBOXD_SERVER__WORKER_THREADS=2"]),
     "quick": dict(events=50_000, ks="10", step_seconds=10, ladder_max=0, variants=[]),
 }
 
@@ -1252,7 +1252,7 @@ def main(argv=None) -> None:
                     help="also drain with outboxd under extra settings, e.g. "
                          "linger5:OUTBOXD_KAFKA__PRODUCER__LINGER_MS=5")
     ap.add_argument("--no-preset-variants", action="store_true",
-                    help="leave out the preset's outboxd variants (full: caps4x, 1thread)")
+                    help="leave out the preset's outboxd variants (full: caps4x, 2threads)")
     ap.add_argument("--latency-variants", action="store_true",
                     help="run the --outboxd-variant settings in the latency phase too")
     ap.add_argument("--keep", action="store_true", help="leave PostgreSQL and Kafka running at the end")

@@ -331,7 +331,7 @@ def render(results: dict, chart_name: str) -> str:
           f"generate_series(1, k)` per transaction); then each reader drains its slot in turn: "
           "`pg_recvlogical --start --endpos=<WAL end> -o proto_version=1 -o publication_names=… -f /dev/null` "
           "(timed until it exits; it confirms the slot as it stops), outboxd, outboxd with each "
-          "variant setting (full preset: `caps4x`, 32 MiB in flight and a 16 MiB read buffer; `1thread`, `server.worker_threads=1`), Debezium, outboxd again, pg_recvlogical again "
+          "variant setting (full preset: `caps4x`, 32 MiB in flight and a 16 MiB read buffer; `2threads`, `server.worker_threads=2`), Debezium, outboxd again, pg_recvlogical again "
           "(with `--profile`, one more outboxd drain under perf). A relay's time runs from process start until the slot's "
           "`confirmed_flush_lsn` reaches the last commit of the workload (polled every 50 ms), which "
           "happens only after Kafka acknowledged every record; the topics are then checked to hold "
