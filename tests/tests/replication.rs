@@ -547,6 +547,26 @@ async fn a_reconnect_starts_after_what_was_already_delivered() {
     reader.close().await.unwrap();
 }
 
+/// The server's words, once: tokio-postgres's own message is only "db error".
+#[tokio::test]
+async fn an_sql_error_carries_the_server_message_and_its_retry_verdict() {
+    let db = TestDb::create().await;
+    let mut opts = db.connect_options("postgres");
+    opts.dbname = "outboxd_no_such_database".to_owned();
+    let err = Admin::connect(&opts).await.unwrap_err();
+    let message = err.to_string();
+    assert!(
+        message.contains(r#"FATAL: database "outboxd_no_such_database" does not exist (3D000)"#),
+        "{message}"
+    );
+    assert!(!message.contains("db error"), "{message}");
+    assert_eq!(err.sqlstate(), Some("3D000"));
+    assert!(
+        !err.is_retryable(),
+        "a missing database does not come back by itself"
+    );
+}
+
 #[tokio::test]
 async fn a_slot_of_another_plugin_or_in_use_is_refused_with_a_reason() {
     let db = TestDb::create().await;

@@ -129,7 +129,9 @@ fn main() -> ExitCode {
     };
     init_logging(config.log.format);
     let runtime = match config.server.worker_threads {
-        0 | 1 => tokio::runtime::Builder::new_current_thread().enable_all().build(),
+        0 | 1 => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
         n => tokio::runtime::Builder::new_multi_thread()
             .worker_threads(n)
             .enable_all()

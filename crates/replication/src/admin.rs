@@ -96,9 +96,9 @@ impl Admin {
     async fn connect_unbounded(opts: &ConnectOptions, peer: &str) -> Result<Admin, Error> {
         let peer = peer.to_owned();
         let config = opts.to_tokio_config();
-        let sql_err = |source| Error::Sql {
+        let sql_err = |error| Error::Sql {
             peer: peer.clone(),
-            source,
+            error,
         };
         let client = match tls::client_config(opts)? {
             None => {
@@ -129,10 +129,10 @@ impl Admin {
         &self.client
     }
 
-    fn sql(&self, source: tokio_postgres::Error) -> Error {
+    fn sql(&self, error: tokio_postgres::Error) -> Error {
         Error::Sql {
             peer: self.peer.clone(),
-            source,
+            error,
         }
     }
 

@@ -109,12 +109,12 @@ pub enum Error {
     #[error("{0}")]
     Preflight(String),
 
-    /// An error from the ordinary SQL connection.
-    #[error("SQL on {peer}: {source}")]
+    /// An error from the ordinary SQL connection. The server's message is part of
+    /// this one (tokio-postgres's own says only "db error"), so it is not a source.
+    #[error("SQL on {peer}: {}", describe_sql(error))]
     Sql {
         peer: String,
-        #[source]
-        source: tokio_postgres::Error,
+        error: tokio_postgres::Error,
     },
 
     /// The stream was closed (by the server's CopyDone or by us).
@@ -155,13 +155,11 @@ impl Error {
             | Error::ReceiveTimeout { .. } => true,
             // Admin shutdown, too many connections, the server starting up or
             // shutting down, crash recovery: all pass.
-            Error::Server { error, .. } => {
-                matches!(
-                    error.code.as_str(),
-                    "57P01" | "57P02" | "57P03" | "53300" | "08006"
-                ) || error.code.starts_with("08")
-            }
-            Error::Sql { source, .. } => source.is_closed() || source.code().is_none(),
+            Error::Server { error, .. } => retryable_sqlstate(&error.code),
+            Error::Sql { error, .. } => match error.code() {
+                Some(code) => retryable_sqlstate(code.code()),
+                None => true,
+            },
             _ => false,
         }
     }
@@ -170,8 +168,53 @@ impl Error {
     pub fn sqlstate(&self) -> Option<&str> {
         match self {
             Error::Server { error, .. } => Some(&error.code),
-            Error::Sql { source, .. } => source.code().map(|c| c.code()),
+            Error::Sql { error, .. } => error.code().map(|c| c.code()),
             _ => None,
+        }
+    }
+}
+
+/// Admin shutdown, crash recovery, the server starting up or shutting down, too
+/// many connections, connection failures: all pass.
+fn retryable_sqlstate(code: &str) -> bool {
+    matches!(code, "57P01" | "57P02" | "57P03" | "53300") || code.starts_with("08")
+}
+
+/// A tokio-postgres error with the server's message, detail and hint, or the
+/// chain of causes for a client-side error.
+fn describe_sql(error: &tokio_postgres::Error) -> String {
+    if let Some(db) = error.as_db_error() {
+        let mut text = format!("{}: {} ({})", db.severity(), db.message(), db.code().code());
+        if let Some(detail) = db.detail() {
+            text.push_str(&format!("; {detail}"));
+        }
+        if let Some(hint) = db.hint() {
+            text.push_str(&format!("; hint: {hint}"));
+        }
+        return text;
+    }
+    let mut text = error.to_string();
+    let mut cause = std::error::Error::source(error);
+    while let Some(c) = cause {
+        text.push_str(&format!(": {c}"));
+        cause = c.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::retryable_sqlstate;
+
+    #[test]
+    fn a_server_that_is_restarting_or_recovering_is_worth_retrying() {
+        // 57P03: "the database system is not yet accepting connections" (crash
+        // recovery); the soak saw a relay exit on it.
+        for code in ["57P01", "57P02", "57P03", "53300", "08006", "08001"] {
+            assert!(retryable_sqlstate(code), "{code}");
+        }
+        for code in ["3D000", "28P01", "42P01", "55000", "42501"] {
+            assert!(!retryable_sqlstate(code), "{code}");
         }
     }
 }
