@@ -49,7 +49,7 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-pub(crate) fn run_script(
+fn run_script(
     script: &str,
     args: &[&str],
     env: &[(&str, String)],
@@ -68,6 +68,21 @@ pub(crate) fn run_script(
             String::from_utf8_lossy(&out.stderr)
         ))
     }
+}
+
+/// Runs `scripts/kafka.sh cmd` for a broker of a test's own: its ports and state
+/// directory `(port, controller port, state)`, plus the listener settings in `env`.
+pub(crate) fn kafka_script(
+    cmd: &str,
+    (port, controller_port, state): (u16, u16, &std::path::Path),
+    mut env: Vec<(&str, String)>,
+) -> Result<(), String> {
+    env.extend([
+        ("KAFKA_PORT", port.to_string()),
+        ("KAFKA_CONTROLLER_PORT", controller_port.to_string()),
+        ("KAFKA_STATE_DIR", state.display().to_string()),
+    ]);
+    run_script("kafka.sh", &[cmd], &env)
 }
 
 /// A PostgreSQL cluster of the test's own (scripts/pg.sh with PG_STATE_DIR and
@@ -162,15 +177,12 @@ impl DedicatedKafka {
     }
 
     fn script(&self, cmd: &str) -> Result<(), String> {
-        run_script(
-            "kafka.sh",
-            &[cmd],
-            &[
-                ("KAFKA_PORT", self.port.to_string()),
-                ("KAFKA_CONTROLLER_PORT", self.controller_port.to_string()),
+        kafka_script(
+            cmd,
+            (self.port, self.controller_port, &self.state),
+            vec![
                 ("KAFKA_PROXIED_PORT", self.proxied_port.to_string()),
                 ("KAFKA_PROXY_PORT", self.proxy.port().to_string()),
-                ("KAFKA_STATE_DIR", self.state.display().to_string()),
             ],
         )
     }

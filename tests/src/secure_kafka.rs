@@ -5,7 +5,7 @@
 
 use std::path::PathBuf;
 
-use crate::scenario::{free_port, run_script};
+use crate::scenario::{free_port, kafka_script};
 use crate::unique_name;
 
 /// Stopped and wiped when dropped.
@@ -38,18 +38,15 @@ impl SecureKafka {
     }
 
     fn script(&self, cmd: &str) -> Result<(), String> {
-        run_script(
-            "kafka.sh",
-            &[cmd],
-            &[
-                ("KAFKA_PORT", self.port.to_string()),
-                ("KAFKA_CONTROLLER_PORT", self.controller_port.to_string()),
+        kafka_script(
+            cmd,
+            (self.port, self.controller_port, &self.state),
+            vec![
                 ("KAFKA_SASL_SSL_PORT", self.sasl_ssl_port.to_string()),
                 (
                     "KAFKA_SCRAM_USERS",
                     format!("{}:{}", self.user, self.password),
                 ),
-                ("KAFKA_STATE_DIR", self.state.display().to_string()),
             ],
         )
     }
