@@ -49,11 +49,7 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-fn run_script(
-    script: &str,
-    args: &[&str],
-    env: &[(&str, String)],
-) -> Result<(), String> {
+fn run_script(script: &str, args: &[&str], env: &[(&str, String)]) -> Result<(), String> {
     let out = std::process::Command::new(repo_root().join("scripts").join(script))
         .args(args)
         .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
