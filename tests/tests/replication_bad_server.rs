@@ -282,6 +282,15 @@ impl FakeServer {
         self.stream_with(StreamSettings::default()).await
     }
 
+    /// A stream that gives up after `receive_timeout` of silence.
+    async fn stream_with_receive_timeout(&self, receive_timeout: Duration) -> LogicalStream {
+        self.stream_with(StreamSettings {
+            receive_timeout: Some(receive_timeout),
+            ..StreamSettings::default()
+        })
+        .await
+    }
+
     /// Waits (briefly) for something the client sent that `pick` selects.
     async fn wait_for<T>(&mut self, mut pick: impl FnMut(&Received) -> Option<T>) -> Option<T> {
         timeout(PROMPTLY, async {
@@ -692,12 +701,7 @@ async fn a_silent_server_is_asked_for_a_keepalive_then_given_up_on() {
     for streaming in [vec![], vec![Step::Send(partial)]] {
         let mut fake = FakeServer::streaming(streaming).await;
         let receive_timeout = Duration::from_secs(1);
-        let mut stream = fake
-            .stream_with(StreamSettings {
-                receive_timeout: Some(receive_timeout),
-                ..StreamSettings::default()
-            })
-            .await;
+        let mut stream = fake.stream_with_receive_timeout(receive_timeout).await;
         let started = std::time::Instant::now();
         let (events, err) = first_error(&mut stream).await;
         let took = started.elapsed();
@@ -725,12 +729,7 @@ async fn a_quiet_server_that_answers_keepalive_requests_is_not_given_up_on() {
     let fake = FakeServer::streaming(vec![]).await;
     fake.answer_keepalive_requests();
     let receive_timeout = Duration::from_secs(1);
-    let mut stream = fake
-        .stream_with(StreamSettings {
-            receive_timeout: Some(receive_timeout),
-            ..StreamSettings::default()
-        })
-        .await;
+    let mut stream = fake.stream_with_receive_timeout(receive_timeout).await;
     // Four receive timeouts in which the server says nothing of its own accord.
     let mut keepalives = 0;
     let quiet = timeout(receive_timeout * 4, async {
