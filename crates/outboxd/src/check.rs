@@ -7,7 +7,7 @@ use outboxd_kafka_sink::KafkaSink;
 use outboxd_replication::{Admin, Error, TableName};
 
 use crate::config::Config;
-use crate::{connect_options, sink_config};
+use crate::settings::{connect_options, sink_config};
 
 #[derive(Debug, Default)]
 struct Report {

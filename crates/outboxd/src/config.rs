@@ -369,10 +369,20 @@ impl Config {
         if self.postgres.tables.is_empty() && self.routing.message_prefix.is_empty() {
             anyhow::bail!("nothing to relay: set postgres.tables and/or routing.message_prefix");
         }
-        if !self.routing.topic.contains("${") {
-            tracing::warn!(topic = %self.routing.topic, "routing.topic has no ${{routedByValue}}: every event goes to one topic");
-        }
         Ok(())
+    }
+
+    /// Settings that work but are probably not what was meant. Returned rather than
+    /// logged, because configuration is read before logging starts.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut warnings = Vec::new();
+        if !self.routing.topic.contains("${") {
+            warnings.push(format!(
+                "routing.topic '{}' has no ${{routedByValue}}: every event goes to one topic",
+                self.routing.topic
+            ));
+        }
+        warnings
     }
 }
 

@@ -14,6 +14,8 @@ use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
 /// Everything the relay reports.
 #[derive(Debug, Default)]
@@ -139,12 +141,28 @@ struct AppState {
     health: Arc<Health>,
 }
 
-/// Binds `address` and serves until the process ends. Returns the bound address.
+/// The HTTP server's task.
+#[derive(Debug)]
+pub struct Server {
+    pub address: SocketAddr,
+    task: JoinHandle<()>,
+}
+
+impl Server {
+    /// Waits until the server has stopped (after its shutdown token was cancelled).
+    pub async fn stopped(self) {
+        let _ = self.task.await;
+    }
+}
+
+/// Binds `address` and serves until `shutdown` is cancelled, then finishes the
+/// requests in progress.
 pub async fn serve(
     address: &str,
     metrics: Arc<Metrics>,
     health: Arc<Health>,
-) -> anyhow::Result<SocketAddr> {
+    shutdown: CancellationToken,
+) -> anyhow::Result<Server> {
     let mut registry = Registry::default();
     metrics.register(&mut registry);
     let state = AppState {
@@ -159,14 +177,17 @@ pub async fn serve(
     let listener = tokio::net::TcpListener::bind(address)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {address} for /metrics: {e}"))?;
-    let bound = listener.local_addr()?;
-    tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
-            tracing::error!(error = %e, "metrics server stopped");
+    let address = listener.local_addr()?;
+    let task = tokio::spawn(async move {
+        let served = axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown.cancelled_owned())
+            .await;
+        if let Err(e) = served {
+            tracing::error!(error = %e, "the /metrics server failed");
         }
     });
-    tracing::info!(address = %bound, "serving /healthz, /readyz and /metrics");
-    Ok(bound)
+    tracing::info!(%address, "serving /healthz, /readyz and /metrics");
+    Ok(Server { address, task })
 }
 
 async fn readyz(State(state): State<AppState>) -> impl IntoResponse {

@@ -4,7 +4,7 @@
 use outboxd_replication::{Admin, TableName};
 
 use crate::config::Config;
-use crate::connect_options;
+use crate::settings::connect_options;
 
 /// The statements, in order. Each is idempotent or guarded when applied.
 pub fn statements(config: &Config) -> anyhow::Result<Vec<String>> {

@@ -7,9 +7,7 @@ use std::sync::Arc;
 use clap::{Args, Parser, Subcommand};
 use outboxd::config::{Config, LogFormat, Overrides};
 use outboxd::http::{self, Health, Metrics};
-use outboxd::relay::Relay;
-use outboxd::{check, init, sink_config, tail};
-use outboxd_kafka_sink::KafkaSink;
+use outboxd::{check, init, relay, shutdown, tail};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -101,11 +99,18 @@ struct TailArgs {
     tail: tail::TailOptions,
 }
 
+/// Colour only for a terminal, and never when `NO_COLOR` is set (no-color.org).
+fn use_colour() -> bool {
+    use std::io::IsTerminal;
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+}
+
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| "info,rdkafka=warn".into());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(use_colour())
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Json => builder.json().init(),
@@ -128,6 +133,9 @@ fn main() -> ExitCode {
         }
     };
     init_logging(config.log.format);
+    for warning in config.warnings() {
+        tracing::warn!("{warning}");
+    }
     let runtime = match config.server.worker_threads {
         0 | 1 => tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -144,19 +152,25 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let logs_errors = matches!(cli.command, Command::Run(_) | Command::Tail(_));
     let result = runtime.block_on(async {
         match cli.command {
             Command::Run(_) => run(config).await,
             Command::Check(_) => check::run(&config).await,
             Command::Init(a) => init::run(&config, a.apply).await,
-            Command::Tail(a) => tail::run(&config, &a.tail).await,
+            Command::Tail(a) => tail::run(&config, &a.tail, shutdown::on_signal()).await,
         }
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!("{e:#}");
-            eprintln!("error: {e:#}");
+            // Once: the long-running commands report through their logs (which may be
+            // JSON for a collector), the others on the terminal.
+            if logs_errors {
+                tracing::error!("{e:#}");
+            } else {
+                eprintln!("error: {e:#}");
+            }
             ExitCode::FAILURE
         }
     }
@@ -166,44 +180,24 @@ async fn run(config: Config) -> anyhow::Result<()> {
     tracing::info!(config = ?config, "starting outboxd {}", env!("CARGO_PKG_VERSION"));
     let metrics = Arc::new(Metrics::default());
     let health = Arc::new(Health::default());
-    if !config.server.metrics_address.is_empty() {
-        http::serve(
-            &config.server.metrics_address,
-            metrics.clone(),
-            health.clone(),
+    let stop = shutdown::on_signal();
+    let server = if config.server.metrics_address.is_empty() {
+        None
+    } else {
+        Some(
+            http::serve(
+                &config.server.metrics_address,
+                metrics.clone(),
+                health.clone(),
+                stop.clone(),
+            )
+            .await?,
         )
-        .await?;
+    };
+    let relayed = relay::run(&config, metrics, health, stop.clone()).await;
+    stop.cancel();
+    if let Some(server) = server {
+        server.stopped().await;
     }
-    let (sink, completions) = KafkaSink::new(sink_config(&config))?;
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    tokio::spawn(async move {
-        wait_for_signal().await;
-        tracing::info!("stop requested");
-        let _ = stop_tx.send(true);
-    });
-    let relay = Relay::new(config, sink, completions, metrics, health)?;
-    relay.run(stop_rx).await?;
-    Ok(())
-}
-
-async fn wait_for_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = tokio::signal::ctrl_c() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
+    Ok(relayed?)
 }

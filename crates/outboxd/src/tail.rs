@@ -5,13 +5,12 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use clap::Args;
-use outboxd_pgoutput::{pg_time_to_system_time, ColumnValue, LogicalMessage, Lsn, Relation};
-use outboxd_replication::{
-    open_stream, Admin, ReaderConfig, ReplicationReader, SourceSpec, StreamSettings,
-};
+use outboxd_pgoutput::{pg_time_to_system_time, ColumnValue, LogicalMessage, Relation};
+use outboxd_replication::{open_stream, Admin, ReplicationReader, SourceSpec};
+use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::connect_options;
+use crate::settings;
 
 #[derive(Debug, Clone, Args)]
 pub struct TailOptions {
@@ -27,34 +26,35 @@ pub struct TailOptions {
     pub idle_exit_secs: Option<u64>,
 }
 
-pub async fn run(config: &Config, options: &TailOptions) -> anyhow::Result<()> {
-    let opts = connect_options(config)?;
+/// Prints transactions until `shutdown`, the idle timeout or the transaction limit.
+pub async fn run(
+    config: &Config,
+    options: &TailOptions,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let opts = settings::connect_options(config)?;
     let admin = Admin::connect(&opts).await?;
     let spec = SourceSpec {
-        slot: config.postgres.slot.clone(),
-        publications: vec![config.postgres.publication.clone()],
+        // Every message, whatever its prefix: this is for looking.
         messages: true,
-        create_slot: config.postgres.create_slot,
-        expected_resume: None,
-        already_delivered: Lsn::ZERO,
-        settings: StreamSettings::default(),
+        ..settings::source_spec(config)
     };
     let (stream, started) = open_stream(&opts, &admin, &spec).await?;
     tracing::info!(slot = %spec.slot, resume = %started.resume_lsn, "tailing");
-    let mut reader = ReplicationReader::spawn(stream, ReaderConfig::default());
-    let idle = options.idle_exit_secs.map(Duration::from_secs);
+    let mut reader = ReplicationReader::spawn(stream, settings::reader_config(config));
+    // With no idle limit, wait for as long as it takes.
+    let idle = options
+        .idle_exit_secs
+        .map_or(Duration::MAX, Duration::from_secs);
     let mut block = String::new();
     let mut done = 0usize;
     loop {
-        let next = match idle {
-            Some(d) => match tokio::time::timeout(d, reader.recv()).await {
+        let next = tokio::select! {
+            e = tokio::time::timeout(idle, reader.recv()) => match e {
                 Ok(e) => e,
                 Err(_) => break,
             },
-            None => tokio::select! {
-                e = reader.recv() => e,
-                _ = tokio::signal::ctrl_c() => break,
-            },
+            () = shutdown.cancelled() => break,
         };
         let Some(event) = next else { break };
         match &event.message {

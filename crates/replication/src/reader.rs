@@ -53,7 +53,21 @@ pub struct ReplicationEvent {
     pub wal_start: Lsn,
     pub message: LogicalMessage,
     pub relation: Option<SharedRelation>,
-    _budget: OwnedSemaphorePermit,
+    /// The event's share of the reader's buffer; `None` for events made elsewhere.
+    _budget: Option<OwnedSemaphorePermit>,
+}
+
+impl ReplicationEvent {
+    /// An event that holds no reader budget: for consumers fed from somewhere other
+    /// than a [`ReplicationReader`] (a recorded stream, a test).
+    pub fn new(wal_start: Lsn, message: LogicalMessage, relation: Option<SharedRelation>) -> Self {
+        ReplicationEvent {
+            wal_start,
+            message,
+            relation,
+            _budget: None,
+        }
+    }
 }
 
 /// The consumer's side of a running reader.
@@ -219,7 +233,7 @@ async fn run(
                                     wait_for_budget(&mut stream, &budget, charge, acks).await?
                                 }
                             };
-                            batch.push(ReplicationEvent { wal_start, message, relation, _budget: permit });
+                            batch.push(ReplicationEvent { wal_start, message, relation, _budget: Some(permit) });
                         }
                         StreamEvent::Keepalive { .. } => {
                             positions.send_replace(stream.positions());

@@ -1,0 +1,52 @@
+//! Why a session or the relay stopped, and whether reconnecting may help.
+
+use outboxd_kafka_sink::{DeliveryFailure, SinkError};
+use outboxd_pgoutput::Lsn;
+
+use crate::router::RouteError;
+
+/// Why the relay stopped (or a session ended).
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    #[error(transparent)]
+    Replication(#[from] outboxd_replication::Error),
+    #[error(
+        "Kafka refused {failure}, so the slot stays at {confirmed}. Fix the cause (topic, \
+         ACLs, size limits) and restart; or set kafka.dead_letter_topic to divert such events"
+    )]
+    Delivery {
+        failure: DeliveryFailure,
+        confirmed: Lsn,
+    },
+    #[error(
+        "cannot route {0}; the slot stays before it. Fix the row or the routing \
+         configuration and restart, or set kafka.dead_letter_topic to divert such events"
+    )]
+    Unroutable(RouteError),
+    #[error(
+        "Kafka did not acknowledge {0} in time; reconnecting with a new producer and \
+         resending from the last confirmed position"
+    )]
+    KafkaUnavailable(DeliveryFailure),
+    #[error("the Kafka producer failed")]
+    Producer(#[source] SinkError),
+}
+
+impl RelayError {
+    /// Whether a new session (after a backoff) may succeed without an operator.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            RelayError::Replication(e) => e.is_retryable(),
+            RelayError::KafkaUnavailable(_) => true,
+            RelayError::Delivery { .. } | RelayError::Unroutable(_) | RelayError::Producer(_) => {
+                false
+            }
+        }
+    }
+
+    /// Whether the producer must be replaced before the next session: records
+    /// after a timed-out one must not reach Kafka before its replay.
+    pub(crate) fn needs_new_producer(&self) -> bool {
+        matches!(self, RelayError::KafkaUnavailable(_))
+    }
+}

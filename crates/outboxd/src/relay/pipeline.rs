@@ -1,0 +1,348 @@
+//! One session's pipeline: source → router → sink, and completions → ack tracker →
+//! acknowledgements back to the source.
+//!
+//! The pipeline owns the [`AckTracker`], the one place that decides which LSN may be
+//! confirmed. Whatever ends a session, the source is acknowledged only up to the
+//! completed prefix, never further.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use outboxd_kafka_sink::{Completion, Record, TxnId};
+use outboxd_pgoutput::{pg_time_to_system_time, Begin, LogicalMessage, Lsn, Message, Relation};
+use outboxd_replication::{ReplicationEvent, TableName};
+use tokio_util::sync::CancellationToken;
+
+use crate::http::{Health, Metrics};
+use crate::relay::sink::Sink;
+use crate::relay::source::Source;
+use crate::relay::tracker::AckTracker;
+use crate::relay::{dead_letter, RelayError};
+use crate::router::{RouteError, Router, SourcePosition};
+
+/// How often gauges are refreshed.
+const GAUGE_INTERVAL: Duration = Duration::from_secs(1);
+
+/// What is relayed and how: shared by every session.
+#[derive(Debug)]
+pub(crate) struct Routing {
+    pub router: Router,
+    pub tables: Vec<TableName>,
+    /// Prefix of outbox messages; empty: messages are not relayed.
+    pub message_prefix: String,
+    pub dead_letter_topic: Option<String>,
+}
+
+impl Routing {
+    /// Whether a change belongs to an outbox table (no allocation: this runs for
+    /// every change).
+    fn is_outbox(&self, relation: &Relation) -> bool {
+        self.tables
+            .iter()
+            .any(|t| t.schema == relation.namespace && t.name == relation.name)
+    }
+
+    fn is_outbox_message(&self, m: &Message) -> bool {
+        !self.message_prefix.is_empty() && m.prefix == self.message_prefix
+    }
+}
+
+/// State that outlives sessions.
+#[derive(Debug)]
+pub(crate) struct RelayState {
+    pub routing: Routing,
+    pub metrics: Arc<Metrics>,
+    pub health: Arc<Health>,
+    /// Transaction ids keep counting across sessions, so a late completion of an
+    /// earlier session can never be taken for one of the current session.
+    pub last_txn: u64,
+    /// The newest position confirmed to the source (the acknowledged prefix).
+    pub confirmed: Lsn,
+    /// How long to wait for in-flight transactions when a session ends.
+    pub drain_timeout: Duration,
+}
+
+/// The transaction being received.
+#[derive(Debug)]
+struct OpenTxn {
+    txn: TxnId,
+    begin: Begin,
+    records: usize,
+}
+
+/// One session.
+pub(crate) struct Pipeline<'a, S: Source, K: Sink> {
+    source: S,
+    sink: &'a mut K,
+    state: &'a mut RelayState,
+    tracker: AckTracker,
+    current: Option<OpenTxn>,
+}
+
+impl<'a, S: Source, K: Sink> Pipeline<'a, S, K> {
+    pub fn new(source: S, sink: &'a mut K, state: &'a mut RelayState) -> Self {
+        Pipeline {
+            source,
+            sink,
+            state,
+            tracker: AckTracker::new(),
+            current: None,
+        }
+    }
+
+    /// Relays until `shutdown` (then `Ok`, after the transaction in progress) or an
+    /// error. Either way it waits (bounded) for what is in flight and confirms the
+    /// acknowledged prefix before closing the source, so a restart repeats as little
+    /// as possible.
+    pub async fn run(mut self, shutdown: &CancellationToken) -> Result<(), RelayError> {
+        let mut gauges = tokio::time::interval(GAUGE_INTERVAL);
+        let mut stopping = shutdown.is_cancelled();
+        if stopping {
+            self.source.stop_at_transaction_boundary();
+        }
+        let outcome = loop {
+            tokio::select! {
+                biased;
+                () = shutdown.cancelled(), if !stopping => {
+                    tracing::info!("stopping at the next transaction boundary");
+                    stopping = true;
+                    self.source.stop_at_transaction_boundary();
+                }
+                Some(completion) = self.sink.next_completion() => {
+                    if let Err(e) = self.on_completion(completion) {
+                        break Err(e);
+                    }
+                }
+                event = self.source.recv() => match event {
+                    Some(event) => {
+                        if let Err(e) = self.on_event(event).await {
+                            break Err(e);
+                        }
+                    }
+                    None => break Ok(()),
+                },
+                _ = gauges.tick() => self.update_gauges(),
+            }
+        };
+        self.drain().await;
+        self.update_gauges();
+        let closed = self.source.close().await;
+        match (outcome, closed) {
+            (Err(e), _) => Err(e),
+            (Ok(()), Err(e)) => Err(e.into()),
+            (Ok(()), Ok(flushed)) if stopping => {
+                self.state.confirmed = self.state.confirmed.max(flushed);
+                Ok(())
+            }
+            (Ok(()), Ok(_)) => Err(outboxd_replication::Error::StreamClosed.into()),
+        }
+    }
+
+    async fn on_event(&mut self, event: ReplicationEvent) -> Result<(), RelayError> {
+        match event.message {
+            LogicalMessage::Begin(begin) => {
+                self.state.last_txn += 1;
+                let txn = TxnId(self.state.last_txn);
+                self.tracker.begin(txn, begin.commit_time);
+                self.current = Some(OpenTxn {
+                    txn,
+                    begin,
+                    records: 0,
+                });
+            }
+            LogicalMessage::Insert(insert) => {
+                let Some(relation) = event.relation else {
+                    return Ok(());
+                };
+                if !self.state.routing.is_outbox(&relation) {
+                    return Ok(());
+                }
+                let (txn, position) = self.next_position()?;
+                let router = &mut self.state.routing.router;
+                let routed = router
+                    .event_from_row(&relation, &insert.new, position)
+                    .and_then(|e| router.route(e, position));
+                self.emit(txn, routed, position).await?;
+            }
+            LogicalMessage::Message(m) => {
+                if !self.state.routing.is_outbox_message(&m) {
+                    return Ok(());
+                }
+                if !m.transactional {
+                    tracing::warn!(lsn = %m.lsn, prefix = %m.prefix, "ignoring a non-transactional outbox message: emit outbox messages with pg_logical_emit_message(true, …) so they commit with the business transaction");
+                    self.state.metrics.ignored_changes.inc();
+                    return Ok(());
+                }
+                let (txn, position) = self.next_position()?;
+                let router = &mut self.state.routing.router;
+                let routed = router
+                    .event_from_message(&m.content, position)
+                    .and_then(|e| router.route(e, position));
+                self.emit(txn, routed, position).await?;
+            }
+            LogicalMessage::Update(_) | LogicalMessage::Delete(_) | LogicalMessage::Truncate(_) => {
+                // Only inserts are events (as with Debezium's router); deleting outbox
+                // rows in the same transaction is the supported way to keep the table
+                // small.
+                let routing = &self.state.routing;
+                if event.relation.as_ref().is_none_or(|r| routing.is_outbox(r)) {
+                    self.state.metrics.ignored_changes.inc();
+                }
+            }
+            LogicalMessage::Commit(commit) => {
+                let open = self.current.take().ok_or_else(|| {
+                    outboxd_replication::Error::Protocol(
+                        "Commit without Begin reached the relay".to_owned(),
+                    )
+                })?;
+                self.tracker.commit(open.txn, commit.end_lsn);
+                self.sink.end_transaction(open.txn, open.records);
+            }
+            LogicalMessage::Relation(_) | LogicalMessage::Type(_) | LogicalMessage::Origin(_) => {}
+        }
+        Ok(())
+    }
+
+    /// The open transaction and the position of its next event.
+    fn next_position(&self) -> Result<(TxnId, SourcePosition), RelayError> {
+        let open = self.current.as_ref().ok_or_else(|| {
+            outboxd_replication::Error::Protocol(
+                "a change outside a transaction reached the relay".to_owned(),
+            )
+        })?;
+        Ok((
+            open.txn,
+            SourcePosition {
+                commit_lsn: open.begin.final_lsn,
+                index: u32::try_from(open.records).unwrap_or(u32::MAX),
+                commit_time: open.begin.commit_time,
+                xid: open.begin.xid,
+            },
+        ))
+    }
+
+    /// Sends a routed record, or handles the routing failure: dead-letter it when a
+    /// dead-letter topic is configured, stop otherwise.
+    async fn emit(
+        &mut self,
+        txn: TxnId,
+        routed: Result<Record, RouteError>,
+        position: SourcePosition,
+    ) -> Result<(), RelayError> {
+        let record = match routed {
+            Ok(record) => record,
+            Err(error) => match &self.state.routing.dead_letter_topic {
+                Some(topic) => {
+                    tracing::warn!(event_id = %error.event_id, lsn = %position.commit_lsn, reason = %error.reason, dead_letter_topic = %topic, "unroutable event sent to the dead-letter topic");
+                    self.state.metrics.dead_lettered.inc();
+                    dead_letter::unroutable(topic, &error)
+                }
+                None => {
+                    // The transaction stays open in the tracker: the prefix stops before it.
+                    tracing::error!(event_id = %error.event_id, lsn = %position.commit_lsn, reason = %error.reason, "unroutable event");
+                    return Err(RelayError::Unroutable(error));
+                }
+            },
+        };
+        self.sink
+            .send(txn, record)
+            .await
+            .map_err(RelayError::Producer)?;
+        if let Some(open) = self.current.as_mut() {
+            open.records += 1;
+        }
+        Ok(())
+    }
+
+    fn on_completion(&mut self, completion: Completion) -> Result<(), RelayError> {
+        let metrics = &self.state.metrics;
+        match completion {
+            Completion::Delivered {
+                txn,
+                records,
+                dead_lettered,
+            } => {
+                metrics
+                    .events_published
+                    .inc_by((records - dead_lettered) as u64);
+                metrics.dead_lettered.inc_by(dead_lettered as u64);
+                self.tracker.complete(txn);
+                if let Some(lsn) = self.tracker.confirmed() {
+                    if lsn > self.state.confirmed {
+                        metrics.transactions_confirmed.inc();
+                        self.state.confirmed = lsn;
+                        self.source.acknowledge(lsn);
+                    }
+                }
+                Ok(())
+            }
+            Completion::Failed { txn, failure } if failure.transient => {
+                metrics.delivery_errors.inc();
+                self.tracker.fail(txn);
+                // Younger records must not overtake this one: stop them now.
+                self.sink.purge();
+                tracing::warn!(event_id = %failure.event_id, lsn = %Lsn(failure.lsn), topic = %failure.topic, reason = %failure.reason, "delivery timed out");
+                Err(RelayError::KafkaUnavailable(failure))
+            }
+            Completion::Failed { txn, failure } => {
+                metrics.delivery_errors.inc();
+                self.tracker.fail(txn);
+                tracing::error!(event_id = %failure.event_id, lsn = %Lsn(failure.lsn), topic = %failure.topic, reason = %failure.reason, "delivery failed");
+                Err(RelayError::Delivery {
+                    failure,
+                    confirmed: self.state.confirmed,
+                })
+            }
+        }
+    }
+
+    /// Waits (bounded) for in-flight transactions and confirms what completed.
+    async fn drain(&mut self) {
+        let deadline = tokio::time::Instant::now() + self.state.drain_timeout;
+        while self.tracker.awaiting_sink() {
+            let completion = tokio::select! {
+                c = self.sink.next_completion() => c,
+                () = tokio::time::sleep_until(deadline) => {
+                    tracing::warn!(in_flight = self.tracker.in_flight(), "in-flight transactions not acknowledged in time; they will be re-sent after restart");
+                    break;
+                }
+            };
+            let Some(completion) = completion else { break };
+            if let Err(e) = self.on_completion(completion) {
+                tracing::error!(error = %e, "while draining");
+                break;
+            }
+        }
+    }
+
+    fn update_gauges(&mut self) {
+        let positions = self.source.positions();
+        let m = &self.state.metrics;
+        m.confirmed_lsn.set(self.state.confirmed.0 as i64);
+        m.server_wal_end.set(positions.server_wal_end.0 as i64);
+        m.lag_bytes.set(
+            positions
+                .server_wal_end
+                .0
+                .saturating_sub(positions.reported_flush.0) as i64,
+        );
+        let lag = self
+            .tracker
+            .oldest_pending_commit_time()
+            .and_then(|t| {
+                SystemTime::now()
+                    .duration_since(pg_time_to_system_time(t))
+                    .ok()
+            })
+            .map_or(0.0, |d| d.as_secs_f64());
+        m.lag_seconds.set(lag);
+        m.in_flight_transactions
+            .set(self.tracker.in_flight() as i64);
+        m.in_flight_records
+            .set(self.sink.in_flight_records() as i64);
+        m.bytes_published.inc_by(self.sink.take_bytes_delivered());
+        self.state
+            .health
+            .set_producer_problem(self.sink.fatal_error());
+    }
+}

@@ -1,0 +1,99 @@
+//! The Kafka side of the relay, as a narrow trait, and its implementation on
+//! [`KafkaSink`].
+
+use std::time::Duration;
+
+use outboxd_kafka_sink::{Completion, KafkaSink, Record, SinkConfig, SinkError, TxnId};
+use tokio::sync::mpsc::UnboundedReceiver;
+
+/// Where records go, with one [`Completion`] per ended transaction.
+pub(crate) trait Sink {
+    /// Enqueues a record of `txn` after every earlier one; waits while the sink is
+    /// full. Record-level failures arrive as completions, not as errors here.
+    async fn send(&self, txn: TxnId, record: Record) -> Result<(), SinkError>;
+    /// No more records for `txn`; `records` were sent.
+    fn end_transaction(&self, txn: TxnId, records: usize);
+    /// The next completion. Cancellation-safe.
+    async fn next_completion(&mut self) -> Option<Completion>;
+    /// Drops completions already waiting (of a session that ended).
+    fn discard_completions(&mut self);
+    /// Waits (at most `timeout`) until nothing is in flight.
+    async fn flush(&self, timeout: Duration) -> Result<(), SinkError>;
+    /// Drops everything queued or in flight (their transactions fail).
+    fn purge(&self);
+    /// The reason once the sink can no longer produce; it must then be replaced.
+    fn fatal_error(&self) -> Option<String>;
+    fn in_flight_records(&self) -> usize;
+    /// Payload bytes acknowledged since the previous call.
+    fn take_bytes_delivered(&mut self) -> u64;
+}
+
+/// Makes a fresh sink, at start and whenever one must be replaced.
+pub(crate) trait SinkFactory {
+    type Sink: Sink;
+    fn create(&self) -> Result<Self::Sink, SinkError>;
+}
+
+/// A [`KafkaSink`] and its completion channel.
+#[derive(Debug)]
+pub(crate) struct KafkaPort {
+    sink: KafkaSink,
+    completions: UnboundedReceiver<Completion>,
+    /// `bytes_delivered` already counted by [`Sink::take_bytes_delivered`]; a new
+    /// producer starts again at zero.
+    bytes_counted: u64,
+}
+
+impl SinkFactory for SinkConfig {
+    type Sink = KafkaPort;
+
+    fn create(&self) -> Result<KafkaPort, SinkError> {
+        let (sink, completions) = KafkaSink::new(self.clone())?;
+        Ok(KafkaPort {
+            sink,
+            completions,
+            bytes_counted: 0,
+        })
+    }
+}
+
+impl Sink for KafkaPort {
+    async fn send(&self, txn: TxnId, record: Record) -> Result<(), SinkError> {
+        self.sink.send(txn, record).await
+    }
+
+    fn end_transaction(&self, txn: TxnId, records: usize) {
+        self.sink.end_transaction(txn, records);
+    }
+
+    async fn next_completion(&mut self) -> Option<Completion> {
+        self.completions.recv().await
+    }
+
+    fn discard_completions(&mut self) {
+        while self.completions.try_recv().is_ok() {}
+    }
+
+    async fn flush(&self, timeout: Duration) -> Result<(), SinkError> {
+        self.sink.flush(timeout).await
+    }
+
+    fn purge(&self) {
+        self.sink.purge();
+    }
+
+    fn fatal_error(&self) -> Option<String> {
+        self.sink.fatal_error()
+    }
+
+    fn in_flight_records(&self) -> usize {
+        self.sink.in_flight().0
+    }
+
+    fn take_bytes_delivered(&mut self) -> u64 {
+        let total = self.sink.stats().bytes_delivered;
+        let new = total.saturating_sub(self.bytes_counted);
+        self.bytes_counted = total;
+        new
+    }
+}

@@ -1,0 +1,329 @@
+//! The relay's session, failure and reconnect logic against in-process fakes.
+
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use outboxd_pgoutput::Lsn;
+use outboxd_replication::TableName;
+use tokio_util::sync::CancellationToken;
+
+use super::fakes::{
+    Change, Completing, End, FakeConnector, FakeSinks, Observed, Script, Shared, Step, Wal,
+};
+use super::pipeline::{RelayState, Routing};
+use super::supervisor::Supervisor;
+use super::RelayError;
+use crate::config::RoutingConfig;
+use crate::http::{Health, Metrics};
+use crate::router::Router;
+
+use Change::{Message, Other, Outbox};
+
+struct Run {
+    result: Result<(), RelayError>,
+    observed: Observed,
+    metrics: Arc<Metrics>,
+}
+
+struct Setup {
+    scripts: Vec<Script>,
+    completing: Completing,
+    fail: Vec<(&'static str, bool)>,
+    dead_letter_topic: Option<String>,
+}
+
+impl Setup {
+    fn new(scripts: Vec<Script>) -> Self {
+        Setup {
+            scripts,
+            completing: Completing::AtOnce,
+            fail: Vec::new(),
+            dead_letter_topic: None,
+        }
+    }
+
+    async fn run(self) -> Run {
+        let observed: Shared = Rc::default();
+        let shutdown = CancellationToken::new();
+        let metrics = Arc::new(Metrics::default());
+        let state = RelayState {
+            routing: Routing {
+                router: Router::new(RoutingConfig::default()),
+                tables: vec![TableName::parse("public.outbox").expect("table")],
+                message_prefix: "outbox".to_owned(),
+                dead_letter_topic: self.dead_letter_topic,
+            },
+            metrics: Arc::clone(&metrics),
+            health: Arc::new(Health::default()),
+            last_txn: 0,
+            confirmed: Lsn::ZERO,
+            drain_timeout: Duration::from_secs(5),
+        };
+        let connector = FakeConnector {
+            scripts: self.scripts.into(),
+            observed: Rc::clone(&observed),
+            shutdown: shutdown.clone(),
+        };
+        let sinks = FakeSinks {
+            observed: Rc::clone(&observed),
+            completing: self.completing,
+            fail: self.fail,
+        };
+        let supervisor = Supervisor::new(connector, sinks, state, shutdown).expect("supervisor");
+        let result = tokio::time::timeout(Duration::from_secs(600), supervisor.run())
+            .await
+            .expect("the relay ends");
+        let observed = Rc::try_unwrap(observed)
+            .expect("fakes dropped")
+            .into_inner();
+        Run {
+            result,
+            observed,
+            metrics,
+        }
+    }
+}
+
+fn session(transactions: Vec<Vec<Step>>, end: End) -> Script {
+    Script::Session(transactions.into_iter().flatten().collect(), end)
+}
+
+fn ids(observed: &Observed, generation: usize) -> Vec<String> {
+    observed
+        .sent
+        .iter()
+        .filter(|(g, _, _)| *g == generation)
+        .map(|(_, _, r)| r.meta.event_id.clone())
+        .collect()
+}
+
+fn lost_connection() -> outboxd_replication::Error {
+    outboxd_replication::Error::Io {
+        peer: "db:5432".to_owned(),
+        source: std::io::Error::from(std::io::ErrorKind::ConnectionReset),
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn relays_outbox_rows_and_messages_in_order_and_confirms_each_transaction() {
+    let mut wal = Wal::default();
+    let (a, a_end) = wal.transaction(&[
+        Outbox("e1", Some("order"), "o-1"),
+        Other,
+        Outbox("e2", Some("order"), "o-1"),
+    ]);
+    let (b, b_end) = wal.transaction(&[
+        Message(
+            "outbox",
+            true,
+            r#"{"id":"e3","aggregatetype":"user","aggregateid":"u-1"}"#,
+        ),
+        Message("other", true, "{}"),
+        Message(
+            "outbox",
+            false,
+            r#"{"aggregatetype":"user","aggregateid":"u-2"}"#,
+        ),
+    ]);
+    let run = Setup::new(vec![session(vec![a, b, vec![Step::Shutdown]], End::Quiet)])
+        .run()
+        .await;
+    run.result.expect("a clean stop");
+    assert_eq!(ids(&run.observed, 1), ["e1", "e2", "e3"]);
+    let topics: Vec<&str> = run
+        .observed
+        .sent
+        .iter()
+        .map(|(_, _, r)| r.topic.as_str())
+        .collect();
+    assert_eq!(
+        topics,
+        [
+            "outbox.event.order",
+            "outbox.event.order",
+            "outbox.event.user"
+        ]
+    );
+    assert_eq!(run.observed.acknowledged, [a_end, b_end]);
+    assert_eq!(run.metrics.events_published.get(), 3);
+    assert_eq!(
+        run.metrics.ignored_changes.get(),
+        1,
+        "the non-transactional message"
+    );
+    assert_eq!(run.metrics.transactions_confirmed.get(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn completions_out_of_order_confirm_only_the_completed_prefix() {
+    let mut wal = Wal::default();
+    let (a, _) = wal.transaction(&[Outbox("e1", Some("t"), "k")]);
+    let (b, _) = wal.transaction(&[Outbox("e2", Some("t"), "k")]);
+    let (c, c_end) = wal.transaction(&[Outbox("e3", Some("t"), "k")]);
+    let mut setup = Setup::new(vec![session(
+        vec![a, b, c, vec![Step::Shutdown]],
+        End::Quiet,
+    )]);
+    setup.completing = Completing::Reversed(3);
+    let run = setup.run().await;
+    run.result.expect("a clean stop");
+    // c completes first, then b, then a: nothing is confirmed before a is done,
+    // and then everything at once.
+    assert_eq!(run.observed.acknowledged, [c_end]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_delivery_timeout_replaces_the_producer_and_resends_from_the_confirmed_position() {
+    let mut wal = Wal::default();
+    let (a, a_end) = wal.transaction(&[Outbox("e1", Some("t"), "k")]);
+    let (b, b_end) = wal.transaction(&[Outbox("e2", Some("t"), "k")]);
+    let (b_again, _) = {
+        let mut replay = Wal::default();
+        replay.transaction(&[Outbox("e1", Some("t"), "k")]);
+        replay.transaction(&[Outbox("e2", Some("t"), "k")])
+    };
+    let mut setup = Setup::new(vec![
+        session(vec![a, b], End::Quiet),
+        session(vec![b_again, vec![Step::Shutdown]], End::Quiet),
+    ]);
+    setup.fail = vec![("e2", true)];
+    let run = setup.run().await;
+    run.result.expect("a clean stop after the replay");
+    assert_eq!(run.observed.sinks_created, 2, "a new producer");
+    assert_eq!(
+        run.observed.purges, 1,
+        "records behind the timed-out one dropped"
+    );
+    assert_eq!(run.observed.opened_after, [Lsn::ZERO, a_end]);
+    assert_eq!(ids(&run.observed, 2), ["e2"]);
+    assert_eq!(run.observed.acknowledged, [a_end, b_end]);
+    assert_eq!(run.metrics.reconnects.get(), 1);
+    // Bytes count across producers: both sinks delivered one record each.
+    let one_record = run.observed.sent[0].2.payload_size() as u64;
+    assert_eq!(run.metrics.bytes_published.get(), 2 * one_record);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_refused_record_stops_the_relay_at_the_confirmed_position() {
+    let mut wal = Wal::default();
+    let (a, a_end) = wal.transaction(&[Outbox("e1", Some("t"), "k")]);
+    let (b, _) = wal.transaction(&[Outbox("e2", Some("t"), "k")]);
+    let (c, _) = wal.transaction(&[Outbox("e3", Some("t"), "k")]);
+    let mut setup = Setup::new(vec![session(vec![a, b, c], End::Quiet)]);
+    setup.fail = vec![("e2", false)];
+    let run = setup.run().await;
+    match run.result {
+        Err(RelayError::Delivery { failure, confirmed }) => {
+            assert_eq!(failure.event_id, "e2");
+            assert_eq!(confirmed, a_end);
+        }
+        other => panic!("expected a delivery failure, got {other:?}"),
+    }
+    assert_eq!(
+        run.observed.acknowledged,
+        [a_end],
+        "nothing after the failure"
+    );
+    assert_eq!(run.observed.opened_after.len(), 1, "not retried");
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_unroutable_event_stops_the_relay_after_confirming_what_came_before() {
+    let mut wal = Wal::default();
+    let (a, a_end) = wal.transaction(&[Outbox("e1", Some("t"), "k")]);
+    let (b, _) = wal.transaction(&[Outbox("e2", None, "k")]);
+    let run = Setup::new(vec![session(vec![a, b], End::Quiet)])
+        .run()
+        .await;
+    match &run.result {
+        Err(RelayError::Unroutable(e)) => {
+            assert_eq!(e.event_id, "e2");
+            assert!(e.reason.contains("aggregatetype is NULL"), "{}", e.reason);
+        }
+        other => panic!("expected an unroutable event, got {other:?}"),
+    }
+    let message = run.result.expect_err("failed").to_string();
+    assert!(message.contains("kafka.dead_letter_topic"), "{message}");
+    assert_eq!(ids(&run.observed, 1), ["e1"]);
+    assert_eq!(run.observed.acknowledged, [a_end]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn with_a_dead_letter_topic_an_unroutable_event_is_dead_lettered_and_the_rest_flows() {
+    let mut wal = Wal::default();
+    let (a, _) = wal.transaction(&[Outbox("e1", None, "k"), Outbox("e2", Some("t"), "k")]);
+    let (b, b_end) = wal.transaction(&[Outbox("e3", Some("t"), "k")]);
+    let mut setup = Setup::new(vec![session(vec![a, b, vec![Step::Shutdown]], End::Quiet)]);
+    setup.dead_letter_topic = Some("dlq".to_owned());
+    let run = setup.run().await;
+    run.result.expect("a clean stop");
+    let topics: Vec<&str> = run
+        .observed
+        .sent
+        .iter()
+        .map(|(_, _, r)| r.topic.as_str())
+        .collect();
+    assert_eq!(topics, ["dlq", "outbox.event.t", "outbox.event.t"]);
+    let dead = &run.observed.sent[0].2;
+    assert!(dead
+        .headers
+        .iter()
+        .any(|(k, v)| k == "outboxd.event.id" && v.as_ref() == b"e1"));
+    assert_eq!(run.observed.acknowledged.last(), Some(&b_end));
+    assert_eq!(run.metrics.dead_lettered.get(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_lost_connection_reconnects_after_what_was_already_delivered() {
+    let mut wal = Wal::default();
+    let (a, a_end) = wal.transaction(&[Outbox("e1", Some("t"), "k")]);
+    let (b, b_end) = wal.transaction(&[Outbox("e2", Some("t"), "k")]);
+    let run = Setup::new(vec![
+        session(vec![a], End::Fail(lost_connection())),
+        Script::Refuse(lost_connection()),
+        session(vec![b, vec![Step::Shutdown]], End::Quiet),
+    ])
+    .run()
+    .await;
+    run.result.expect("a clean stop");
+    assert_eq!(run.observed.opened_after, [Lsn::ZERO, a_end, a_end]);
+    assert_eq!(run.observed.acknowledged, [a_end, b_end]);
+    assert_eq!(run.observed.sinks_created, 1, "the producer was fine");
+    assert_eq!(run.metrics.reconnects.get(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_invalidated_slot_is_fatal_at_once() {
+    let run = Setup::new(vec![Script::Refuse(
+        outboxd_replication::Error::SlotInvalidated {
+            slot: "outboxd".to_owned(),
+            reason: "wal_status lost".to_owned(),
+        },
+    )])
+    .run()
+    .await;
+    assert!(matches!(
+        run.result,
+        Err(RelayError::Replication(
+            outboxd_replication::Error::SlotInvalidated { .. }
+        ))
+    ));
+    assert_eq!(run.observed.opened_after.len(), 1);
+    assert_eq!(run.metrics.reconnects.get(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_finishes_the_transaction_in_progress_and_no_more() {
+    let mut wal = Wal::default();
+    let (mut a, a_end) =
+        wal.transaction(&[Outbox("e1", Some("t"), "k"), Outbox("e2", Some("t"), "k")]);
+    a.insert(2, Step::Shutdown);
+    let (b, _) = wal.transaction(&[Outbox("e3", Some("t"), "k")]);
+    let run = Setup::new(vec![session(vec![a, b], End::Quiet)])
+        .run()
+        .await;
+    run.result.expect("a clean stop");
+    assert_eq!(ids(&run.observed, 1), ["e1", "e2"]);
+    assert_eq!(run.observed.acknowledged, [a_end]);
+}
