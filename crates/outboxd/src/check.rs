@@ -4,8 +4,9 @@
 use std::time::Duration;
 
 use outboxd_kafka_sink::KafkaSink;
-use outboxd_replication::{Admin, Error, TableName};
+use outboxd_replication::{Admin, Error, Preflight, TableName};
 
+use crate::advice;
 use crate::config::Config;
 use crate::settings::{connect_options, sink_config};
 
@@ -27,7 +28,15 @@ impl Report {
 }
 
 fn plain(r: Result<(), Error>) -> Result<String, String> {
-    r.map(|()| String::new()).map_err(|e| e.to_string())
+    r.map(|()| String::new()).map_err(|e| explained(&e))
+}
+
+/// The error, then what to do about it.
+fn explained(e: &Error) -> String {
+    match advice::for_replication(e) {
+        Some(advice) => format!("{e}; {advice}"),
+        None => e.to_string(),
+    }
 }
 
 pub async fn run(config: &Config) -> anyhow::Result<()> {
@@ -44,7 +53,7 @@ pub async fn run(config: &Config) -> anyhow::Result<()> {
 async fn check_postgres(config: &Config, report: &mut Report) {
     let opts = match connect_options(config) {
         Ok(o) => o,
-        Err(e) => return report.line("postgres.url", Err(e.to_string())),
+        Err(e) => return report.line("postgres.url", Err(explained(&e))),
     };
     let admin = match Admin::connect(&opts).await {
         Ok(a) => {
@@ -54,7 +63,7 @@ async fn check_postgres(config: &Config, report: &mut Report) {
             );
             a
         }
-        Err(e) => return report.line("PostgreSQL reachable", Err(e.to_string())),
+        Err(e) => return report.line("PostgreSQL reachable", Err(explained(&e))),
     };
     report.line("wal_level = logical", plain(admin.check_wal_level().await));
     report.line(
@@ -68,25 +77,31 @@ async fn check_postgres(config: &Config, report: &mut Report) {
         c.aggregate_id.as_str(),
         c.payload.as_str(),
     ];
+    // Tables that exist: a missing table is reported once, not again as missing
+    // from the publication.
     let mut tables = Vec::new();
     for t in &config.postgres.tables {
         match TableName::parse(t) {
             Ok(t) => {
+                let checked = admin.check_table(&t, &columns).await;
+                let exists = !matches!(checked, Err(Error::Preflight(Preflight::TableMissing(_))));
                 report.line(
                     &format!("outbox table {t} with the routed columns"),
-                    plain(admin.check_table(&t, &columns).await),
+                    plain(checked),
                 );
-                tables.push(t);
+                if exists {
+                    tables.push(t);
+                }
             }
-            Err(e) => report.line("table name", Err(e.to_string())),
+            Err(e) => report.line("table name", Err(explained(&e))),
         }
     }
     if !tables.is_empty() {
         let publication = &config.postgres.publication;
         let result = admin.ensure_publication(publication, &tables, false).await;
         let result = match result {
-            Err(Error::Preflight(m))
-                if config.postgres.create_publication && m.contains("does not exist") =>
+            Err(Error::Preflight(Preflight::PublicationMissing { .. }))
+                if config.postgres.create_publication =>
             {
                 Ok(" (missing; outboxd run creates it)".to_owned())
             }
@@ -111,15 +126,12 @@ async fn check_postgres(config: &Config, report: &mut Report) {
                         .map_or(String::new(), |p| format!(", in use by pid {p}")),
                 )
             })
-            .map_err(|e| e.to_string()),
+            .map_err(|e| explained(&e)),
         Ok(None) if config.postgres.create_slot => {
             Ok(" (does not exist yet; outboxd run creates it)".to_owned())
         }
-        Ok(None) => Err(
-            "does not exist and postgres.create_slot is false: run `outboxd init --apply`"
-                .to_owned(),
-        ),
-        Err(e) => Err(e.to_string()),
+        Ok(None) => Err(explained(&Error::SlotMissing { slot: slot.clone() })),
+        Err(e) => Err(explained(&e)),
     };
     report.line(&format!("slot '{slot}' usable"), state);
 }
@@ -191,6 +203,13 @@ async fn check_kafka(config: &Config, report: &mut Report) {
                 r,
             );
         }
-        Err(e) => report.line("Kafka reachable", Err(e.to_string())),
+        Err(e) => report.line(
+            "Kafka reachable",
+            Err(format!(
+                "{e}; check kafka.brokers ({}): each must be reachable from here, and the \
+                 brokers' advertised.listeners must name addresses this host can reach",
+                config.kafka.brokers
+            )),
+        ),
     }
 }

@@ -310,7 +310,7 @@ impl Config {
         figment = figment.merge(env_provider(&env));
         let mut config: Config = figment
             .extract()
-            .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
+            .map_err(|e| anyhow::anyhow!("invalid configuration: {}", describe(e)))?;
         config.apply(overrides);
         config.resolve_secrets()?;
         config.validate()?;
@@ -384,6 +384,35 @@ impl Config {
         }
         warnings
     }
+}
+
+/// Names where each problem is (the file, or the environment variable), the section
+/// and the key; figment's own text says only `for key "default.postgres.slto"`.
+fn describe(error: figment::Error) -> String {
+    let problems: Vec<String> = error
+        .into_iter()
+        .map(|e| {
+            let origin = match e.metadata.as_ref().and_then(|m| m.source.as_ref()) {
+                Some(figment::Source::File(path)) => format!("in {}", path.display()),
+                _ => format!(
+                    "in environment variable OUTBOXD_{}",
+                    e.path.join("__").to_ascii_uppercase()
+                ),
+            };
+            let section = match e.path.split_last() {
+                Some((_, parents)) if !parents.is_empty() => format!("[{}]", parents.join(".")),
+                _ => "the top level".to_owned(),
+            };
+            match &e.kind {
+                figment::error::Kind::UnknownField(key, expected) => format!(
+                    "unknown key '{key}' in {section} {origin}; {section} has: {}",
+                    expected.join(", ")
+                ),
+                kind => format!("{} {origin}: {kind}", e.path.join(".")),
+            }
+        })
+        .collect();
+    problems.join("; ")
 }
 
 /// `OUTBOXD_A__B__C=v` → `a.b.c = v`; under `kafka.producer`, `_` in the property
@@ -566,7 +595,27 @@ mod tests {
         let file = dir.join("bad.toml");
         std::fs::write(&file, "[postgres]\nurl = \"x\"\nslto = \"typo\"\n").unwrap();
         let e = Config::load_from(Some(&file), &Overrides::default(), env(&[])).unwrap_err();
-        assert!(e.to_string().contains("slto"), "{e}");
+        let shown = e.to_string();
+        assert!(
+            shown.contains("unknown key 'slto' in [postgres]"),
+            "{shown}"
+        );
+        assert!(shown.contains(&file.display().to_string()), "{shown}");
+        assert!(shown.contains("slot"), "the valid keys are listed: {shown}");
+        let e = Config::load_from(
+            None,
+            &Overrides::default(),
+            env(&[
+                ("OUTBOXD_POSTGRES__URL", "postgres://h/db"),
+                ("OUTBOXD_KAFKA__MAX_IN_FLIGHT_RECORDS", "many"),
+            ]),
+        )
+        .unwrap_err();
+        let shown = e.to_string();
+        assert!(
+            shown.contains("OUTBOXD_KAFKA__MAX_IN_FLIGHT_RECORDS"),
+            "{shown}"
+        );
         let e = Config::load_from(None, &Overrides::default(), env(&[])).unwrap_err();
         assert!(e.to_string().contains("postgres.url"), "{e}");
     }

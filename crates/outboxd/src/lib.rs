@@ -7,6 +7,7 @@
 //! settings; [`http`] serves health and metrics; [`shutdown`] is the one stop
 //! signal. [`check`], [`init`] and [`tail`] are the other commands.
 
+pub mod advice;
 pub mod check;
 pub mod config;
 pub mod http;

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use clap::{Args, Parser, Subcommand};
 use outboxd::config::{Config, LogFormat, Overrides};
 use outboxd::http::{self, Health, Metrics};
-use outboxd::{check, init, relay, shutdown, tail};
+use outboxd::{advice, check, init, relay, shutdown, tail};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -164,12 +164,16 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
+            let message = match advice::for_chain(&e) {
+                Some(advice) => format!("{e:#}; {advice}"),
+                None => format!("{e:#}"),
+            };
             // Once: the long-running commands report through their logs (which may be
             // JSON for a collector), the others on the terminal.
             if logs_errors {
-                tracing::error!("{e:#}");
+                tracing::error!("{message}");
             } else {
-                eprintln!("error: {e:#}");
+                eprintln!("error: {message}");
             }
             ExitCode::FAILURE
         }

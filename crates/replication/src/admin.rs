@@ -13,7 +13,7 @@ use tokio_postgres::{Client, NoTls};
 use crate::client::{parse_lsn, quote_ident};
 use crate::config::ConnectOptions;
 use crate::conn::conn_timeout_error;
-use crate::error::Error;
+use crate::error::{Error, Preflight, SlotMismatch};
 use crate::tls;
 
 /// A `schema.table` name.
@@ -176,12 +176,7 @@ impl Admin {
     pub async fn check_wal_level(&self) -> Result<(), Error> {
         let level = self.show("wal_level").await?;
         if level != "logical" {
-            return Err(Error::Preflight(format!(
-                "wal_level is '{level}', logical decoding needs 'logical': set wal_level = \
-                 logical in postgresql.conf (or ALTER SYSTEM SET wal_level = logical) and \
-                 restart PostgreSQL; on managed services enable logical replication in the \
-                 instance's parameters"
-            )));
+            return Err(Preflight::WalLevel(level).into());
         }
         Ok(())
     }
@@ -201,11 +196,7 @@ impl Admin {
         let user: String = row.get(0);
         let allowed: bool = row.get(1);
         if !allowed {
-            return Err(Error::Preflight(format!(
-                "role '{user}' may not stream replication: run ALTER ROLE \"{user}\" WITH \
-                 REPLICATION as a superuser (on managed services grant the provider's \
-                 replication role, e.g. rds_replication)"
-            )));
+            return Err(Preflight::NotReplicationRole(user).into());
         }
         Ok(())
     }
@@ -225,24 +216,21 @@ impl Admin {
             )
             .await?;
         if rows.is_empty() {
-            return Err(Error::Preflight(format!(
-                "table {table} does not exist (or is not visible to this user): create it \
-                 (outboxd init prints the DDL) or fix the configured table name"
-            )));
+            return Err(Preflight::TableMissing(table.clone()).into());
         }
         let present: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
-        let missing: Vec<&str> = columns
+        let missing: Vec<String> = columns
             .iter()
-            .copied()
-            .filter(|c| !present.iter().any(|p| p == c))
+            .filter(|c| !present.iter().any(|p| p == *c))
+            .map(|c| (*c).to_owned())
             .collect();
         if !missing.is_empty() {
-            return Err(Error::Preflight(format!(
-                "table {table} lacks column(s) {}: add them or map the configured column \
-                 names to the ones it has ({})",
-                missing.join(", "),
-                present.join(", ")
-            )));
+            return Err(Preflight::ColumnsMissing {
+                table: table.clone(),
+                missing,
+                present,
+            }
+            .into());
         }
         Ok(())
     }
@@ -276,35 +264,32 @@ impl Admin {
         );
         let Some(row) = existing else {
             if !create {
-                return Err(Error::Preflight(format!(
-                    "publication '{name}' does not exist: run `{ddl}` as the tables' owner, \
-                     or let outboxd create it"
-                )));
+                return Err(Preflight::PublicationMissing {
+                    name: name.to_owned(),
+                    ddl,
+                }
+                .into());
             }
             self.client.batch_execute(&ddl).await.map_err(|e| {
                 let reason = e
                     .as_db_error()
                     .map_or_else(|| e.to_string(), |db| db.message().to_owned());
-                let advice = match e.code() {
-                    Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) => {
-                        "create the outbox table first (outboxd init prints the DDL)".to_owned()
-                    }
-                    _ => format!("run `{ddl}` as the tables' owner"),
-                };
-                Error::Preflight(format!(
-                    "could not create publication '{name}': {reason}; {advice}"
-                ))
+                Preflight::PublicationNotCreated {
+                    name: name.to_owned(),
+                    reason,
+                    ddl: ddl.clone(),
+                }
             })?;
             tracing::info!(publication = name, tables = %table_list, "publication created");
             return Ok(());
         };
         let publishes_inserts: bool = row.get(0);
         if !publishes_inserts {
-            return Err(Error::Preflight(format!(
-                "publication '{name}' does not publish inserts: run ALTER PUBLICATION {} SET \
-                 (publish = 'insert')",
-                quote_ident(name)
-            )));
+            return Err(Preflight::PublicationOmitsInserts {
+                name: name.to_owned(),
+                quoted: quote_ident(name),
+            }
+            .into());
         }
         let published = self
             .prompt("the publication's tables", self.client.query(
@@ -312,25 +297,22 @@ impl Admin {
                 &[&name],
             ))
             .await?;
-        let missing: Vec<&TableName> = tables
+        let missing: Vec<TableName> = tables
             .iter()
             .filter(|t| {
                 !published
                     .iter()
                     .any(|r| r.get::<_, String>(0) == t.schema && r.get::<_, String>(1) == t.name)
             })
+            .cloned()
             .collect();
         if !missing.is_empty() {
-            let list = missing
-                .iter()
-                .map(|t| t.quoted())
-                .collect::<Vec<_>>()
-                .join(", ");
-            return Err(Error::Preflight(format!(
-                "publication '{name}' does not include {list}: run ALTER PUBLICATION {} ADD \
-                 TABLE {list}",
-                quote_ident(name)
-            )));
+            return Err(Preflight::PublicationOmitsTables {
+                name: name.to_owned(),
+                quoted: quote_ident(name),
+                tables: missing,
+            }
+            .into());
         }
         Ok(())
     }
@@ -370,27 +352,23 @@ impl Admin {
 
     /// Checks that an existing slot can serve this database with pgoutput.
     pub fn verify_slot(slot: &SlotInfo, database: &str) -> Result<(), Error> {
-        let mismatch = |reason: String| Error::SlotMismatch {
+        let mismatch = |kind| Error::SlotMismatch {
             slot: slot.name.clone(),
-            reason,
+            kind,
         };
         if slot.slot_type != "logical" {
-            return Err(mismatch(format!(
-                "it is a {} slot; outboxd needs a logical pgoutput slot — use another slot name",
-                slot.slot_type
-            )));
+            return Err(mismatch(SlotMismatch::NotLogical(slot.slot_type.clone())));
         }
         if slot.plugin.as_deref() != Some("pgoutput") {
-            return Err(mismatch(format!(
-                "it uses the output plugin '{}', outboxd needs 'pgoutput' — use another slot name",
-                slot.plugin.as_deref().unwrap_or("?")
+            return Err(mismatch(SlotMismatch::Plugin(
+                slot.plugin.clone().unwrap_or_default(),
             )));
         }
         if slot.database.as_deref() != Some(database) {
-            return Err(mismatch(format!(
-                "it belongs to database '{}', but outboxd connects to '{database}'",
-                slot.database.as_deref().unwrap_or("?")
-            )));
+            return Err(mismatch(SlotMismatch::Database {
+                slot: slot.database.clone().unwrap_or_default(),
+                connected: database.to_owned(),
+            }));
         }
         if slot.is_lost() {
             return Err(Error::SlotInvalidated {

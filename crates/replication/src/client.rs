@@ -185,9 +185,8 @@ impl ReplicationClient {
                 })
             }
             Err(Error::Server { error, .. }) if error.code == "42704" => {
-                return Err(Error::SlotMismatch {
+                return Err(Error::SlotMissing {
                     slot: options.slot.clone(),
-                    reason: format!("{} — create it first (outboxd init --apply)", error.message),
                 })
             }
             Err(e) => return Err(e),

@@ -28,7 +28,7 @@ use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
 use crate::config::{ConnectOptions, SslMode};
-use crate::error::{Error, ServerError};
+use crate::error::{AuthFailure, Error, ServerError};
 use crate::tls;
 
 /// The largest backend message we accept. Postgres itself caps a field at 1 GiB; a
@@ -259,18 +259,14 @@ impl PgConnection {
     }
 
     async fn authenticate(&mut self, opts: &ConnectOptions) -> Result<(), Error> {
-        let auth_error = |reason: String| Error::Auth {
+        let auth_error = |failure| Error::Auth {
             user: opts.user.clone(),
-            reason,
+            failure,
         };
         let password = || {
-            opts.password.as_deref().ok_or_else(|| {
-                auth_error(
-                    "the server asks for a password and none is configured (set it in the \
-                     connection URL, PGPASSWORD or the password file option)"
-                        .to_owned(),
-                )
-            })
+            opts.password
+                .as_deref()
+                .ok_or_else(|| auth_error(AuthFailure::PasswordMissing))
         };
         let mut scram: Option<ScramSha256> = None;
         loop {
@@ -300,10 +296,9 @@ impl PgConnection {
                         offers_scram |= m == SCRAM_SHA_256;
                     }
                     if !offers_scram {
-                        return Err(auth_error(
-                            "the server offers no SASL mechanism we support (SCRAM-SHA-256)"
-                                .to_owned(),
-                        ));
+                        return Err(auth_error(AuthFailure::UnsupportedMethod(
+                            "a SASL mechanism other than SCRAM-SHA-256".to_owned(),
+                        )));
                     }
                     // No channel binding: we announce that we do not support it ('n'),
                     // which servers accept with or without TLS.
@@ -324,7 +319,7 @@ impl PgConnection {
                         .ok_or_else(|| Error::protocol("SASL continue before SASL start"))?;
                     client
                         .update(body.data())
-                        .map_err(|e| auth_error(format!("SCRAM exchange failed: {e}")))?;
+                        .map_err(|e| auth_error(AuthFailure::Scram(e.to_string())))?;
                     frontend::sasl_response(client.message(), &mut self.write_buf)
                         .map_err(|e| self.io(e))?;
                     self.flush().await?;
@@ -334,13 +329,15 @@ impl PgConnection {
                         .as_mut()
                         .ok_or_else(|| Error::protocol("SASL final before SASL start"))?;
                     client.finish(body.data()).map_err(|e| {
-                        auth_error(format!("the server's SCRAM signature is invalid: {e}"))
+                        auth_error(AuthFailure::Scram(format!(
+                            "the server's signature is invalid: {e}"
+                        )))
                     })?;
                 }
                 Message::ErrorResponse(body) => {
                     let error = server_error(body.fields());
                     return Err(if error.code.starts_with("28") {
-                        auth_error(error.to_string())
+                        auth_error(AuthFailure::Rejected(Box::new(error)))
                     } else {
                         Error::Server {
                             during: "authentication".to_owned(),
@@ -353,11 +350,9 @@ impl PgConnection {
                 | Message::AuthenticationGss
                 | Message::AuthenticationSspi
                 | Message::AuthenticationGssContinue(_) => {
-                    return Err(auth_error(
-                        "the server asks for Kerberos/GSSAPI/SSPI; outboxd supports trust, \
-                         password, md5 and scram-sha-256"
-                            .to_owned(),
-                    ))
+                    return Err(auth_error(AuthFailure::UnsupportedMethod(
+                        "Kerberos, GSSAPI or SSPI".to_owned(),
+                    )))
                 }
                 other => {
                     return Err(Error::protocol(format!(

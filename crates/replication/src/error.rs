@@ -8,6 +8,8 @@ use std::fmt;
 
 use outboxd_pgoutput::{DecodeError, Lsn};
 
+use crate::admin::TableName;
+
 /// Fields of a PostgreSQL ErrorResponse that we keep.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServerError {
@@ -52,8 +54,8 @@ pub enum Error {
     Tls { peer: String, reason: String },
 
     /// The server refused our credentials or asked for an unsupported method.
-    #[error("authentication as '{user}' failed: {reason}")]
-    Auth { user: String, reason: String },
+    #[error("authentication as '{user}' failed: {failure}")]
+    Auth { user: String, failure: AuthFailure },
 
     /// The server answered with an ErrorResponse.
     #[error("server error during {during}: {error}")]
@@ -76,28 +78,27 @@ pub enum Error {
 
     /// The slot lost WAL it needed; it cannot be resumed.
     #[error(
-        "replication slot '{slot}' is invalidated ({reason}); the events it had not yet \
-         delivered are gone from WAL. outboxd will not recreate it silently. Runbook: \
-         find what was missed (outbox rows since the last published event), drop the slot \
-         with SELECT pg_drop_replication_slot('{slot}'), create it again (outboxd init \
-         --apply), republish the missed events, and raise max_slot_wal_keep_size or \
-         alert on slot lag so it does not happen again"
+        "replication slot '{slot}' is invalidated ({reason}): the changes it had not yet \
+         delivered are gone from WAL, and the slot cannot be resumed"
     )]
     SlotInvalidated { slot: String, reason: String },
 
     /// Another process streams from the slot (only one walsender may use a slot).
-    #[error("replication slot '{slot}' is in use by another process (pid {pid:?}); another outboxd may be running — it will be retried")]
+    #[error("replication slot '{slot}' is in use by another process (pid {})", pid.map_or("unknown".to_owned(), |p| p.to_string()))]
     SlotInUse { slot: String, pid: Option<i32> },
 
+    /// The slot does not exist (and the caller did not ask to create it).
+    #[error("replication slot '{slot}' does not exist")]
+    SlotMissing { slot: String },
+
     /// The slot exists but cannot serve us (other plugin, other database, physical).
-    #[error("replication slot '{slot}' cannot be used: {reason}")]
-    SlotMismatch { slot: String, reason: String },
+    #[error("replication slot '{slot}' cannot be used: {kind}")]
+    SlotMismatch { slot: String, kind: SlotMismatch },
 
     /// The slot's confirmed position moved past where we meant to resume.
     #[error(
-        "replication slot '{slot}' resumed at {actual}, but outboxd expected {expected}: \
-         events between them would be skipped. Something else confirmed this slot; make \
-         sure only one relay uses it, then decide whether to replay the gap"
+        "replication slot '{slot}' resumed at {actual}, but {expected} was expected: \
+         changes between them would be skipped. Something else confirmed this slot"
     )]
     SlotJumped {
         slot: String,
@@ -105,9 +106,9 @@ pub enum Error {
         actual: Lsn,
     },
 
-    /// A preflight check failed; the message says what to change.
-    #[error("{0}")]
-    Preflight(String),
+    /// The server is not set up for what was asked; the message says what to change.
+    #[error(transparent)]
+    Preflight(#[from] Preflight),
 
     /// An error from the ordinary SQL connection. The server's message is part of
     /// this one (tokio-postgres's own says only "db error"), so it is not a source.
@@ -135,6 +136,90 @@ pub enum Error {
         silent: std::time::Duration,
         timeout: std::time::Duration,
     },
+}
+
+/// Why authentication failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum AuthFailure {
+    #[error("the server asks for a password and none was given")]
+    PasswordMissing,
+    /// The server refused the credentials (SQLSTATE class 28).
+    #[error("{0}")]
+    Rejected(Box<ServerError>),
+    #[error(
+        "the server asks for {0}, but only trust, password, md5 and scram-sha-256 are supported"
+    )]
+    UnsupportedMethod(String),
+    #[error("the SCRAM exchange failed: {0}")]
+    Scram(String),
+}
+
+/// Why an existing slot cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SlotMismatch {
+    #[error("it is a {0} slot, and a logical pgoutput slot is needed")]
+    NotLogical(String),
+    #[error("it uses the output plugin '{0}', and pgoutput is needed")]
+    Plugin(String),
+    #[error("it belongs to database '{slot}', but the connection is to '{connected}'")]
+    Database { slot: String, connected: String },
+}
+
+/// A server setting or catalog object that is not as logical replication of the
+/// outbox needs. Each says what to run to fix it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Preflight {
+    #[error(
+        "wal_level is '{0}', logical decoding needs 'logical': set wal_level = logical in \
+         postgresql.conf (or ALTER SYSTEM SET wal_level = logical) and restart PostgreSQL; \
+         on managed services enable logical replication in the instance's parameters"
+    )]
+    WalLevel(String),
+    #[error(
+        "role '{0}' may not stream replication: run ALTER ROLE \"{0}\" WITH REPLICATION as a \
+         superuser (on managed services grant the provider's replication role, e.g. \
+         rds_replication)"
+    )]
+    NotReplicationRole(String),
+    #[error("table {0} does not exist (or is not visible to this user)")]
+    TableMissing(TableName),
+    #[error("table {table} lacks column(s) {}; it has {}", missing.join(", "), present.join(", "))]
+    ColumnsMissing {
+        table: TableName,
+        missing: Vec<String>,
+        present: Vec<String>,
+    },
+    #[error("publication '{name}' does not exist: run `{ddl}` as the tables' owner")]
+    PublicationMissing { name: String, ddl: String },
+    #[error("could not create publication '{name}': {reason}; run `{ddl}` as the tables' owner")]
+    PublicationNotCreated {
+        name: String,
+        reason: String,
+        ddl: String,
+    },
+    #[error("publication '{name}' does not publish inserts: run ALTER PUBLICATION {quoted} SET (publish = 'insert')")]
+    PublicationOmitsInserts { name: String, quoted: String },
+    #[error(
+        "publication '{name}' does not include {}: run ALTER PUBLICATION {quoted} ADD TABLE {}",
+        list(tables),
+        list(tables)
+    )]
+    PublicationOmitsTables {
+        name: String,
+        quoted: String,
+        tables: Vec<TableName>,
+    },
+}
+
+fn list(tables: &[TableName]) -> String {
+    tables
+        .iter()
+        .map(TableName::quoted)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 impl Error {

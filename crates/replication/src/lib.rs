@@ -27,7 +27,7 @@ pub use admin::{Admin, SlotInfo, TableName};
 pub use client::{ReplicationClient, StartOptions, SystemIdentity};
 pub use config::{ConnectOptions, SslMode};
 pub use conn::{PgConnection, QueryResult, DEFAULT_MAX_MESSAGE_BYTES};
-pub use error::{Error, ServerError};
+pub use error::{AuthFailure, Error, Preflight, ServerError, SlotMismatch};
 pub use outboxd_pgoutput as pgoutput;
 pub use outboxd_pgoutput::Lsn;
 pub use protocol::{ServerFrame, StatusUpdate};

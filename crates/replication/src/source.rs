@@ -60,11 +60,8 @@ pub async fn open_stream(
                 .ok_or_else(|| Error::protocol("slot vanished right after creation"))?
         }
         None => {
-            return Err(Error::SlotMismatch {
+            return Err(Error::SlotMissing {
                 slot: spec.slot.clone(),
-                reason: "it does not exist — create it with `outboxd init --apply` or allow \
-                         outboxd to create it"
-                    .to_owned(),
             })
         }
     };
