@@ -6,6 +6,7 @@
 //! topics with unique names, so tests run in parallel and never see each other's data;
 //! everything is dropped again when the guard goes out of scope, also after a panic.
 
+pub mod fake_walsender;
 pub mod faults;
 pub mod proxy;
 pub mod scenario;
