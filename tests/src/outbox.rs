@@ -34,9 +34,9 @@ pub struct Outbox {
     pub endpoints: Endpoints,
     pub slot: String,
     pub topic: String,
-    /// The `outboxd` binary the relay runs.
-    pub binary: PathBuf,
     pub env: Vec<(String, String)>,
+    /// The `outboxd` binary the relay runs.
+    binary: PathBuf,
     _db: Option<TestDb>,
     _topics: Option<TestTopics>,
 }
