@@ -1,17 +1,24 @@
 //! The faults scenarios inject: network faults through a [`FaultProxy`], the
 //! walsender terminated, the relay killed, a dedicated PostgreSQL or Kafka crashed or
-//! restarted. Shared by `tests/faults.rs` and the soak.
+//! restarted; and the [`Schedule`] that injects them one after another while writers
+//! run. Shared by outboxd's `faults` and `soak` tests.
+
+mod schedule;
 
 use std::fmt;
 use std::ops::Range;
+use std::path::Path;
 use std::time::Duration;
 
 use rand::Rng;
 use tokio::task::block_in_place;
 
 use crate::proxy::{FaultProxy, Mode};
-use crate::scenario::{DedicatedKafka, DedicatedPg, Endpoints, Outbox, AGGREGATE_TYPE};
-use crate::{unique_name, RelayProcess};
+use crate::{
+    unique_name, DedicatedKafka, DedicatedPg, Endpoints, Outbox, RelayProcess, AGGREGATE_TYPE,
+};
+
+pub use schedule::{Applied, Gaps, Length, Order, Schedule};
 
 /// Relay settings for scenarios that partition Kafka: a delivery timeout that
 /// [`Fault::KafkaPartition`] outlasts, and a shutdown that does not wait that long.
@@ -21,9 +28,10 @@ const SHORT_DELIVERY_TIMEOUT: &[(&str, &str)] = &[
 ];
 
 /// An outbox for Kafka faults, routed to a fresh topic of `kafka`, which outboxd
-/// reaches through the broker's proxy with [`SHORT_DELIVERY_TIMEOUT`]. Writers use
-/// `pg_url`, outboxd `relay_pg`.
+/// (`binary`) reaches through the broker's proxy with [`SHORT_DELIVERY_TIMEOUT`].
+/// Writers use `pg_url`, outboxd `relay_pg`.
 pub async fn outbox_on_kafka(
+    binary: impl AsRef<Path>,
     kafka: &DedicatedKafka,
     pg_url: String,
     relay_pg: (String, u16),
@@ -37,7 +45,7 @@ pub async fn outbox_on_kafka(
         relay_brokers: kafka.proxied_brokers(),
         checker_brokers: kafka.brokers(),
     };
-    Outbox::on(endpoints, &prefix, SHORT_DELIVERY_TIMEOUT).await
+    Outbox::on(binary, endpoints, &prefix, SHORT_DELIVERY_TIMEOUT).await
 }
 
 /// What faults act on; a fault whose target is absent panics.
@@ -114,6 +122,15 @@ impl fmt::Display for Fault {
 }
 
 impl Fault {
+    /// How soon after it begins this fault must turn the relay's `/readyz` to 503,
+    /// if it must: while PostgreSQL refuses connections the relay is disconnected.
+    pub fn unready_within(&self) -> Option<Duration> {
+        match self {
+            Fault::PgRefuse { ms } => Some(Duration::from_millis(ms.end) + Duration::from_secs(2)),
+            _ => None,
+        }
+    }
+
     /// Injects the fault and returns once it is over (the service back, the proxy
     /// passing again). `relay` is replaced when the fault kills it. The scripts that
     /// stop and start services block, so this needs a multi-thread runtime.

@@ -5,8 +5,8 @@
 
 use std::path::PathBuf;
 
-use crate::scenario::{free_port, kafka_script};
-use crate::unique_name;
+use crate::dedicated::kafka_script;
+use crate::env::{free_port, unique_name};
 
 /// Stopped and wiped when dropped.
 #[derive(Debug)]

@@ -3,21 +3,26 @@
 //! against throwaway CAs; wrong credentials, names and CAs fail clearly; no password
 //! reaches the logs.
 
+#![allow(clippy::unwrap_used, reason = "in tests an unwrap is an assertion")]
+
 use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
 use std::time::Duration;
 
-use outboxd_tests::scenario::{seed, Endpoints, Load, LoadSpec, Outbox};
 use outboxd_tests::secure_kafka::SecureKafka;
-use outboxd_tests::{outboxd_binary, pg_connect, services, unique_name, DeliveryReport, TestDb};
+use outboxd_tests::{
+    pg_connect, seed, services, unique_name, DeliveryReport, Endpoints, Load, LoadSpec, Outbox,
+    TestDb,
+};
+
+const OUTBOXD: &str = env!("CARGO_BIN_EXE_outboxd");
 
 /// Runs `outboxd check` with `env` on top of a clean environment for outboxd's
 /// settings; returns its exit status and everything it printed.
 async fn outboxd_check(env: &[(String, String)]) -> (ExitStatus, String) {
-    let binary = outboxd_binary();
     let out = tokio::time::timeout(
         Duration::from_secs(60),
-        tokio::process::Command::new(binary)
+        tokio::process::Command::new(OUTBOXD)
             .arg("check")
             .env_remove("OUTBOXD_CONFIG")
             .env_remove("PGPASSWORD")
@@ -109,6 +114,7 @@ async fn kafka_over_sasl_ssl_with_scram_relays_in_order_and_refuses_wrong_creden
     let db = TestDb::create().await;
     let prefix = unique_name("sasl");
     let mut outbox = Outbox::on(
+        OUTBOXD,
         Endpoints {
             pg_url: db.url.clone(),
             relay_pg: (db.host.clone(), db.port),
@@ -209,7 +215,7 @@ async fn kafka_over_sasl_ssl_with_scram_relays_in_order_and_refuses_wrong_creden
 /// pg_hba.conf of the test cluster (scripts/pg.sh) lets this role in over TLS only,
 /// with scram-sha-256.
 const TLS_USER: &str = "outboxd_tls";
-/// As in replication_auth.rs, which sets up the same role: both binaries may run at
+/// As in tests/tests/replication_auth.rs, which sets up the same role: both binaries may run at
 /// once, and must agree.
 const TLS_PASSWORD: &str = "tls-Secret-4711";
 
@@ -252,7 +258,7 @@ fn tls_url(outbox: &Outbox, host: &str, port: u16, sslmode: &str, ca: &str) -> S
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_over_verify_full_tls_with_a_scram_password_relays_in_order() {
     ensure_tls_role().await;
-    let mut outbox = Outbox::on_shared(None, &[]).await;
+    let mut outbox = Outbox::on_shared(OUTBOXD, None, &[]).await;
     let port = outbox.endpoints.relay_pg.1;
     outbox.set_env(
         "OUTBOXD_POSTGRES__URL",
@@ -340,7 +346,7 @@ async fn alias_proxy(upstream: (String, u16)) -> u16 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn verify_full_refuses_a_wrong_host_name_and_an_unknown_ca() {
     ensure_tls_role().await;
-    let mut outbox = Outbox::on_shared(None, &[]).await;
+    let mut outbox = Outbox::on_shared(OUTBOXD, None, &[]).await;
     outbox.set_env("OUTBOXD_POSTGRES__PASSWORD", TLS_PASSWORD);
     let alias_port = alias_proxy(outbox.endpoints.relay_pg.clone()).await;
     let port = outbox.endpoints.relay_pg.1;

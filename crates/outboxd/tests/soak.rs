@@ -5,7 +5,7 @@
 //! ```sh
 //! eval "$(scripts/pg.sh env)"; eval "$(scripts/kafka.sh env)"
 //! OUTBOXD_SOAK_SECS=1800 OUTBOXD_FAULT_REPORT=soak.jsonl \
-//!   cargo test -p outboxd-tests --test soak -- --ignored --nocapture
+//!   cargo test -p outboxd --test soak -- --ignored --nocapture
 //! ```
 //!
 //! `OUTBOXD_SOAK_SECS` (1800), `OUTBOXD_SOAK_FAULT_EVERY_SECS` (30, the mean gap),
@@ -14,13 +14,11 @@
 
 use std::time::{Duration, Instant};
 
-use outboxd_tests::faults::{outbox_on_kafka, Fault, Targets};
+use outboxd_tests::faults::{outbox_on_kafka, Fault, Gaps, Length, Order, Schedule, Targets};
 use outboxd_tests::proxy::FaultProxy;
-use outboxd_tests::scenario::{
-    env_or, seed, DedicatedKafka, DedicatedPg, Load, LoadSpec, ScenarioResult,
-};
-use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
+use outboxd_tests::{env_or, seed, DedicatedKafka, DedicatedPg, Load, LoadSpec, ScenarioResult};
+
+const OUTBOXD: &str = env!("CARGO_BIN_EXE_outboxd");
 
 const FAULTS: &[Fault] = &[
     Fault::TerminateWalsender,
@@ -43,7 +41,6 @@ async fn soak() {
     let every = env_or("OUTBOXD_SOAK_FAULT_EVERY_SECS", 30.0);
     let rate = env_or("OUTBOXD_SOAK_TXN_RATE", 25.0);
     let seed = seed("soak");
-    let mut rng = StdRng::seed_from_u64(seed);
 
     let pg = tokio::task::spawn_blocking(DedicatedPg::start)
         .await
@@ -53,7 +50,7 @@ async fn soak() {
         .unwrap();
     let pg_proxy = FaultProxy::start(format!("127.0.0.1:{}", pg.port).parse().unwrap());
     let relay_pg = ("127.0.0.1".to_owned(), pg_proxy.port());
-    let outbox = outbox_on_kafka(&kafka, pg.url(), relay_pg, "soak").await;
+    let outbox = outbox_on_kafka(OUTBOXD, &kafka, pg.url(), relay_pg, "soak").await;
     let started = Instant::now();
     let load = Load::start(
         &outbox.endpoints.pg_url,
@@ -67,56 +64,40 @@ async fn soak() {
         },
     );
     let mut relay = outbox.start("soak");
+    let schedule = Schedule {
+        kinds: FAULTS.to_vec(),
+        order: Order::Random,
+        gaps: Gaps::Secs(every * 0.5..every * 1.5),
+        length: Length::Until(started + duration),
+        supervise: true,
+        readyz_port: None,
+    };
     let targets = Targets {
         outbox: &outbox,
         pg_proxy: Some(&pg_proxy),
         pg: Some(&pg),
         kafka: Some(&kafka),
     };
-    let mut relay_exits = 0;
-    let mut counts = vec![0usize; FAULTS.len()];
-    while started.elapsed() < duration {
-        let gap = rng.random_range(every * 0.5..every * 1.5);
-        tokio::time::sleep(Duration::from_secs_f64(gap)).await;
-        let kind = rng.random_range(0..FAULTS.len());
-        let t0 = Instant::now();
-        FAULTS[kind].inject(&mut rng, &targets, &mut relay).await;
-        counts[kind] += 1;
-        println!(
-            "[{:>5.0} s] fault: {} ({:.1} s)",
-            started.elapsed().as_secs_f64(),
-            FAULTS[kind],
-            t0.elapsed().as_secs_f64()
-        );
-        relay_exits += usize::from(outbox.restart_if_exited(
-            &mut relay,
-            Duration::from_millis(100),
-            &FAULTS[kind],
-        ));
-    }
+    let mut applied = schedule.run(seed, &targets, &mut relay).await;
     let load = load.stop().await;
-    // A relay about to give up does so within message.timeout.ms (8 s) of the last
-    // fault: wait that long before deciding it needs a restart.
-    relay_exits += usize::from(outbox.restart_if_exited(
-        &mut relay,
-        Duration::from_secs(10),
-        &"the last fault",
-    ));
+    applied.supervise_after_the_last_fault(&outbox, &mut relay);
     let (report, events) = outbox.check(Duration::from_secs(600)).await;
     let result = ScenarioResult {
         name: "soak",
         seed,
         events,
-        faults: counts.iter().sum(),
+        faults: applied.faults.len(),
         report: &report,
         elapsed: started.elapsed(),
     };
     result.print();
-    for (name, n) in FAULTS.iter().zip(&counts) {
-        println!("  {n:>3} × {name}");
+    for kind in FAULTS {
+        let n = applied.faults.iter().filter(|f| *f == kind).count();
+        println!("  {n:>3} × {kind}");
     }
     println!(
-        "relay exits (restarted as a supervisor would): {relay_exits}; writer txns ok {} failed {}",
+        "relay exits (restarted as a supervisor would): {}; writer txns ok {} failed {}",
+        applied.restarts,
         load.committed_txns
             .load(std::sync::atomic::Ordering::Relaxed),
         load.failed_txns.load(std::sync::atomic::Ordering::Relaxed)

@@ -1,14 +1,20 @@
 //! End-to-end: the `outboxd` binary between the real PostgreSQL and the real Kafka,
 //! checked by an independent consumer.
 
+#![allow(clippy::unwrap_used, reason = "in tests an unwrap is an assertion")]
+
 use std::collections::HashSet;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use outboxd_pgoutput::Lsn;
-use outboxd_tests::scenario::{free_port, http_get, seed, tail, Load, LoadSpec, Outbox};
-use outboxd_tests::{consume_until, unique_name, DeliveryReport, TestTopics};
+use outboxd_tests::{
+    consume_until, free_port, http_get, seed, tail, unique_name, DeliveryReport, Load, LoadSpec,
+    Outbox, TestTopics,
+};
 use rand::{Rng, SeedableRng};
+
+const OUTBOXD: &str = env!("CARGO_BIN_EXE_outboxd");
 
 /// Starts `writers` concurrent writers of `per_writer` events each, in transactions
 /// of `per_txn` over `aggregates` aggregates (see [`Load`]).
@@ -42,7 +48,7 @@ async fn all_written(load: Load) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn relays_100k_events_from_8_writers_in_per_key_commit_order() {
-    let outbox = Outbox::on_shared(None, &[]).await;
+    let outbox = Outbox::on_shared(OUTBOXD, None, &[]).await;
     let mut relay = outbox.start("e2e");
     let started = std::time::Instant::now();
     all_written(writers(&outbox, 8, 12_500, 1_000, 10, 1)).await;
@@ -74,7 +80,7 @@ async fn relays_100k_events_from_8_writers_in_per_key_commit_order() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sigkill_at_random_moments_loses_nothing() {
-    let outbox = Outbox::on_shared(None, &[]).await;
+    let outbox = Outbox::on_shared(OUTBOXD, None, &[]).await;
     let seed = seed("sigkill");
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let load = writers(&outbox, 4, 7_500, 200, 5, seed);
@@ -97,7 +103,7 @@ async fn sigkill_at_random_moments_loses_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_graceful_restart_publishes_no_duplicates() {
-    let outbox = Outbox::on_shared(None, &[]).await;
+    let outbox = Outbox::on_shared(OUTBOXD, None, &[]).await;
     let load = writers(&outbox, 4, 5_000, 200, 5, 7);
     let mut relay = outbox.start("graceful1");
     tokio::time::sleep(Duration::from_millis(1_500)).await;
@@ -112,7 +118,7 @@ async fn a_graceful_restart_publishes_no_duplicates() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_outbox_on_a_busy_database_keeps_the_slot_lag_small() {
-    let outbox = Outbox::on_shared(None, &[]).await;
+    let outbox = Outbox::on_shared(OUTBOXD, None, &[]).await;
     let relay = outbox.start("idle");
     let c = outbox.connect().await;
     // Wait for the relay to create and attach to its slot.
@@ -177,7 +183,7 @@ const GOOD_2: &str = "00000000-0000-4000-8000-000000000002";
 
 #[tokio::test]
 async fn an_unroutable_row_stops_the_relay_before_it() {
-    let outbox = Outbox::on_shared(None, &[]).await;
+    let outbox = Outbox::on_shared(OUTBOXD, None, &[]).await;
     let after = insert_rows(
         &outbox,
         &[
@@ -215,7 +221,12 @@ async fn an_unroutable_row_stops_the_relay_before_it() {
 
 #[tokio::test]
 async fn an_oversized_payload_stops_the_relay_with_the_event_named() {
-    let outbox = Outbox::on_shared(None, &[("OUTBOXD_ROUTING__MAX_RECORD_BYTES", "200")]).await;
+    let outbox = Outbox::on_shared(
+        OUTBOXD,
+        None,
+        &[("OUTBOXD_ROUTING__MAX_RECORD_BYTES", "200")],
+    )
+    .await;
     let big = format!(r#"{{"agg":"agg-1","seq":1,"pad":"{}"}}"#, "x".repeat(500));
     insert_rows(&outbox, &[(BAD, Some("order"), &big)]).await;
     let mut relay = outbox.start("oversized");
@@ -232,8 +243,12 @@ async fn an_oversized_payload_stops_the_relay_with_the_event_named() {
 #[tokio::test]
 async fn a_record_kafka_refuses_stops_the_relay_with_the_broker_reason() {
     // Routing lets 2 MB through; the producer's message.max.bytes (1 MB) does not.
-    let outbox =
-        Outbox::on_shared(None, &[("OUTBOXD_ROUTING__MAX_RECORD_BYTES", "10000000")]).await;
+    let outbox = Outbox::on_shared(
+        OUTBOXD,
+        None,
+        &[("OUTBOXD_ROUTING__MAX_RECORD_BYTES", "10000000")],
+    )
+    .await;
     let big = format!(
         r#"{{"agg":"agg-1","seq":1,"pad":"{}"}}"#,
         "x".repeat(2_000_000)
@@ -267,8 +282,12 @@ async fn a_record_kafka_refuses_stops_the_relay_with_the_broker_reason() {
 async fn with_a_dead_letter_topic_bad_rows_are_diverted_and_the_rest_flows() {
     let dlq = unique_name("relay_dlq");
     let dlq_topic = TestTopics::create_named(std::slice::from_ref(&dlq), 1).await;
-    let outbox =
-        Outbox::on_shared(None, &[("OUTBOXD_KAFKA__DEAD_LETTER_TOPIC", dlq.as_str())]).await;
+    let outbox = Outbox::on_shared(
+        OUTBOXD,
+        None,
+        &[("OUTBOXD_KAFKA__DEAD_LETTER_TOPIC", dlq.as_str())],
+    )
+    .await;
     insert_rows(
         &outbox,
         &[
@@ -303,7 +322,7 @@ async fn with_a_dead_letter_topic_bad_rows_are_diverted_and_the_rest_flows() {
 
 #[tokio::test]
 async fn transactional_logical_messages_are_relayed() {
-    let outbox = Outbox::on_shared(None, &[]).await;
+    let outbox = Outbox::on_shared(OUTBOXD, None, &[]).await;
     let c = outbox.connect().await;
     c.batch_execute(
         r#"BEGIN;
@@ -330,6 +349,7 @@ async fn health_metrics_and_no_secrets_in_logs() {
     let port = free_port();
     let address = format!("127.0.0.1:{port}");
     let mut outbox = Outbox::on_shared(
+        OUTBOXD,
         None,
         &[
             ("OUTBOXD_SERVER__METRICS_ADDRESS", address.as_str()),
@@ -402,6 +422,7 @@ fn peak_rss(pid: u32) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_transaction_far_larger_than_the_caps_streams_through_in_bounded_memory() {
     let outbox = Outbox::on_shared(
+        OUTBOXD,
         None,
         &[
             ("OUTBOXD_POSTGRES__MAX_BUFFERED_BYTES", "2097152"),
@@ -451,6 +472,7 @@ async fn golden_debezium_compatible_records() {
         // Partitions from Kafka's own murmur2 (kafka-clients 4.3.1,
         // Utils.toPositive(Utils.murmur2(key)) % 6), as in tests/tests/kafka_sink.rs.
         let outbox = Outbox::on_shared_with_partitions(
+            OUTBOXD,
             None,
             6,
             &[

@@ -11,39 +11,19 @@
 
 use std::time::{Duration, Instant};
 
-use outboxd_tests::faults::{outbox_on_kafka, Fault, Targets};
+use outboxd_tests::faults::{outbox_on_kafka, Fault, Gaps, Length, Order, Schedule, Targets};
 use outboxd_tests::proxy::{FaultProxy, Mode};
-use outboxd_tests::scenario::{
-    env_or, free_port, http_get, metric, seed, tail, DedicatedKafka, DedicatedPg, Endpoints, Load,
-    LoadSpec, Outbox, ScenarioResult,
+use outboxd_tests::{
+    consume_until, env_or, free_port, http_get, metric, pg_connect, seed, services, tail,
+    unique_name, wait_ready, DedicatedKafka, DedicatedPg, Endpoints, Load, LoadSpec, Outbox,
+    ScenarioResult, TestDb, TestTopics,
 };
-use outboxd_tests::{pg_connect, services};
-use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
 
+const OUTBOXD: &str = env!("CARGO_BIN_EXE_outboxd");
+
+/// How many faults a schedule has: `OUTBOXD_FAULTS`, or the scenario's CI default.
 fn faults(default: usize) -> usize {
     env_or("OUTBOXD_FAULTS", default)
-}
-
-fn shared_pg_addr() -> std::net::SocketAddr {
-    let config: tokio_postgres::Config = services().pg_url.parse().expect("pg url");
-    let port = config.get_ports().first().copied().unwrap_or(5432);
-    format!("127.0.0.1:{port}").parse().expect("addr")
-}
-
-/// Waits until `/readyz` answers `status` (or `timeout`); true if it did.
-async fn wait_ready(port: u16, status: u16, timeout: Duration) -> bool {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        let got = tokio::task::spawn_blocking(move || http_get(port, "/readyz").0)
-            .await
-            .unwrap_or(0);
-        if got == status {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    false
 }
 
 /// PostgreSQL-side network faults through a proxy, the walsender terminated, and
@@ -55,11 +35,11 @@ async fn wait_ready(port: u16, status: u16, timeout: Duration) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn postgres_link_faults_and_kills_lose_nothing() {
     let seed = seed("postgres_link_faults");
-    let mut rng = StdRng::seed_from_u64(seed);
-    let proxy = FaultProxy::start(shared_pg_addr());
+    let proxy = FaultProxy::start(services().pg_addr());
     let metrics_port = free_port();
     let address = format!("127.0.0.1:{metrics_port}");
     let outbox = Outbox::on_shared(
+        OUTBOXD,
         Some(("127.0.0.1".to_owned(), proxy.port())),
         &[("OUTBOXD_SERVER__METRICS_ADDRESS", address.as_str())],
     )
@@ -82,43 +62,30 @@ async fn postgres_link_faults_and_kills_lose_nothing() {
         "relay never ready\n{}",
         relay.log_text()
     );
-    let kinds = [
-        Fault::TerminateWalsender,
-        Fault::PgReset,
-        Fault::PgCutMidFrame,
-        Fault::PgRefuse { ms: 500..3_000 },
-        // Shorter than wal_sender_timeout: the session survives or is replaced, either
-        // way nothing is lost.
-        Fault::PgPartition { ms: 500..4_000 },
-        Fault::SlowConfirmationsKill,
-    ];
+    let schedule = Schedule {
+        kinds: vec![
+            Fault::TerminateWalsender,
+            Fault::PgReset,
+            Fault::PgCutMidFrame,
+            Fault::PgRefuse { ms: 500..3_000 },
+            // Shorter than wal_sender_timeout: the session survives or is replaced,
+            // either way nothing is lost.
+            Fault::PgPartition { ms: 500..4_000 },
+            Fault::SlowConfirmationsKill,
+        ],
+        order: Order::Random,
+        gaps: Gaps::Millis(1_000..3_000),
+        length: Length::Faults(faults(8)),
+        supervise: false,
+        readyz_port: Some(metrics_port),
+    };
     let targets = Targets {
         outbox: &outbox,
         pg_proxy: Some(&proxy),
         pg: None,
         kafka: None,
     };
-    let n = faults(8);
-    let mut applied = Vec::new();
-    let mut saw_unready = 0;
-    for i in 0..n {
-        tokio::time::sleep(Duration::from_millis(rng.random_range(1_000..3_000))).await;
-        let fault = &kinds[rng.random_range(0..kinds.len())];
-        let inject = fault.inject(&mut rng, &targets, &mut relay);
-        if let Fault::PgRefuse { ms } = fault {
-            // /readyz turns false while the server refuses connections.
-            let unready = wait_ready(
-                metrics_port,
-                503,
-                Duration::from_millis(ms.end) + Duration::from_secs(2),
-            );
-            saw_unready += usize::from(tokio::join!(inject, unready).1);
-        } else {
-            inject.await;
-        }
-        println!("fault {i}: {fault}");
-        applied.push(fault.clone());
-    }
+    let applied = schedule.run(seed, &targets, &mut relay).await;
     proxy.set_mode(Mode::Pass);
     let load = load.stop().await;
     assert!(
@@ -131,7 +98,7 @@ async fn postgres_link_faults_and_kills_lose_nothing() {
         name: "postgres link faults + SIGKILL",
         seed,
         events,
-        faults: applied.len(),
+        faults: applied.faults.len(),
         report: &report,
         elapsed: started.elapsed(),
     };
@@ -139,19 +106,23 @@ async fn postgres_link_faults_and_kills_lose_nothing() {
     let log = relay.log_text();
     result.assert_complete(&log);
     println!(
-        "faults {applied:?}; proxy {:?}; writer txns ok {} failed {}; readyz false seen {saw_unready}×",
+        "faults {:?}; proxy {:?}; writer txns ok {} failed {}; readyz false seen {}×",
+        applied.faults,
         proxy.stats(),
-        load.committed_txns.load(std::sync::atomic::Ordering::Relaxed),
+        load.committed_txns
+            .load(std::sync::atomic::Ordering::Relaxed),
         load.failed_txns.load(std::sync::atomic::Ordering::Relaxed),
+        applied.unready_seen,
     );
     let body = tokio::task::spawn_blocking(move || http_get(metrics_port, "/metrics").1)
         .await
         .unwrap();
     let kills = applied
+        .faults
         .iter()
         .filter(|f| **f == Fault::SlowConfirmationsKill)
         .count();
-    if kills < applied.len() {
+    if kills < applied.faults.len() {
         // The process that saw the last faults reconnected at least once (unless a
         // kill was the very last fault, checked above by readiness and delivery).
         let reconnects = metric(&body, "outboxd_reconnects_total").unwrap_or(0.0);
@@ -171,7 +142,7 @@ async fn postgres_link_faults_and_kills_lose_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_standby_relay_waits_for_the_slot_and_takes_over() {
     let seed = seed("slot_in_use");
-    let outbox = Outbox::on_shared(None, &[]).await;
+    let outbox = Outbox::on_shared(OUTBOXD, None, &[]).await;
     let started = Instant::now();
     let load = Load::start(
         &outbox.endpoints.pg_url,
@@ -242,9 +213,10 @@ async fn a_standby_relay_waits_for_the_slot_and_takes_over() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_record_under_load_goes_to_the_dead_letter_topic() {
     let seed = seed("refused_record");
-    let dlq = outboxd_tests::unique_name("faults_dlq");
-    let dlq_topics = outboxd_tests::TestTopics::create_named(std::slice::from_ref(&dlq), 1).await;
+    let dlq = unique_name("faults_dlq");
+    let dlq_topics = TestTopics::create_named(std::slice::from_ref(&dlq), 1).await;
     let outbox = Outbox::on_shared(
+        OUTBOXD,
         None,
         &[
             ("OUTBOXD_KAFKA__DEAD_LETTER_TOPIC", dlq.as_str()),
@@ -293,7 +265,7 @@ async fn a_refused_record_under_load_goes_to_the_dead_letter_topic() {
     result.assert_complete(&relay.log_text());
     let topics = dlq_topics.names().to_vec();
     let dead = tokio::task::spawn_blocking(move || {
-        outboxd_tests::consume_until(&topics, Duration::from_secs(30), |r| !r.is_empty())
+        consume_until(&topics, Duration::from_secs(30), |r| !r.is_empty())
     })
     .await
     .unwrap();
@@ -312,12 +284,12 @@ async fn a_refused_record_under_load_goes_to_the_dead_letter_topic() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn kafka_restarts_kills_and_partitions_lose_nothing() {
     let seed = seed("kafka_faults");
-    let mut rng = StdRng::seed_from_u64(seed);
     let kafka = tokio::task::spawn_blocking(DedicatedKafka::start)
         .await
         .unwrap();
-    let db = outboxd_tests::TestDb::create().await;
+    let db = TestDb::create().await;
     let outbox = outbox_on_kafka(
+        OUTBOXD,
         &kafka,
         db.url.clone(),
         (db.host.clone(), db.port),
@@ -337,63 +309,43 @@ async fn kafka_restarts_kills_and_partitions_lose_nothing() {
         },
     );
     let mut relay = outbox.start("kafkafaults");
-    let mut restarts = 0;
-    let n = faults(4);
-    let mut applied = Vec::new();
-    let kinds = [
-        Fault::KafkaRestart,
-        Fault::KafkaKill,
-        Fault::KafkaPartition,
-        Fault::KafkaReset,
-    ];
+    let schedule = Schedule {
+        kinds: vec![
+            Fault::KafkaRestart,
+            Fault::KafkaKill,
+            Fault::KafkaPartition,
+            Fault::KafkaReset,
+        ],
+        order: Order::EachKindFirst,
+        gaps: Gaps::Millis(2_000..4_000),
+        length: Length::Faults(faults(4)),
+        // The test reports how often a supervisor's restart was needed.
+        supervise: true,
+        readyz_port: None,
+    };
     let targets = Targets {
         outbox: &outbox,
         pg_proxy: None,
         pg: None,
         kafka: Some(&kafka),
     };
-    for i in 0..n {
-        tokio::time::sleep(Duration::from_millis(rng.random_range(2_000..4_000))).await;
-        // Every kind once in the first four faults (in seeded order), then at random.
-        let kind = if i < kinds.len() {
-            let mut order: Vec<usize> = (0..kinds.len()).collect();
-            let mut r = StdRng::seed_from_u64(seed);
-            for j in (1..order.len()).rev() {
-                order.swap(j, r.random_range(0..=j));
-            }
-            order[i]
-        } else {
-            rng.random_range(0..kinds.len())
-        };
-        let fault = &kinds[kind];
-        let t0 = Instant::now();
-        fault.inject(&mut rng, &targets, &mut relay).await;
-        println!("fault {i}: {fault} ({:?})", t0.elapsed());
-        applied.push(fault.clone());
-        // The test reports how often a supervisor's restart was needed.
-        restarts +=
-            usize::from(outbox.restart_if_exited(&mut relay, Duration::from_millis(100), fault));
-    }
+    let mut applied = schedule.run(seed, &targets, &mut relay).await;
     let load = load.stop().await;
-    // A relay about to give up does so within message.timeout.ms (8 s) of the last
-    // fault: wait that long before deciding it needs a restart.
-    restarts += usize::from(outbox.restart_if_exited(
-        &mut relay,
-        Duration::from_secs(10),
-        &"the last fault",
-    ));
+    applied.supervise_after_the_last_fault(&outbox, &mut relay);
     let (report, events) = outbox.check(Duration::from_secs(180)).await;
     let result = ScenarioResult {
         name: "kafka restart / SIGKILL / partition / reset",
         seed,
         events,
-        faults: applied.len(),
+        faults: applied.faults.len(),
         report: &report,
         elapsed: started.elapsed(),
     };
     result.print();
     println!(
-        "faults {applied:?}; relay restarts needed: {restarts}; proxy {:?}; writer txns {}",
+        "faults {:?}; relay restarts needed: {}; proxy {:?}; writer txns {}",
+        applied.faults,
+        applied.restarts,
         kafka.proxy.stats(),
         load.committed_txns
             .load(std::sync::atomic::Ordering::Relaxed)
@@ -402,7 +354,7 @@ async fn kafka_restarts_kills_and_partitions_lose_nothing() {
     // A delivery timeout makes the relay purge its producer and reconnect in-process
     // (docs/reliability.md); the supervisor loop above stays as a safety net, and
     // how often it was needed is reported.
-    println!("relay exits after broker outages: {restarts}");
+    println!("relay exits after broker outages: {}", applied.restarts);
     relay.stop_cleanly();
 }
 
@@ -412,13 +364,13 @@ async fn kafka_restarts_kills_and_partitions_lose_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn postgres_crashes_lose_nothing_and_an_invalidated_slot_stops_the_relay() {
     let seed = seed("postgres_crash");
-    let mut rng = StdRng::seed_from_u64(seed);
     let pg = tokio::task::spawn_blocking(DedicatedPg::start)
         .await
         .unwrap();
-    let prefix = outboxd_tests::unique_name("pgcrash");
-    let topics = outboxd_tests::TestTopics::create_named(&[format!("{prefix}.order")], 3).await;
+    let prefix = unique_name("pgcrash");
+    let topics = TestTopics::create_named(&[format!("{prefix}.order")], 3).await;
     let outbox = Outbox::on(
+        OUTBOXD,
         Endpoints {
             pg_url: pg.url(),
             relay_pg: ("127.0.0.1".to_owned(), pg.port),
@@ -442,19 +394,21 @@ async fn postgres_crashes_lose_nothing_and_an_invalidated_slot_stops_the_relay()
         },
     );
     let mut relay = outbox.start("pgcrash");
+    let schedule = Schedule {
+        kinds: vec![Fault::PgCrash],
+        order: Order::Random,
+        gaps: Gaps::Millis(1_500..4_000),
+        length: Length::Faults(faults(3)),
+        supervise: false,
+        readyz_port: None,
+    };
     let targets = Targets {
         outbox: &outbox,
         pg_proxy: None,
         pg: Some(&pg),
         kafka: None,
     };
-    let n = faults(3);
-    for i in 0..n {
-        tokio::time::sleep(Duration::from_millis(rng.random_range(1_500..4_000))).await;
-        let t0 = Instant::now();
-        Fault::PgCrash.inject(&mut rng, &targets, &mut relay).await;
-        println!("fault {i}: {} ({:?})", Fault::PgCrash, t0.elapsed());
-    }
+    let applied = schedule.run(seed, &targets, &mut relay).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let load = load.stop().await;
     let (report, events) = outbox.check(Duration::from_secs(120)).await;
@@ -462,7 +416,7 @@ async fn postgres_crashes_lose_nothing_and_an_invalidated_slot_stops_the_relay()
         name: "postgres -m immediate + restart",
         seed,
         events,
-        faults: n,
+        faults: applied.faults.len(),
         report: &report,
         elapsed: started.elapsed(),
     };
