@@ -8,9 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use outboxd_kafka_sink::{
-    dead_letter_headers, Completion, KafkaSink, Record, RecordMeta, SinkConfig, TxnId,
-};
+use outboxd_kafka_sink::{headers, Completion, KafkaSink, Record, RecordMeta, SinkConfig, TxnId};
 use outboxd_tests::{consume_all, kafka_admin, services, TestTopics};
 use rdkafka::admin::{AdminOptions, AlterConfig, ResourceSpecifier};
 use tokio::sync::mpsc::UnboundedReceiver;
@@ -359,22 +357,16 @@ async fn record_over_the_topic_limit_is_dead_lettered_and_the_rest_flows() {
     assert_eq!(d.key.as_deref(), Some(&b"k2"[..]));
     assert_eq!(d.value.as_deref(), Some(&big[..]));
     assert_eq!(d.header("id").as_deref(), Some("ev-2-0"));
+    assert_eq!(d.header(headers::EVENT_ID).as_deref(), Some("ev-2-0"));
+    assert_eq!(d.header(headers::LSN).as_deref(), Some("2/2000"));
+    assert_eq!(d.header(headers::INDEX).as_deref(), Some("0"));
     assert_eq!(
-        d.header(dead_letter_headers::EVENT_ID).as_deref(),
-        Some("ev-2-0")
-    );
-    assert_eq!(
-        d.header(dead_letter_headers::LSN).as_deref(),
-        Some("2/2000")
-    );
-    assert_eq!(d.header(dead_letter_headers::INDEX).as_deref(), Some("0"));
-    assert_eq!(
-        d.header(dead_letter_headers::ORIGINAL_TOPIC).as_deref(),
+        d.header(headers::ORIGINAL_TOPIC).as_deref(),
         Some(topic.as_str())
     );
-    let error = d.header(dead_letter_headers::ERROR).unwrap();
+    let error = d.header(headers::ERROR).unwrap();
     assert!(error.contains("MessageSizeTooLarge"), "{error}");
-    assert_eq!(d.header(dead_letter_headers::VALUE_DROPPED), None);
+    assert_eq!(d.header(headers::VALUE_DROPPED), None);
 }
 
 #[tokio::test]
@@ -432,19 +424,10 @@ async fn record_over_the_producer_limit_is_dead_lettered_without_its_value() {
     let d = &dead[0];
     assert_eq!(d.value, None);
     assert_eq!(d.key.as_deref(), Some(&b"k"[..]));
-    assert_eq!(
-        d.header(dead_letter_headers::VALUE_DROPPED).as_deref(),
-        Some("true")
-    );
-    assert_eq!(
-        d.header(dead_letter_headers::EVENT_ID).as_deref(),
-        Some("ev-1-1")
-    );
-    assert_eq!(
-        d.header(dead_letter_headers::LSN).as_deref(),
-        Some("2/1000")
-    );
-    let error = d.header(dead_letter_headers::ERROR).unwrap();
+    assert_eq!(d.header(headers::VALUE_DROPPED).as_deref(), Some("true"));
+    assert_eq!(d.header(headers::EVENT_ID).as_deref(), Some("ev-1-1"));
+    assert_eq!(d.header(headers::LSN).as_deref(), Some("2/1000"));
+    let error = d.header(headers::ERROR).unwrap();
     assert!(error.contains("MessageSizeTooLarge"), "{error}");
 
     // Without a dead-letter topic the same record fails its transaction, naming it.

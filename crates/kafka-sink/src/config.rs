@@ -77,13 +77,20 @@ impl Default for SinkConfig {
     }
 }
 
-/// Whether a property's value must not appear in logs or `Debug` output.
-pub(crate) fn is_sensitive(key: &str) -> bool {
+/// Whether a librdkafka property holds a secret, whose value must never appear in
+/// logs, errors or `Debug` output: passwords and passphrases (`sasl.password`,
+/// `ssl.key.password`, `ssl.keystore.password`, private-key passphrases), secrets
+/// (`sasl.oauthbearer.client.secret`), private keys inline (`ssl.key.pem`), tokens, and
+/// `sasl.oauthbearer.config` (which may embed any of them). Case-insensitive. The one
+/// rule for outboxd, so that its configuration and the sink redact the same keys.
+pub fn is_secret(key: &str) -> bool {
     let key = key.to_ascii_lowercase();
-    key.contains("password")
-        || key.contains("secret")
-        || key == "ssl.key.pem"
+    ["password", "passphrase", "secret", "key.pem"]
+        .iter()
+        .any(|part| key.contains(part))
+        || key.ends_with("token")
         || key == "sasl.oauthbearer.config"
+        || key == "ssl_key"
 }
 
 impl fmt::Debug for SinkConfig {
@@ -93,7 +100,7 @@ impl fmt::Debug for SinkConfig {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.debug_map()
                     .entries(self.0.iter().map(|(k, v)| {
-                        let v = if is_sensitive(k) { "[redacted]" } else { v };
+                        let v = if is_secret(k) { "[redacted]" } else { v };
                         (k, v)
                     }))
                     .finish()
@@ -174,6 +181,36 @@ impl SinkConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn secret_keys_are_recognized() {
+        for key in [
+            "sasl.password",
+            "SASL.PASSWORD",
+            "ssl.key.password",
+            "ssl.keystore.password",
+            "ssl.key.pem",
+            "sasl.oauthbearer.client.secret",
+            "sasl.oauthbearer.client.credentials.client.secret",
+            "sasl.oauthbearer.assertion.private.key.passphrase",
+            "sasl.oauthbearer.assertion.private.key.pem",
+            "sasl.oauthbearer.config",
+            "some.access.token",
+        ] {
+            assert!(is_secret(key), "{key} is a secret");
+        }
+        for key in [
+            "sasl.username",
+            "ssl.key.location",
+            "ssl.certificate.pem",
+            "ssl.ca.pem",
+            "sasl.oauthbearer.token.endpoint.url",
+            "sasl.oauthbearer.client.id",
+            "bootstrap.servers",
+        ] {
+            assert!(!is_secret(key), "{key} is not a secret");
+        }
+    }
 
     #[test]
     fn debug_redacts_secrets() {

@@ -37,15 +37,34 @@
 //! rejecting a batch and, with it, records that would have fit.
 
 mod accounting;
+mod budget;
+mod client_logs;
+mod cluster_check;
 mod config;
 mod context;
+pub mod dead_letter;
+mod delivery;
 mod error;
+pub mod headers;
+mod health;
+mod ledger;
+mod log_limiter;
 mod record;
 mod sink;
 
-pub use accounting::dead_letter_headers;
-pub use config::{SinkConfig, DEFAULT_PROPERTIES};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+pub use accounting::SinkStats;
+pub use cluster_check::{BrokerInfo, ClusterCheck, TopicCheck};
+pub use config::{is_secret, SinkConfig, DEFAULT_PROPERTIES};
 pub use error::SinkError;
 pub use rdkafka::error::KafkaError;
 pub use record::{Completion, DeliveryFailure, HeaderName, PgLsn, Record, RecordMeta, TxnId};
-pub use sink::{BrokerInfo, ClusterCheck, KafkaSink, SinkStats, TopicCheck};
+pub use sink::KafkaSink;
+
+/// Locks a mutex whose data stays consistent even if a holder panicked (every
+/// critical section in this crate leaves the data valid at each step), so that a panic
+/// elsewhere cannot turn into a panic on the delivery path.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
