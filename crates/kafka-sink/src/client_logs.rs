@@ -16,7 +16,8 @@ use tracing::Level;
 
 use crate::log_limiter::{LogLimiter, Verdict};
 
-/// At most one line per distinct problem per this window.
+/// At most one line per distinct problem per this window. A line shown after being
+/// held back carries `suppressed`: how many identical lines were not shown since.
 const WINDOW: Duration = Duration::from_secs(30);
 
 /// Errors a client retries on its own that resolve without anyone acting: the
@@ -61,8 +62,10 @@ impl ClientLogs {
         let Some(level) = shown_level(tracing_level(level), message, verdict) else {
             return;
         };
-        let suppressed = suppressed(verdict);
-        emit!(level, facility, suppressed, "{message}");
+        match suppressed(verdict) {
+            0 => emit!(level, facility, "{message}"),
+            n => emit!(level, facility, suppressed = n, "{message}"),
+        }
     }
 
     /// A non-fatal client error (connection, TLS, SASL, all brokers down…). librdkafka
@@ -76,8 +79,10 @@ impl ClientLogs {
         let Some(level) = shown_level(Level::WARN, reason, verdict) else {
             return;
         };
-        let suppressed = suppressed(verdict);
-        emit!(level, %error, %reason, suppressed, "Kafka client error");
+        match suppressed(verdict) {
+            0 => emit!(level, %error, %reason, "Kafka client error"),
+            n => emit!(level, %error, %reason, suppressed = n, "Kafka client error"),
+        }
     }
 }
 
