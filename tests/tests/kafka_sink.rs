@@ -8,7 +8,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use outboxd_kafka_sink::{headers, Completion, KafkaSink, Record, RecordMeta, SinkConfig, TxnId};
+use outboxd_kafka_sink::{
+    headers, murmur2, partition_for_key, Completion, KafkaSink, Record, RecordMeta, SinkConfig,
+    TxnId,
+};
 use outboxd_tests::{consume_all, kafka_admin, services, TestTopics};
 use rdkafka::admin::{AdminOptions, AlterConfig, ResourceSpecifier};
 use tokio::sync::mpsc::UnboundedReceiver;
@@ -217,6 +220,20 @@ async fn keys_land_on_the_partitions_a_java_producer_picks() {
             "key {key:?}: partition {} but Java places it on {}",
             r.partition,
             expected[key.as_str()]
+        );
+    }
+}
+
+/// The checkpoint store places keys by its own murmur2 (it reads a key's partition
+/// without asking a producer): the same placement as Java and the sink's producer.
+#[test]
+fn the_crates_murmur2_places_keys_as_java_does() {
+    for (key, hash, partition) in JAVA_MURMUR2_PLACEMENT {
+        assert_eq!(murmur2(key.as_bytes()), *hash, "murmur2 of {key:?}");
+        assert_eq!(
+            partition_for_key(key.as_bytes(), 6),
+            *partition,
+            "partition of {key:?}"
         );
     }
 }

@@ -10,7 +10,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
-use rdkafka::error::RDKafkaErrorCode;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::BaseProducer;
 use tokio::sync::mpsc::UnboundedSender;
 
@@ -79,11 +79,14 @@ impl Shared {
         }
     }
 
-    /// The producer failed fatally: remember why, and wake senders waiting for room so
-    /// that they notice.
-    pub(crate) fn set_fatal(&self, reason: String) {
-        self.health.set_fatal(reason);
-        self.budget.wake();
+    /// A client error from librdkafka's error callback; returns whether it was fatal.
+    /// A fatal error wakes senders waiting for room, so that they notice.
+    pub(crate) fn client_error(&self, error: &KafkaError, reason: &str) -> bool {
+        let fatal = self.health.record(error, reason);
+        if fatal {
+            self.budget.wake();
+        }
+        fatal
     }
 
     fn emit(&self, completion: Option<Completion>) {

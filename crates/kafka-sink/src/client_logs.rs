@@ -7,13 +7,16 @@
 //! transaction coordinator still loading at broker start) are debug lines; if the same
 //! line comes back after a whole window, it did not heal, and is shown at its level.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use rdkafka::client::ClientContext;
 use rdkafka::config::RDKafkaLogLevel;
+use rdkafka::consumer::ConsumerContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use tracing::Level;
 
+use crate::health::ClientHealth;
 use crate::log_limiter::{LogLimiter, Verdict};
 
 /// At most one line per distinct problem per this window. A line shown after being
@@ -71,6 +74,11 @@ impl ClientLogs {
     /// A non-fatal client error (connection, TLS, SASL, all brokers down…). librdkafka
     /// retries on its own; what it gives up on reaches the application elsewhere.
     pub(crate) fn error(&self, error: &KafkaError, reason: &str) {
+        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::PartitionEOF) {
+            // A consumer reached the end of a partition: news, not a problem.
+            tracing::debug!(target: "librdkafka", %reason, "end of partition");
+            return;
+        }
         let key = match error.rdkafka_error_code() {
             Some(code) => format!("error {code:?}"),
             None => format!("error {error}"),
@@ -128,25 +136,47 @@ fn tracing_level(level: RDKafkaLogLevel) -> Level {
 }
 
 /// The context of the crate's helper clients (checkpoint store, admin requests): their
-/// log lines and errors go through [`ClientLogs`] too.
+/// log lines and errors go through [`ClientLogs`] too, and [`ClientHealth`] keeps the
+/// last error to explain a failed request.
 #[derive(Debug, Default)]
 pub(crate) struct LoggingContext {
     pub logs: ClientLogs,
+    pub health: ClientHealth,
+    /// Set by the client's owner just before dropping it: the connections it closes
+    /// then are not worth a warning.
+    closing: AtomicBool,
+}
+
+impl LoggingContext {
+    /// The client is about to be dropped.
+    pub(crate) fn closing(&self) {
+        self.closing.store(true, Ordering::Relaxed);
+    }
 }
 
 impl ClientContext for LoggingContext {
     fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
+        // Nothing polls these clients' main queue, so their error callback may never
+        // run before a request fails; the error-level log line says why in time
+        // (connection refused, TLS handshake or SASL authentication failed).
+        if tracing_level(level) == Level::ERROR {
+            self.health.set_last_client_error(log_message.to_owned());
+        }
         self.logs.log(level, fac, log_message);
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
-        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::Fatal) {
+        if self.health.record(&error, reason) {
             tracing::error!(target: "librdkafka", %reason, "fatal Kafka client error");
+        } else if self.closing.load(Ordering::Relaxed) {
+            tracing::debug!(target: "librdkafka", %error, %reason, "Kafka client error while closing");
         } else {
             self.logs.error(&error, reason);
         }
     }
 }
+
+impl ConsumerContext for LoggingContext {}
 
 #[cfg(test)]
 mod tests {

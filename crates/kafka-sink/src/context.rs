@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use rdkafka::client::ClientContext;
 use rdkafka::config::RDKafkaLogLevel;
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::error::KafkaError;
 use rdkafka::producer::{DeliveryResult, ProducerContext};
 
 use crate::accounting::Shared;
@@ -27,20 +27,14 @@ impl ClientContext for SinkContext {
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
-        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::Fatal) {
-            // librdkafka's reason names the underlying error ("Fatal error: Broker:
-            // ...: ..."). From now on every produce call fails and queued records
-            // are failed back through their delivery reports. Never rate-limited.
+        if self.shared.client_error(&error, reason) {
+            // From now on every produce call fails and queued records are failed back
+            // through their delivery reports. Never rate-limited.
             tracing::error!(target: "librdkafka", %reason, "fatal Kafka producer error");
-            self.shared.set_fatal(reason.to_owned());
-            return;
-        }
-        // Connection trouble and the like: librdkafka retries on its own, and what it
-        // gives up on reaches us as failed delivery reports.
-        self.logs.error(&error, reason);
-        // "All brokers are down" follows the error that says why; keep the why.
-        if error.rdkafka_error_code() != Some(RDKafkaErrorCode::AllBrokersDown) {
-            self.shared.health.set_last_client_error(reason.to_owned());
+        } else {
+            // Connection trouble and the like: librdkafka retries on its own, and what
+            // it gives up on reaches us as failed delivery reports.
+            self.logs.error(&error, reason);
         }
     }
 }

@@ -38,6 +38,7 @@
 
 mod accounting;
 mod budget;
+pub mod checkpoint;
 mod client_logs;
 mod cluster_check;
 mod config;
@@ -49,6 +50,7 @@ pub mod headers;
 mod health;
 mod ledger;
 mod log_limiter;
+mod murmur2;
 mod record;
 mod sink;
 
@@ -58,6 +60,7 @@ pub use accounting::SinkStats;
 pub use cluster_check::{BrokerInfo, ClusterCheck, TopicCheck};
 pub use config::{is_secret, SinkConfig, DEFAULT_PROPERTIES};
 pub use error::SinkError;
+pub use murmur2::{murmur2, partition_for_key};
 pub use rdkafka::error::KafkaError;
 pub use record::{Completion, DeliveryFailure, HeaderName, PgLsn, Record, RecordMeta, TxnId};
 pub use sink::KafkaSink;

@@ -13,7 +13,7 @@ use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 use crate::accounting::{Shared, SinkStats};
 use crate::client_logs::{ClientLogs, LoggingContext};
 use crate::cluster_check::ClusterCheck;
-use crate::config::{is_secret, SinkConfig};
+use crate::config::{config_error, SinkConfig};
 use crate::context::SinkContext;
 use crate::delivery::{base_record, describe, Delivery};
 use crate::error::SinkError;
@@ -366,47 +366,5 @@ fn poll_loop(producer: &BaseProducer<SinkContext>, stop: &AtomicBool) {
     while !stop.load(Ordering::Acquire) {
         producer.poll(POLL_INTERVAL);
         producer.context().shared.pump_dead_letters(producer);
-    }
-}
-
-/// A configuration error without the value of a secret property.
-fn config_error(err: KafkaError) -> SinkError {
-    match err {
-        KafkaError::ClientConfig(_, _, key, _) if is_secret(&key) => {
-            SinkError::Config(format!("property {key}: invalid value"))
-        }
-        KafkaError::ClientConfig(_, desc, key, _) => {
-            SinkError::Config(format!("property {key}: {desc}"))
-        }
-        KafkaError::ClientCreation(msg) => SinkError::Config(msg),
-        other => SinkError::Kafka(other),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use rdkafka::types::RDKafkaConfRes;
-
-    use super::*;
-
-    #[test]
-    fn config_errors_never_show_secret_values() {
-        let err = config_error(KafkaError::ClientConfig(
-            RDKafkaConfRes::RD_KAFKA_CONF_INVALID,
-            "Invalid value \"hunter2\" for configuration property \"sasl.password\"".into(),
-            "sasl.password".into(),
-            "hunter2".into(),
-        ));
-        let shown = format!("{err} {err:?}");
-        assert!(shown.contains("sasl.password"), "{shown}");
-        assert!(!shown.contains("hunter2"), "{shown}");
-
-        let err = config_error(KafkaError::ClientConfig(
-            RDKafkaConfRes::RD_KAFKA_CONF_INVALID,
-            "Invalid value \"sometimes\" for configuration property \"acks\"".into(),
-            "acks".into(),
-            "sometimes".into(),
-        ));
-        assert!(err.to_string().contains("sometimes"), "{err}");
     }
 }
