@@ -23,7 +23,7 @@ pub struct TopicCheck {
     pub error: Option<String>,
 }
 
-/// The answer of [`KafkaSink::check`].
+/// The answer of [`KafkaSink::check`](crate::KafkaSink::check).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ClusterCheck {
     /// The brokers of the cluster (non-empty: the request got an answer).
