@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use outboxd_kafka_sink::{
-    dead_letter_headers, Completion, KafkaSink, Record, RecordMeta, SinkConfig, TxnId,
+    headers, murmur2, partition_for_key, Completion, KafkaSink, Record, RecordMeta, SinkConfig,
+    TxnId,
 };
 use outboxd_tests::{consume_all, kafka_admin, services, TestTopics};
 use rdkafka::admin::{AdminOptions, AlterConfig, ResourceSpecifier};
@@ -223,6 +224,20 @@ async fn keys_land_on_the_partitions_a_java_producer_picks() {
     }
 }
 
+/// The checkpoint store places keys by its own murmur2 (it reads a key's partition
+/// without asking a producer): the same placement as Java and the sink's producer.
+#[test]
+fn the_crates_murmur2_places_keys_as_java_does() {
+    for (key, hash, partition) in JAVA_MURMUR2_PLACEMENT {
+        assert_eq!(murmur2(key.as_bytes()), *hash, "murmur2 of {key:?}");
+        assert_eq!(
+            partition_for_key(key.as_bytes(), 6),
+            *partition,
+            "partition of {key:?}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn record_over_the_topic_limit_fails_its_transaction_naming_the_event() {
     let topics = TestTopics::create("sink_toolarge", 1, 1).await;
@@ -359,22 +374,16 @@ async fn record_over_the_topic_limit_is_dead_lettered_and_the_rest_flows() {
     assert_eq!(d.key.as_deref(), Some(&b"k2"[..]));
     assert_eq!(d.value.as_deref(), Some(&big[..]));
     assert_eq!(d.header("id").as_deref(), Some("ev-2-0"));
+    assert_eq!(d.header(headers::EVENT_ID).as_deref(), Some("ev-2-0"));
+    assert_eq!(d.header(headers::LSN).as_deref(), Some("2/2000"));
+    assert_eq!(d.header(headers::INDEX).as_deref(), Some("0"));
     assert_eq!(
-        d.header(dead_letter_headers::EVENT_ID).as_deref(),
-        Some("ev-2-0")
-    );
-    assert_eq!(
-        d.header(dead_letter_headers::LSN).as_deref(),
-        Some("2/2000")
-    );
-    assert_eq!(d.header(dead_letter_headers::INDEX).as_deref(), Some("0"));
-    assert_eq!(
-        d.header(dead_letter_headers::ORIGINAL_TOPIC).as_deref(),
+        d.header(headers::ORIGINAL_TOPIC).as_deref(),
         Some(topic.as_str())
     );
-    let error = d.header(dead_letter_headers::ERROR).unwrap();
+    let error = d.header(headers::ERROR).unwrap();
     assert!(error.contains("MessageSizeTooLarge"), "{error}");
-    assert_eq!(d.header(dead_letter_headers::VALUE_DROPPED), None);
+    assert_eq!(d.header(headers::VALUE_DROPPED), None);
 }
 
 #[tokio::test]
@@ -432,19 +441,10 @@ async fn record_over_the_producer_limit_is_dead_lettered_without_its_value() {
     let d = &dead[0];
     assert_eq!(d.value, None);
     assert_eq!(d.key.as_deref(), Some(&b"k"[..]));
-    assert_eq!(
-        d.header(dead_letter_headers::VALUE_DROPPED).as_deref(),
-        Some("true")
-    );
-    assert_eq!(
-        d.header(dead_letter_headers::EVENT_ID).as_deref(),
-        Some("ev-1-1")
-    );
-    assert_eq!(
-        d.header(dead_letter_headers::LSN).as_deref(),
-        Some("2/1000")
-    );
-    let error = d.header(dead_letter_headers::ERROR).unwrap();
+    assert_eq!(d.header(headers::VALUE_DROPPED).as_deref(), Some("true"));
+    assert_eq!(d.header(headers::EVENT_ID).as_deref(), Some("ev-1-1"));
+    assert_eq!(d.header(headers::LSN).as_deref(), Some("2/1000"));
+    let error = d.header(headers::ERROR).unwrap();
     assert!(error.contains("MessageSizeTooLarge"), "{error}");
 
     // Without a dead-letter topic the same record fails its transaction, naming it.

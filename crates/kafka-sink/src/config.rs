@@ -3,6 +3,7 @@
 use std::fmt;
 
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
+use rdkafka::error::KafkaError;
 
 use crate::error::SinkError;
 
@@ -65,6 +66,37 @@ pub struct SinkConfig {
     pub dead_letter_topic: Option<String>,
 }
 
+/// librdkafka's producer-only properties (scope `P` in its CONFIGURATION.md) that can
+/// be set as strings. Left out of the helper clients' configurations.
+const PRODUCER_ONLY: &[&str] = &[
+    "transactional.id",
+    "transaction.timeout.ms",
+    "enable.idempotence",
+    "enable.gapless.guarantee",
+    "queue.buffering.max.messages",
+    "queue.buffering.max.kbytes",
+    "queue.buffering.max.ms",
+    "linger.ms",
+    "message.send.max.retries",
+    "retries",
+    "queue.buffering.backpressure.threshold",
+    "compression.codec",
+    "compression.type",
+    "compression.level",
+    "batch.num.messages",
+    "batch.size",
+    "delivery.report.only.error",
+    "sticky.partitioning.linger.ms",
+    "request.required.acks",
+    "acks",
+    "request.timeout.ms",
+    "message.timeout.ms",
+    "delivery.timeout.ms",
+    "queuing.strategy",
+    "produce.offset.report",
+    "partitioner",
+];
+
 impl Default for SinkConfig {
     fn default() -> Self {
         SinkConfig {
@@ -77,13 +109,34 @@ impl Default for SinkConfig {
     }
 }
 
-/// Whether a property's value must not appear in logs or `Debug` output.
-pub(crate) fn is_sensitive(key: &str) -> bool {
+/// Whether a librdkafka property holds a secret, whose value must never appear in
+/// logs, errors or `Debug` output: passwords and passphrases (`sasl.password`,
+/// `ssl.key.password`, `ssl.keystore.password`, private-key passphrases), secrets
+/// (`sasl.oauthbearer.client.secret`), private keys inline (`ssl.key.pem`), tokens, and
+/// `sasl.oauthbearer.config` (which may embed any of them). Case-insensitive. The one
+/// rule for outboxd, so that its configuration and the sink redact the same keys.
+pub fn is_secret(key: &str) -> bool {
     let key = key.to_ascii_lowercase();
-    key.contains("password")
-        || key.contains("secret")
-        || key == "ssl.key.pem"
+    ["password", "passphrase", "secret", "key.pem"]
+        .iter()
+        .any(|part| key.contains(part))
+        || key.ends_with("token")
         || key == "sasl.oauthbearer.config"
+        || key == "ssl_key"
+}
+
+/// A configuration error without the value of a secret property.
+pub(crate) fn config_error(err: KafkaError) -> SinkError {
+    match err {
+        KafkaError::ClientConfig(_, _, key, _) if is_secret(&key) => {
+            SinkError::Config(format!("property {key}: invalid value"))
+        }
+        KafkaError::ClientConfig(_, desc, key, _) => {
+            SinkError::Config(format!("property {key}: {desc}"))
+        }
+        KafkaError::ClientCreation(msg) => SinkError::Config(msg),
+        other => SinkError::Kafka(other),
+    }
 }
 
 impl fmt::Debug for SinkConfig {
@@ -93,7 +146,7 @@ impl fmt::Debug for SinkConfig {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.debug_map()
                     .entries(self.0.iter().map(|(k, v)| {
-                        let v = if is_sensitive(k) { "[redacted]" } else { v };
+                        let v = if is_secret(k) { "[redacted]" } else { v };
                         (k, v)
                     }))
                     .finish()
@@ -150,30 +203,119 @@ impl SinkConfig {
 
     /// The librdkafka configuration: our defaults, then the user's properties.
     pub(crate) fn client_config(&self) -> ClientConfig {
+        self.producer_config(&[])
+    }
+
+    /// [`client_config`](Self::client_config), then `overrides`, which win over the
+    /// user's properties (for the helper clients, whose guarantees must not be tuned
+    /// away).
+    pub(crate) fn producer_config(&self, overrides: &[(&str, &str)]) -> ClientConfig {
+        let mut c = self.connection();
+        for (k, v) in DEFAULT_PROPERTIES {
+            set(&mut c, k, v);
+        }
+        for (k, v) in &self.properties {
+            set(&mut c, k, v);
+        }
+        for (k, v) in overrides {
+            set(&mut c, k, v);
+        }
+        c
+    }
+
+    /// The connection settings for the helper clients (consumer, admin): brokers and
+    /// the user's properties without the producer-only ones (librdkafka would warn
+    /// about each), then `overrides`.
+    pub(crate) fn connection_config(&self, overrides: &[(&str, &str)]) -> ClientConfig {
+        let mut c = self.connection();
+        for (k, v) in &self.properties {
+            if !PRODUCER_ONLY.contains(&k.as_str()) {
+                set(&mut c, k, v);
+            }
+        }
+        for (k, v) in overrides {
+            set(&mut c, k, v);
+        }
+        c
+    }
+
+    fn connection(&self) -> ClientConfig {
         let mut c = ClientConfig::new();
         // Log lines go through the context's `log` into `tracing`, which filters.
         c.set_log_level(RDKafkaLogLevel::Info);
         if !self.brokers.trim().is_empty() {
             c.set("bootstrap.servers", self.brokers.trim());
         }
-        for (k, v) in DEFAULT_PROPERTIES {
-            c.set(*k, *v);
-        }
-        for (k, v) in &self.properties {
-            if let Some(group) = ALIASES.iter().find(|g| g.contains(&k.as_str())) {
-                for other in group.iter() {
-                    c.remove(other);
-                }
-            }
-            c.set(k.as_str(), v.as_str());
-        }
         c
     }
 }
 
+/// Sets a property, first removing its other names (see [`ALIASES`]).
+fn set(c: &mut ClientConfig, key: &str, value: &str) {
+    if let Some(group) = ALIASES.iter().find(|g| g.contains(&key)) {
+        for other in group.iter() {
+            c.remove(other);
+        }
+    }
+    c.set(key, value);
+}
+
 #[cfg(test)]
 mod tests {
+    use rdkafka::types::RDKafkaConfRes;
+
     use super::*;
+
+    #[test]
+    fn config_errors_never_show_secret_values() {
+        let err = config_error(KafkaError::ClientConfig(
+            RDKafkaConfRes::RD_KAFKA_CONF_INVALID,
+            "Invalid value \"hunter2\" for configuration property \"sasl.password\"".into(),
+            "sasl.password".into(),
+            "hunter2".into(),
+        ));
+        let shown = format!("{err} {err:?}");
+        assert!(shown.contains("sasl.password"), "{shown}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+
+        let err = config_error(KafkaError::ClientConfig(
+            RDKafkaConfRes::RD_KAFKA_CONF_INVALID,
+            "Invalid value \"sometimes\" for configuration property \"acks\"".into(),
+            "acks".into(),
+            "sometimes".into(),
+        ));
+        assert!(err.to_string().contains("sometimes"), "{err}");
+    }
+
+    #[test]
+    fn secret_keys_are_recognized() {
+        for key in [
+            "sasl.password",
+            "SASL.PASSWORD",
+            "ssl.key.password",
+            "ssl.keystore.password",
+            "ssl.key.pem",
+            "sasl.oauthbearer.client.secret",
+            "sasl.oauthbearer.client.credentials.client.secret",
+            "sasl.oauthbearer.assertion.private.key.passphrase",
+            "sasl.oauthbearer.assertion.private.key.pem",
+            "sasl.oauthbearer.config",
+            "some.access.token",
+        ] {
+            assert!(is_secret(key), "{key} is a secret");
+        }
+        for key in [
+            "sasl.username",
+            "ssl.key.location",
+            "ssl.certificate.pem",
+            "ssl.ca.pem",
+            "sasl.oauthbearer.token.endpoint.url",
+            "sasl.oauthbearer.client.id",
+            "bootstrap.servers",
+        ] {
+            assert!(!is_secret(key), "{key} is not a secret");
+        }
+    }
 
     #[test]
     fn debug_redacts_secrets() {
@@ -214,6 +356,30 @@ mod tests {
         assert_eq!(c.get("queue.buffering.max.ms"), Some("5"));
         assert_eq!(c.get("partitioner"), Some("consistent_random"));
         assert_eq!(c.get("enable.idempotence"), Some("true"));
+    }
+
+    #[test]
+    fn connection_config_leaves_producer_properties_out_and_overrides_win() {
+        let config = SinkConfig {
+            brokers: "b1:9092".into(),
+            properties: vec![
+                ("linger.ms".into(), "50".into()),
+                ("security.protocol".into(), "SASL_SSL".into()),
+                ("isolation.level".into(), "read_uncommitted".into()),
+            ],
+            ..SinkConfig::default()
+        };
+        let c = config.connection_config(&[("isolation.level", "read_committed")]);
+        assert_eq!(c.get("bootstrap.servers"), Some("b1:9092"));
+        assert_eq!(c.get("security.protocol"), Some("SASL_SSL"));
+        assert_eq!(c.get("linger.ms"), None);
+        assert_eq!(c.get("enable.idempotence"), None);
+        assert_eq!(c.get("isolation.level"), Some("read_committed"));
+
+        let p = config.producer_config(&[("request.required.acks", "all")]);
+        assert_eq!(p.get("acks"), None, "the alias was replaced");
+        assert_eq!(p.get("request.required.acks"), Some("all"));
+        assert_eq!(p.get("linger.ms"), Some("50"));
     }
 
     #[test]

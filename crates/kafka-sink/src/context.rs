@@ -1,59 +1,40 @@
-//! The librdkafka callbacks: delivery reports, global errors, log lines.
+//! The sink producer's librdkafka callbacks: delivery reports, global errors, log lines.
 //!
 //! All of them run on the sink's poll thread (or on the dropping thread while the
-//! producer purges at drop). They must not block and must not panic: whatever the
-//! network sends ends up here.
+//! producer purges at drop), log lines also on librdkafka's own threads. They must not
+//! block and must not panic: whatever the network sends ends up here.
 
 use std::sync::Arc;
 
 use rdkafka::client::ClientContext;
 use rdkafka::config::RDKafkaLogLevel;
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::error::KafkaError;
 use rdkafka::producer::{DeliveryResult, ProducerContext};
 
-use crate::accounting::{describe, Content, Delivery, Shared};
+use crate::accounting::Shared;
+use crate::client_logs::ClientLogs;
+use crate::delivery::{describe, record_from_message, Delivery};
 
 #[derive(Debug)]
 pub(crate) struct SinkContext {
     pub shared: Arc<Shared>,
+    pub logs: ClientLogs,
 }
 
 impl ClientContext for SinkContext {
     fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
-        match level {
-            RDKafkaLogLevel::Emerg
-            | RDKafkaLogLevel::Alert
-            | RDKafkaLogLevel::Critical
-            | RDKafkaLogLevel::Error => {
-                tracing::error!(target: "librdkafka", facility = fac, "{log_message}")
-            }
-            RDKafkaLogLevel::Warning => {
-                tracing::warn!(target: "librdkafka", facility = fac, "{log_message}")
-            }
-            RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
-                tracing::info!(target: "librdkafka", facility = fac, "{log_message}")
-            }
-            RDKafkaLogLevel::Debug => {
-                tracing::debug!(target: "librdkafka", facility = fac, "{log_message}")
-            }
-        }
+        self.logs.log(level, fac, log_message);
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
-        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::Fatal) {
-            // librdkafka's reason names the underlying error ("Fatal error: Broker:
-            // ...: ..."). From now on every produce call fails and queued records
-            // are failed back through their delivery reports.
+        if self.shared.client_error(&error, reason) {
+            // From now on every produce call fails and queued records are failed back
+            // through their delivery reports. Never rate-limited.
             tracing::error!(target: "librdkafka", %reason, "fatal Kafka producer error");
-            self.shared.set_fatal(reason.to_owned());
         } else {
             // Connection trouble and the like: librdkafka retries on its own, and what
             // it gives up on reaches us as failed delivery reports.
-            tracing::warn!(target: "librdkafka", %error, %reason, "Kafka client error");
-            // "All brokers are down" follows the error that says why; keep the why.
-            if error.rdkafka_error_code() != Some(RDKafkaErrorCode::AllBrokersDown) {
-                self.shared.set_last_client_error(reason.to_owned());
-            }
+            self.logs.error(&error, reason);
         }
     }
 }
@@ -64,14 +45,12 @@ impl ProducerContext for SinkContext {
     fn delivery(&self, result: &DeliveryResult<'_>, delivery: Box<Delivery>) {
         match result {
             Ok(_) => self.shared.settle_ok(&delivery),
-            Err((err, message)) => {
-                self.shared.record_failed(
-                    delivery,
-                    err.rdkafka_error_code(),
-                    describe(err),
-                    || Content::from_message(message),
-                );
-            }
+            Err((err, message)) => self.shared.record_failed(
+                delivery,
+                err.rdkafka_error_code(),
+                describe(err),
+                |delivery| record_from_message(message, delivery),
+            ),
         }
     }
 }

@@ -1,5 +1,6 @@
 //! The Kafka half of outboxd: produces the records of source transactions and says,
-//! per transaction, when the broker has acknowledged all of them.
+//! per transaction, when the broker has acknowledged all of them; and keeps a durable
+//! checkpoint in Kafka ([`checkpoint`]).
 //!
 //! It knows nothing of Postgres. A transaction is an opaque [`TxnId`]; the source
 //! position travels in [`RecordMeta`] only to name records in errors and dead-letter
@@ -16,20 +17,43 @@
 //!                 Completion::{Delivered, Failed} (unbounded channel)
 //! ```
 //!
+//! # Layout
+//!
+//! | module | job |
+//! | --- | --- |
+//! | `sink` | [`KafkaSink`]: ordered enqueue, waiting for room, flush, purge, check |
+//! | `accounting` | composes the four below; emits the completions the ledger decides |
+//! | `ledger` | per-transaction counts (sent, settled, dead-lettered) → completions |
+//! | `budget` | in-flight records and bytes against the caps; wakes waiting senders |
+//! | `health` | the fatal error and the last client error |
+//! | [`dead_letter`] | which refusals are dead-lettered, the one dead-letter record shape, the queue of dead letters |
+//! | `delivery` | the delivery opaque; building librdkafka records (the only place) |
+//! | [`headers`] | every header name outboxd writes |
+//! | `client_logs`, `log_limiter` | librdkafka's log lines and errors into `tracing`, each distinct line once per 30 s |
+//! | [`checkpoint`] | the checkpoint store |
+//! | `murmur2` | Kafka's key placement ([`partition_for_key`]) |
+//!
+//! A later transactional (exactly-once) mode fits in without reshaping this: the
+//! ledger already only *returns* completions, so holding `Delivered` until a Kafka
+//! transaction commits is a change to `accounting`; a checkpoint record is a
+//! [`Record`] built by the same `delivery::base_record`, placed with
+//! [`partition_for_key`]; and checkpoint reads are already `read_committed`.
+//!
 //! # Delivery failures and the dead-letter topic
 //!
 //! librdkafka retries what can be retried until `message.timeout.ms`; what reaches a
 //! delivery report as an error is final. With a dead-letter topic configured, a record
 //! refused for a reason that is about the record itself (too large, invalid, unknown
-//! or invalid topic, policy violation) is produced to the dead-letter topic with its
-//! key, value and headers plus `outboxd.error`, `outboxd.original.topic`,
-//! `outboxd.event.id`, `outboxd.lsn` (Postgres `X/Y`) and `outboxd.index` (see
-//! [`dead_letter_headers`]); if the value is what is too large it is left out and
-//! `outboxd.error.value_dropped=true` is added. That record's acknowledgement counts as
-//! the original's. Everything else — timeouts, brokers down, authorization, fatal
-//! producer errors — fails the transaction, so the relay stops short of it and a
-//! restart resends: dead-lettering a transient failure would skip a record that a
-//! retry would deliver.
+//! or invalid topic, policy violation) is produced to the dead-letter topic in the
+//! shape [`dead_letter`] describes: its key, value and headers plus
+//! [`headers::ERROR`], [`headers::ORIGINAL_TOPIC`], [`headers::EVENT_ID`],
+//! [`headers::LSN`] (Postgres `X/Y`) and [`headers::INDEX`]; if the value is what is
+//! too large it is left out and [`headers::VALUE_DROPPED`]`=true` is added. That
+//! record's acknowledgement counts as the original's. Everything else — timeouts,
+//! brokers down, authorization, fatal producer errors — fails the transaction, so the
+//! relay stops short of it and a restart resends: dead-lettering a transient failure
+//! would skip a record that a retry would deliver. Events the relay cannot route get
+//! the same shape from [`dead_letter::for_unroutable`].
 //!
 //! A topic's `max.message.bytes` limits whole record batches, not single records. Set
 //! the producer's `message.max.bytes` no higher than the smallest topic limit: then an
@@ -37,15 +61,37 @@
 //! rejecting a batch and, with it, records that would have fit.
 
 mod accounting;
+mod budget;
+pub mod checkpoint;
+mod client_logs;
+mod cluster_check;
 mod config;
 mod context;
+pub mod dead_letter;
+mod delivery;
 mod error;
+pub mod headers;
+mod health;
+mod ledger;
+mod log_limiter;
+mod murmur2;
 mod record;
 mod sink;
 
-pub use accounting::dead_letter_headers;
-pub use config::{SinkConfig, DEFAULT_PROPERTIES};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+pub use accounting::SinkStats;
+pub use cluster_check::{BrokerInfo, ClusterCheck, TopicCheck};
+pub use config::{is_secret, SinkConfig, DEFAULT_PROPERTIES};
 pub use error::SinkError;
+pub use murmur2::{murmur2, partition_for_key};
 pub use rdkafka::error::KafkaError;
 pub use record::{Completion, DeliveryFailure, HeaderName, PgLsn, Record, RecordMeta, TxnId};
-pub use sink::{BrokerInfo, ClusterCheck, KafkaSink, SinkStats, TopicCheck};
+pub use sink::KafkaSink;
+
+/// Locks a mutex whose data stays consistent even if a holder panicked (every
+/// critical section in this crate leaves the data valid at each step), so that a panic
+/// elsewhere cannot turn into a panic on the delivery path.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}

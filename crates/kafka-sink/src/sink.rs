@@ -6,16 +6,16 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::metadata::Metadata;
-use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::producer::{BaseProducer, Producer};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 
-use crate::accounting::{describe, Attempt, Content, Delivery, Shared};
-use crate::config::{is_sensitive, SinkConfig};
+use crate::accounting::{Shared, SinkStats};
+use crate::client_logs::{ClientLogs, LoggingContext};
+use crate::cluster_check::ClusterCheck;
+use crate::config::{config_error, SinkConfig};
 use crate::context::SinkContext;
+use crate::delivery::{base_record, describe, Delivery};
 use crate::error::SinkError;
 use crate::record::{Completion, Record, TxnId};
 
@@ -27,110 +27,6 @@ const POLL_INTERVAL: Duration = Duration::from_millis(25);
 /// How often a waiting `send` re-checks for a fatal producer error (and retries after
 /// a full librdkafka queue) when no delivery report wakes it earlier.
 const WAIT_SLICE: Duration = Duration::from_millis(100);
-
-/// Counters since the sink was created.
-#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
-pub struct SinkStats {
-    /// Records acknowledged on their own topic.
-    pub records_delivered: u64,
-    /// Payload bytes ([`Record::payload_size`]) of `records_delivered`.
-    pub bytes_delivered: u64,
-    /// Failed attempts: refusals at enqueue time and failed delivery reports, of
-    /// original and dead-letter records alike (a dead-lettered record counts one).
-    pub delivery_errors: u64,
-    /// Records acknowledged on the dead-letter topic instead of their own.
-    pub dead_lettered: u64,
-}
-
-/// A broker as named in the cluster metadata.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct BrokerInfo {
-    pub id: i32,
-    pub host: String,
-    pub port: i32,
-}
-
-/// What the cluster metadata says about one topic.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct TopicCheck {
-    pub name: String,
-    pub exists: bool,
-    /// 0 when the topic does not exist.
-    pub partitions: usize,
-    /// A topic-level error the metadata reported (e.g. leader not available).
-    pub error: Option<String>,
-}
-
-/// The answer of [`KafkaSink::check`].
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ClusterCheck {
-    /// The brokers of the cluster (non-empty: the request got an answer).
-    pub brokers: Vec<BrokerInfo>,
-    /// The topics asked about, in the order given, then the dead-letter topic.
-    pub topics: Vec<TopicCheck>,
-    /// Every topic the cluster has (names), for reports on routed topics.
-    pub all_topics: Vec<String>,
-}
-
-impl ClusterCheck {
-    /// The topics that do not exist (whether the broker would auto-create them is not
-    /// known to a client).
-    pub fn missing_topics(&self) -> Vec<&str> {
-        self.topics
-            .iter()
-            .filter(|t| !t.exists)
-            .map(|t| t.name.as_str())
-            .collect()
-    }
-
-    fn from_metadata(md: &Metadata, wanted: &[String]) -> ClusterCheck {
-        let all_topics = md.topics().iter().map(|t| t.name().to_owned()).collect();
-        let brokers = md
-            .brokers()
-            .iter()
-            .map(|b| BrokerInfo {
-                id: b.id(),
-                host: b.host().to_owned(),
-                port: b.port(),
-            })
-            .collect();
-        let topics = wanted
-            .iter()
-            .map(|name| {
-                let found = md.topics().iter().find(|t| t.name() == name.as_str());
-                match found {
-                    None => TopicCheck {
-                        name: name.clone(),
-                        exists: false,
-                        partitions: 0,
-                        error: None,
-                    },
-                    Some(t) => {
-                        let code = t.error().map(RDKafkaErrorCode::from);
-                        let missing = matches!(
-                            code,
-                            Some(
-                                RDKafkaErrorCode::UnknownTopicOrPartition
-                                    | RDKafkaErrorCode::UnknownTopic
-                            )
-                        );
-                        TopicCheck {
-                            name: name.clone(),
-                            exists: !missing,
-                            partitions: if missing { 0 } else { t.partitions().len() },
-                            error: code.map(|c| c.to_string()),
-                        }
-                    }
-                }
-            })
-            .collect();
-        ClusterCheck {
-            brokers,
-            topics,
-            all_topics,
-        }
-    }
-}
 
 /// Produces the records of source transactions to Kafka and reports, per
 /// transaction, when all of them are acknowledged.
@@ -162,8 +58,8 @@ impl fmt::Debug for KafkaSink {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("KafkaSink")
             .field("config", &self.config)
-            .field("in_flight", &self.shared.in_flight())
-            .field("fatal", &self.shared.fatal())
+            .field("in_flight", &self.shared.budget.in_flight())
+            .field("fatal", &self.shared.health.fatal())
             .finish_non_exhaustive()
     }
 }
@@ -189,9 +85,10 @@ impl KafkaSink {
     ) -> Result<(KafkaSink, UnboundedReceiver<Completion>), SinkError> {
         config.validate()?;
         let (tx, rx) = unbounded_channel();
-        let shared = Arc::new(Shared::new(tx, config.dead_letter_topic.clone()));
+        let shared = Arc::new(Shared::new(tx, &config));
         let context = SinkContext {
             shared: Arc::clone(&shared),
+            logs: ClientLogs::default(),
         };
         let producer: BaseProducer<SinkContext> = config
             .client_config()
@@ -237,13 +134,8 @@ impl KafkaSink {
     pub async fn send(&self, txn: TxnId, record: Record) -> Result<(), SinkError> {
         let _in_order = self.enqueue.lock().await;
         let bytes = record.in_flight_size();
-        let has_room = || {
-            self.shared.has_room(
-                bytes,
-                self.config.max_in_flight_records,
-                self.config.max_in_flight_bytes,
-            )
-        };
+        let budget = &self.shared.budget;
+        let has_room = || budget.has_room(bytes);
         let mut queue_full = false;
         loop {
             if let Some(fatal) = self.fatal_error() {
@@ -260,7 +152,7 @@ impl KafkaSink {
             }
             // Only now (the common case has room) register interest, then check
             // again, so that a release between the check and the wait is not missed.
-            let woken = self.shared.changed.notified();
+            let woken = budget.changed();
             tokio::pin!(woken);
             woken.as_mut().enable();
             if !queue_full && has_room() {
@@ -281,35 +173,8 @@ impl KafkaSink {
         bytes: usize,
     ) -> Result<Enqueued, SinkError> {
         self.shared.register(txn, bytes).map_err(SinkError::Usage)?;
-        let delivery = Box::new(Delivery {
-            txn,
-            meta: record.meta.clone(),
-            topic: record.topic.clone(),
-            charged: bytes,
-            payload_bytes: record.payload_size(),
-            timestamp: record.timestamp_ms,
-            attempt: Attempt::Original,
-        });
-        let mut headers = OwnedHeaders::new_with_capacity(record.headers.len());
-        for (key, value) in &record.headers {
-            headers = headers.insert(Header {
-                key,
-                value: Some(value.as_ref()),
-            });
-        }
-        let mut base =
-            BaseRecord::<[u8], [u8], Box<Delivery>>::with_opaque_to(&record.topic, delivery)
-                .headers(headers);
-        if let Some(key) = record.key.as_deref() {
-            base = base.key(key);
-        }
-        if let Some(value) = record.value.as_deref() {
-            base = base.payload(value);
-        }
-        if let Some(ts) = record.timestamp_ms {
-            base = base.timestamp(ts);
-        }
-        let (err, delivery) = match self.producer.send(base) {
+        let delivery = Delivery::original(txn, record, bytes);
+        let (err, delivery) = match self.producer.send(base_record(record, delivery)) {
             Ok(()) => return Ok(Enqueued::Accounted),
             Err((err, base)) => (err, base.delivery_opaque),
         };
@@ -341,7 +206,7 @@ impl KafkaSink {
                     _ => format!("{}; refused by the producer", describe(&err)),
                 };
                 self.shared
-                    .record_failed(delivery, code, reason, || content_of(record));
+                    .record_failed(delivery, code, reason, |_| record.clone());
                 self.shared.pump_dead_letters(&self.producer);
                 Ok(Enqueued::Accounted)
             }
@@ -366,7 +231,7 @@ impl KafkaSink {
         let started = Instant::now();
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            let woken = self.shared.changed.notified();
+            let woken = self.shared.budget.changed();
             tokio::pin!(woken);
             woken.as_mut().enable();
             if self.in_flight().0 == 0 {
@@ -389,14 +254,14 @@ impl KafkaSink {
     /// Records and payload bytes sent but not yet settled (acknowledged, dead-lettered
     /// or failed).
     pub fn in_flight(&self) -> (usize, usize) {
-        self.shared.in_flight()
+        self.shared.budget.in_flight()
     }
 
     /// `None` while the producer is healthy; the reason once it failed fatally (e.g.
     /// the idempotent producer lost a sequence, or was fenced). A fatal producer
     /// cannot recover: recreate the sink and resend from the last confirmed position.
     pub fn fatal_error(&self) -> Option<String> {
-        self.shared.fatal().or_else(|| {
+        self.shared.health.fatal().or_else(|| {
             self.producer
                 .client()
                 .fatal_error()
@@ -429,7 +294,7 @@ impl KafkaSink {
         })
         .await
         .map_err(|e| SinkError::Internal(format!("metadata request task: {e}")))?;
-        answer.map_err(|source| match self.shared.last_client_error() {
+        answer.map_err(|source| match self.shared.health.last_client_error() {
             Some(last_client_error) => SinkError::Unreachable {
                 source,
                 last_client_error,
@@ -448,11 +313,10 @@ impl KafkaSink {
         timeout: Duration,
     ) -> Result<Option<String>, SinkError> {
         use rdkafka::admin::{AdminClient, AdminOptions, ResourceSpecifier};
-        use rdkafka::client::DefaultClientContext;
-        let admin: AdminClient<DefaultClientContext> = self
+        let admin: AdminClient<LoggingContext> = self
             .config
             .client_config()
-            .create()
+            .create_with_context(LoggingContext::default())
             .map_err(SinkError::Kafka)?;
         let options = AdminOptions::new().request_timeout(Some(timeout));
         let results = admin
@@ -476,13 +340,7 @@ impl KafkaSink {
 
     /// Counters since the sink was created.
     pub fn stats(&self) -> SinkStats {
-        let s = &self.shared.stats;
-        SinkStats {
-            records_delivered: s.records_delivered.load(Ordering::Relaxed),
-            bytes_delivered: s.bytes_delivered.load(Ordering::Relaxed),
-            delivery_errors: s.delivery_errors.load(Ordering::Relaxed),
-            dead_lettered: s.dead_lettered.load(Ordering::Relaxed),
-        }
+        self.shared.stats()
     }
 }
 
@@ -494,7 +352,7 @@ impl Drop for KafkaSink {
                 tracing::error!("the Kafka poll thread panicked");
             }
         }
-        if self.shared.has_dead_letters() {
+        if !self.shared.dead_letters.is_empty() {
             tracing::warn!("dropping the Kafka sink with dead-letter records not yet enqueued");
         }
         // Dropping the producer (last Arc) purges what is still queued or in flight.
@@ -508,60 +366,5 @@ fn poll_loop(producer: &BaseProducer<SinkContext>, stop: &AtomicBool) {
     while !stop.load(Ordering::Acquire) {
         producer.poll(POLL_INTERVAL);
         producer.context().shared.pump_dead_letters(producer);
-    }
-}
-
-fn content_of(record: &Record) -> Content {
-    Content {
-        key: record.key.clone(),
-        value: record.value.clone(),
-        headers: record
-            .headers
-            .iter()
-            .map(|(k, v)| (k.to_string(), Some(Bytes::clone(v))))
-            .collect(),
-        timestamp: record.timestamp_ms,
-    }
-}
-
-/// A configuration error without the value of a secret property.
-fn config_error(err: KafkaError) -> SinkError {
-    match err {
-        KafkaError::ClientConfig(_, _, key, _) if is_sensitive(&key) => {
-            SinkError::Config(format!("property {key}: invalid value"))
-        }
-        KafkaError::ClientConfig(_, desc, key, _) => {
-            SinkError::Config(format!("property {key}: {desc}"))
-        }
-        KafkaError::ClientCreation(msg) => SinkError::Config(msg),
-        other => SinkError::Kafka(other),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use rdkafka::types::RDKafkaConfRes;
-
-    use super::*;
-
-    #[test]
-    fn config_errors_never_show_secret_values() {
-        let err = config_error(KafkaError::ClientConfig(
-            RDKafkaConfRes::RD_KAFKA_CONF_INVALID,
-            "Invalid value \"hunter2\" for configuration property \"sasl.password\"".into(),
-            "sasl.password".into(),
-            "hunter2".into(),
-        ));
-        let shown = format!("{err} {err:?}");
-        assert!(shown.contains("sasl.password"), "{shown}");
-        assert!(!shown.contains("hunter2"), "{shown}");
-
-        let err = config_error(KafkaError::ClientConfig(
-            RDKafkaConfRes::RD_KAFKA_CONF_INVALID,
-            "Invalid value \"sometimes\" for configuration property \"acks\"".into(),
-            "acks".into(),
-            "sometimes".into(),
-        ));
-        assert!(err.to_string().contains("sometimes"), "{err}");
     }
 }

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use outboxd_kafka_sink::{
-    dead_letter_headers, Completion, KafkaSink, Record, RecordMeta, SinkConfig, SinkError, TxnId,
+    headers, Completion, KafkaSink, Record, RecordMeta, SinkConfig, SinkError, TxnId,
 };
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -300,22 +300,16 @@ async fn record_refused_by_the_broker_goes_to_the_dead_letter_topic() {
     assert_eq!(m.payload(), Some(&b"value 2/4"[..]));
     assert_eq!(m.timestamp().to_millis(), Some(1_700_000_000_000));
     assert_eq!(header(m, "id").as_deref(), Some("e-2-4"));
+    assert_eq!(header(m, headers::EVENT_ID).as_deref(), Some("e-2-4"));
     assert_eq!(
-        header(m, dead_letter_headers::EVENT_ID).as_deref(),
-        Some("e-2-4")
-    );
-    assert_eq!(
-        header(m, dead_letter_headers::ORIGINAL_TOPIC).as_deref(),
+        header(m, headers::ORIGINAL_TOPIC).as_deref(),
         Some("orders")
     );
-    assert_eq!(
-        header(m, dead_letter_headers::LSN).as_deref(),
-        Some("1/200")
-    );
-    assert_eq!(header(m, dead_letter_headers::INDEX).as_deref(), Some("4"));
-    let error = header(m, dead_letter_headers::ERROR).unwrap();
+    assert_eq!(header(m, headers::LSN).as_deref(), Some("1/200"));
+    assert_eq!(header(m, headers::INDEX).as_deref(), Some("4"));
+    let error = header(m, headers::ERROR).unwrap();
     assert!(error.contains("InvalidRecord"), "{error}");
-    assert_eq!(header(m, dead_letter_headers::VALUE_DROPPED), None);
+    assert_eq!(header(m, headers::VALUE_DROPPED), None);
 }
 
 #[tokio::test]
@@ -404,15 +398,9 @@ async fn record_too_large_for_the_producer_is_dead_lettered_without_its_value() 
     let m = &dead[0];
     assert_eq!(m.payload(), None);
     assert_eq!(m.key(), Some(&b"key-1"[..]));
-    assert_eq!(
-        header(m, dead_letter_headers::VALUE_DROPPED).as_deref(),
-        Some("true")
-    );
-    assert_eq!(
-        header(m, dead_letter_headers::EVENT_ID).as_deref(),
-        Some("e-6-1")
-    );
-    let error = header(m, dead_letter_headers::ERROR).unwrap();
+    assert_eq!(header(m, headers::VALUE_DROPPED).as_deref(), Some("true"));
+    assert_eq!(header(m, headers::EVENT_ID).as_deref(), Some("e-6-1"));
+    let error = header(m, headers::ERROR).unwrap();
     assert!(error.contains("MessageSizeTooLarge"), "{error}");
     assert_eq!(read_topic(&mock, "orders", 2).len(), 2);
 }

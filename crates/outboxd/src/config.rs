@@ -118,7 +118,7 @@ impl std::fmt::Debug for KafkaConfig {
             .map(|(k, v)| {
                 (
                     k.as_str(),
-                    if is_secret(k) {
+                    if outboxd_kafka_sink::is_secret(k) {
                         "<redacted>"
                     } else {
                         v.as_str()
@@ -146,12 +146,6 @@ impl Default for KafkaConfig {
             max_in_flight_bytes: 8 << 20,
         }
     }
-}
-
-/// Whether a property holds a secret that must never be logged.
-pub fn is_secret(key: &str) -> bool {
-    let k = key.to_ascii_lowercase();
-    k.contains("password") || k.contains("secret") || k.contains("key.pem") || k.ends_with("token")
 }
 
 /// How the record key is serialized.

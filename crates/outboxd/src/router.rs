@@ -8,7 +8,7 @@ use std::fmt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use outboxd_kafka_sink::{HeaderName, Record, RecordMeta};
+use outboxd_kafka_sink::{headers as header, HeaderName, Record, RecordMeta};
 use outboxd_pgoutput::{pg_time_to_system_time, ColumnValue, Lsn, Relation};
 use serde::{Deserialize, Serialize};
 
@@ -280,17 +280,17 @@ impl Router {
             )));
         }
         let mut headers = Vec::with_capacity(5 + event.extra_headers.len());
-        headers.push(("id".into(), Bytes::from(event_id.clone())));
+        headers.push((header::ID.into(), Bytes::from(event_id.clone())));
         headers.extend(event.extra_headers);
         if self.config.source_headers {
             headers.extend([
-                ("outboxd.lsn".into(), source.lsn.clone()),
+                (header::LSN.into(), source.lsn.clone()),
                 (
-                    "outboxd.index".into(),
+                    header::INDEX.into(),
                     Bytes::from(position.index.to_string()),
                 ),
-                ("outboxd.xid".into(), source.xid.clone()),
-                ("outboxd.commit_time".into(), source.commit_time.clone()),
+                (header::XID.into(), source.xid.clone()),
+                (header::COMMIT_TIME.into(), source.commit_time.clone()),
             ]);
         }
         Ok(Record {

@@ -1,0 +1,140 @@
+//! Reading the latest value of a key: one partition, from its start to its end as a
+//! read-committed consumer sees it. Blocking (run it off the async runtime).
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+
+use super::error;
+use crate::client_logs::LoggingContext;
+use crate::config::SinkConfig;
+
+/// The consumer settings a checkpoint read relies on.
+const READ_SETTINGS: &[(&str, &str)] = &[
+    // Records of open or aborted Kafka transactions are skipped, and the end of the
+    // partition is its last stable offset.
+    ("isolation.level", "read_committed"),
+    // Tells when the end is reached, also on an empty or fully-aborted partition.
+    ("enable.partition.eof", "true"),
+    // The end is known only from a fetch answered at it, which the broker holds back
+    // up to this long when it has nothing to return (default 500 ms).
+    ("fetch.wait.max.ms", "10"),
+    // librdkafka assigns partitions only to a consumer with a group id. The reader
+    // never joins the group nor stores offsets: the group needs to exist nowhere.
+    ("group.id", "outboxd-checkpoint-reader"),
+    ("enable.auto.commit", "false"),
+    ("enable.auto.offset.store", "false"),
+    ("allow.auto.create.topics", "false"),
+];
+
+/// How long one poll waits, so that the deadline is checked regularly.
+const POLL_SLICE: Duration = Duration::from_millis(100);
+
+pub(super) enum ReadError {
+    Kafka(KafkaError),
+    /// The deadline passed at `position`, short of `end`.
+    Timeout {
+        position: i64,
+        end: i64,
+    },
+}
+
+pub(super) struct Reader {
+    consumer: BaseConsumer<LoggingContext>,
+    topic: String,
+    partition: i32,
+}
+
+impl Reader {
+    pub(super) fn new(
+        config: &SinkConfig,
+        topic: &str,
+        partition: i32,
+    ) -> Result<Reader, KafkaError> {
+        let consumer = config
+            .connection_config(READ_SETTINGS)
+            .create_with_context(LoggingContext::default())?;
+        Ok(Reader {
+            consumer,
+            topic: topic.to_owned(),
+            partition,
+        })
+    }
+
+    /// The reason of the client's latest connection-level error, if any.
+    pub(super) fn last_client_error(&self) -> Option<String> {
+        self.consumer.context().health.last_client_error()
+    }
+
+    /// The value of the last record with `key` (`None` for none or a tombstone).
+    pub(super) fn latest(&self, key: &[u8], deadline: Instant) -> Result<Option<Bytes>, ReadError> {
+        let remaining = || deadline.saturating_duration_since(Instant::now());
+        // With read_committed, the high offset is the last stable offset.
+        let (low, end) = self
+            .consumer
+            .fetch_watermarks(&self.topic, self.partition, remaining())
+            .map_err(ReadError::Kafka)?;
+        if end <= low {
+            return Ok(None);
+        }
+        let mut assignment = TopicPartitionList::new();
+        assignment
+            .add_partition_offset(&self.topic, self.partition, Offset::Beginning)
+            .map_err(ReadError::Kafka)?;
+        self.consumer
+            .assign(&assignment)
+            .map_err(ReadError::Kafka)?;
+        let mut latest = None;
+        let mut position = low;
+        let mut passing_error = None;
+        loop {
+            let wait = remaining().min(POLL_SLICE);
+            if wait.is_zero() {
+                return Err(match passing_error {
+                    Some(err) => ReadError::Kafka(err),
+                    None => ReadError::Timeout { position, end },
+                });
+            }
+            match self.consumer.poll(wait) {
+                None => {}
+                Some(Ok(m)) => {
+                    position = m.offset() + 1;
+                    if m.key() == Some(key) {
+                        latest = m.payload().map(Bytes::copy_from_slice);
+                    }
+                    if position >= end {
+                        return Ok(latest);
+                    }
+                }
+                // The end: what follows the last record, if anything, are transaction
+                // markers and records of aborted or open transactions.
+                Some(Err(KafkaError::PartitionEOF(_))) => return Ok(latest),
+                Some(Err(err)) => match err.rdkafka_error_code() {
+                    Some(code)
+                        if error::is_missing_topic(code)
+                            || code == RDKafkaErrorCode::TopicAuthorizationFailed =>
+                    {
+                        return Err(ReadError::Kafka(err))
+                    }
+                    // Connection trouble, or the group's coordinator (which the reader
+                    // does not need) unavailable or not authorized: the consumer retries
+                    // on its own until the deadline; kept to explain a timeout.
+                    _ => {
+                        tracing::debug!(topic = %self.topic, error = %err, "checkpoint read: consumer error");
+                        passing_error = Some(err);
+                    }
+                },
+            }
+        }
+    }
+}
+
+impl Drop for Reader {
+    fn drop(&mut self) {
+        self.consumer.context().closing();
+    }
+}
