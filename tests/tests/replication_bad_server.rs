@@ -20,8 +20,8 @@ use outboxd_pgoutput::{
     Message, OldTuple, Origin, Relation, ReplicaIdentity, Truncate, TypeMessage, Update,
 };
 use outboxd_replication::{
-    ConnectOptions, Error, LogicalStream, ReplicationClient, SslMode, StartOptions, StreamEvent,
-    StreamSettings,
+    ConnectOptions, Error, Host, LogicalStream, ReplicationClient, SslMode, StartOptions,
+    StreamEvent, StreamSettings,
 };
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -248,8 +248,7 @@ impl FakeServer {
 
     fn options(&self) -> ConnectOptions {
         ConnectOptions {
-            host: "127.0.0.1".to_owned(),
-            port: self.port,
+            hosts: vec![Host::new("127.0.0.1", self.port)],
             user: "fake_user".to_owned(),
             password: None,
             dbname: "fake_db".to_owned(),
