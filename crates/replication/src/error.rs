@@ -279,7 +279,7 @@ fn retryable_sqlstate(code: &str) -> bool {
 
 /// A tokio-postgres error with the server's message, detail and hint, or the
 /// chain of causes for a client-side error.
-fn describe_sql(error: &tokio_postgres::Error) -> String {
+pub(crate) fn describe_sql(error: &tokio_postgres::Error) -> String {
     if let Some(db) = error.as_db_error() {
         let mut text = format!("{}: {} ({})", db.severity(), db.message(), db.code().code());
         if let Some(detail) = db.detail() {

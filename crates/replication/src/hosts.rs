@@ -6,7 +6,7 @@ use std::fmt;
 
 use crate::config::{ConnectOptions, Host, TargetSessionAttrs};
 use crate::conn::conn_timeout_error;
-use crate::error::Error;
+use crate::error::{describe_sql, Error};
 use crate::session_attrs::SessionMismatch;
 
 /// A host that was tried and passed over.
@@ -28,11 +28,12 @@ pub enum Rejection {
     Mismatch(SessionMismatch),
 }
 
-/// The error's message without the `connection to host:port:` prefix, which the
-/// list of rejected hosts already gives.
+/// The error's message without the peer, which the list of rejected hosts
+/// already gives.
 fn brief(error: &Error) -> String {
     match error {
         Error::Io { source, .. } => source.to_string(),
+        Error::Sql { error, .. } => describe_sql(error),
         other => other.to_string(),
     }
 }
@@ -46,8 +47,8 @@ pub(crate) fn describe_rejections(wanted: TargetSessionAttrs, rejected: &[Reject
         .join("; ");
     format!(
         "no PostgreSQL server could be used (target_session_attrs={wanted}): {list}. At least \
-         one of the hosts must be up, accept connections and match target_session_attrs \
-         (during a failover, until a standby is promoted, none may)"
+         one host must be up, accept connections and match target_session_attrs; during a \
+         failover none may until a standby is promoted"
     )
 }
 
