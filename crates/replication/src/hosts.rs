@@ -1,6 +1,7 @@
-//! Trying the hosts of a connection string in order, as libpq does, and checking
-//! each server against `target_session_attrs`. Both connections (replication and
-//! admin) go through here, so they pass over the same hosts for the same reasons.
+//! Trying the hosts of a connection string in order, as libpq does, until one
+//! accepts the connection and matches `target_session_attrs` (which
+//! `session_attrs` decides). Both connections (replication and admin) go through
+//! here, so they pass over the same hosts for the same reasons.
 
 use std::fmt;
 
