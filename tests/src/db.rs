@@ -94,8 +94,7 @@ impl TestDb {
     /// Connection options for this database as `user` (no TLS, no password).
     pub fn connect_options(&self, user: &str) -> outboxd_replication::ConnectOptions {
         outboxd_replication::ConnectOptions {
-            host: self.host.clone(),
-            port: self.port,
+            hosts: vec![outboxd_replication::Host::new(self.host.clone(), self.port)],
             user: user.to_owned(),
             dbname: self.name.clone(),
             sslmode: outboxd_replication::SslMode::Disable,

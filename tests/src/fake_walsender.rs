@@ -101,8 +101,7 @@ impl FakeServer {
 
     pub fn options(&self) -> ConnectOptions {
         ConnectOptions {
-            host: "127.0.0.1".to_owned(),
-            port: self.port,
+            hosts: vec![outboxd_replication::Host::new("127.0.0.1", self.port)],
             user: "fake_user".to_owned(),
             password: None,
             dbname: "fake_db".to_owned(),

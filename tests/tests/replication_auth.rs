@@ -96,7 +96,7 @@ fn opts(db: &TestDb, user: &str, with_password: bool, sslmode: SslMode) -> Conne
 /// `verify-*` options for the TLS-only user against `host`, trusting `ca`.
 fn verified(db: &TestDb, sslmode: SslMode, host: &str, ca: Option<PathBuf>) -> ConnectOptions {
     let mut o = opts(db, TLS_USER, true, sslmode);
-    o.host = host.to_owned();
+    o.hosts[0].host = host.to_owned();
     o.sslrootcert = ca;
     o
 }
@@ -374,7 +374,7 @@ async fn verify_full_refuses_servers_it_cannot_authenticate() {
             .expect_err("an unauthenticated server must be refused");
         match &err {
             Error::Tls { peer, reason } => {
-                assert_eq!(peer, &format!("{}:{}", o.host, o.port), "{what}");
+                assert_eq!(peer, &o.hosts[0].to_string(), "{what}");
                 assert!(reason.contains(expected), "{what}: {err}");
             }
             other => panic!("{what}: expected Error::Tls, got {other:?}"),

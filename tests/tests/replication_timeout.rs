@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 
 use outboxd_pgoutput::{LogicalMessage, Lsn};
 use outboxd_replication::{
-    open_stream, Admin, ConnectOptions, Error, ReaderConfig, ReplicationClient, ReplicationReader,
-    SourceSpec, SslMode, StreamSettings,
+    open_stream, Admin, ConnectOptions, Error, Host, ReaderConfig, ReplicationClient,
+    ReplicationReader, SourceSpec, SslMode, StreamSettings,
 };
 use outboxd_tests::proxy::{FaultProxy, Mode};
 use outboxd_tests::TestDb;
@@ -34,8 +34,7 @@ async fn setup(db: &TestDb) {
 fn options(db: &TestDb, proxy: Option<&FaultProxy>) -> ConnectOptions {
     let mut opts = db.connect_options("postgres");
     if let Some(proxy) = proxy {
-        opts.host = "127.0.0.1".to_owned();
-        opts.port = proxy.port();
+        opts.hosts = vec![Host::new("127.0.0.1", proxy.port())];
     }
     opts.connect_timeout = CONNECT_TIMEOUT;
     opts

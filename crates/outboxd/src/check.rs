@@ -58,7 +58,7 @@ async fn check_postgres(config: &Config, report: &mut Report) {
     let admin = match Admin::connect(&opts).await {
         Ok(a) => {
             report.line(
-                &format!("PostgreSQL reachable at {}", opts.describe()),
+                &format!("PostgreSQL reachable at {}", a.peer()),
                 Ok(String::new()),
             );
             a

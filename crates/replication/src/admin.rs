@@ -8,12 +8,14 @@ use std::future::Future;
 use std::time::Duration;
 
 use outboxd_pgoutput::Lsn;
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::{Client, NoTls, SimpleQueryMessage};
 
 use crate::client::{parse_lsn, quote_ident};
-use crate::config::ConnectOptions;
+use crate::config::{ConnectOptions, Host};
 use crate::conn::conn_timeout_error;
 use crate::error::{Error, Preflight, SlotMismatch};
+use crate::hosts::{self, Rejection};
+use crate::session_attrs::{self, ServerState};
 use crate::tls;
 
 /// A `schema.table` name.
@@ -83,28 +85,49 @@ pub struct Admin {
 }
 
 impl Admin {
-    /// Connects with the same options (and TLS rules) as the replication connection.
-    /// `connect_timeout` bounds the whole handshake, as in libpq (tokio-postgres
-    /// applies it to the TCP connect only, so a silent server would hold us forever).
+    /// Connects with the same options, TLS rules and choice of host (see `hosts`)
+    /// as the replication connection. `connect_timeout` bounds the whole handshake
+    /// with each host, as in libpq (tokio-postgres applies it to the TCP connect
+    /// only, so a silent server would hold us forever).
     pub async fn connect(opts: &ConnectOptions) -> Result<Admin, Error> {
-        let peer = opts.describe();
-        tokio::time::timeout(opts.connect_timeout, Self::connect_unbounded(opts, &peer))
-            .await
-            .map_err(|_| conn_timeout_error(&peer, "connecting", opts.connect_timeout))?
+        hosts::connect_first(opts, async |host, wanted| {
+            let (admin, reported) = Self::connect_host(opts, host)
+                .await
+                .map_err(Rejection::Failed)?;
+            session_attrs::check_session(wanted, reported, async |sql| {
+                let messages = admin
+                    .client
+                    .simple_query(sql)
+                    .await
+                    .map_err(|e| admin.sql(e))?;
+                Ok(messages.iter().find_map(|m| match m {
+                    SimpleQueryMessage::Row(row) => row.get(0).map(str::to_owned),
+                    _ => None,
+                }))
+            })
+            .await?;
+            Ok(admin)
+        })
+        .await
     }
 
-    async fn connect_unbounded(opts: &ConnectOptions, peer: &str) -> Result<Admin, Error> {
-        let peer = peer.to_owned();
-        let config = opts.to_tokio_config();
+    /// Connects to `host`; also returns what the server reported about itself.
+    async fn connect_host(
+        opts: &ConnectOptions,
+        host: &Host,
+    ) -> Result<(Admin, ServerState), Error> {
+        let peer = opts.describe_host(host);
+        let config = opts.to_tokio_config(host);
         let sql_err = |error| Error::Sql {
             peer: peer.clone(),
             error,
         };
-        let client = match tls::client_config(opts)? {
+        let (client, reported) = match tls::client_config(opts)? {
             None => {
                 let (client, connection) = config.connect(NoTls).await.map_err(sql_err)?;
+                let reported = ServerState::reported(|name| connection.parameter(name));
                 tokio::spawn(drive(connection, peer.clone()));
-                client
+                (client, reported)
             }
             Some(tls_config) => {
                 let connector =
@@ -112,16 +135,23 @@ impl Admin {
                 let (client, connection) = config
                     .connect(connector)
                     .await
-                    .map_err(|e| tls::handshake_refusal(opts, &e).unwrap_or_else(|| sql_err(e)))?;
+                    .map_err(|e| tls::handshake_refusal(host, &e).unwrap_or_else(|| sql_err(e)))?;
+                let reported = ServerState::reported(|name| connection.parameter(name));
                 tokio::spawn(drive(connection, peer.clone()));
-                client
+                (client, reported)
             }
         };
-        Ok(Admin {
+        let admin = Admin {
             client,
             peer,
             answer_timeout: opts.connect_timeout,
-        })
+        };
+        Ok((admin, reported))
+    }
+
+    /// The server connected to, as `host:port/db as user`.
+    pub fn peer(&self) -> &str {
+        &self.peer
     }
 
     /// The underlying client, for callers with SQL of their own.

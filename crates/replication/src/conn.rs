@@ -27,8 +27,10 @@ use tokio::time::Instant;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
-use crate::config::{ConnectOptions, SslMode};
+use crate::config::{ConnectOptions, Host, SslMode};
 use crate::error::{AuthFailure, Error, ServerError};
+use crate::hosts::{self, Rejection};
+use crate::session_attrs::{self, ServerState};
 use crate::tls;
 
 /// The largest backend message we accept. Postgres itself caps a field at 1 GiB; a
@@ -134,30 +136,63 @@ pub struct PgConnection {
 }
 
 impl PgConnection {
-    /// Connects, negotiates TLS per `sslmode`, starts up and authenticates.
-    /// With `replication` the session is a walsender (`replication=database`).
+    /// Connects to the first host of `opts` that accepts the connection and
+    /// matches `target_session_attrs` (see `hosts`), negotiating TLS per `sslmode`,
+    /// starting up and authenticating. With `replication` the session is a
+    /// walsender (`replication=database`).
     pub async fn connect(opts: &ConnectOptions, replication: bool) -> Result<Self, Error> {
-        let peer = format!("{}:{}", opts.host, opts.port);
+        hosts::connect_first(opts, async |host, wanted| {
+            let mut conn = Self::connect_host(opts, host, replication)
+                .await
+                .map_err(Rejection::Failed)?;
+            let reported = ServerState::reported(|name| conn.parameter(name));
+            let checked = session_attrs::check_session(wanted, reported, async |sql| {
+                let result = conn.simple_query(sql).await?;
+                Ok(result
+                    .rows
+                    .first()
+                    .and_then(|row| row.first().cloned().flatten()))
+            })
+            .await;
+            match checked {
+                Ok(()) => Ok(conn),
+                Err(rejection) => {
+                    conn.terminate().await;
+                    Err(rejection)
+                }
+            }
+        })
+        .await
+    }
+
+    /// Connects to `host` (its `hostaddr` if given), then as `connect`.
+    async fn connect_host(
+        opts: &ConnectOptions,
+        host: &Host,
+        replication: bool,
+    ) -> Result<Self, Error> {
+        let peer = host.to_string();
         let io_err = |source| Error::Io {
             peer: peer.clone(),
             source,
         };
-        let tcp = tokio::time::timeout(
-            opts.connect_timeout,
-            TcpStream::connect((opts.host.as_str(), opts.port)),
-        )
-        .await
-        .map_err(|_| {
-            io_err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                format!("connect timed out after {:?}", opts.connect_timeout),
-            ))
-        })?
-        .map_err(io_err)?;
+        let address = host
+            .hostaddr
+            .map_or_else(|| host.host.clone(), |a| a.to_string());
+        let tcp = TcpStream::connect((address.as_str(), host.port));
+        let tcp = tokio::time::timeout(opts.connect_timeout, tcp)
+            .await
+            .map_err(|_| {
+                io_err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("connect timed out after {:?}", opts.connect_timeout),
+                ))
+            })?
+            .map_err(io_err)?;
         tcp.set_nodelay(true).map_err(io_err)?;
         set_tcp_keepalive(&tcp).map_err(io_err)?;
 
-        let transport = negotiate_tls(tcp, opts, &peer).await?;
+        let transport = negotiate_tls(tcp, opts, host).await?;
         let mut conn = PgConnection {
             transport,
             read_buf: BytesMut::with_capacity(64 * 1024),
@@ -559,11 +594,12 @@ impl PgConnection {
 async fn negotiate_tls(
     mut tcp: TcpStream,
     opts: &ConnectOptions,
-    peer: &str,
+    host: &Host,
 ) -> Result<Transport, Error> {
     let Some(config) = tls::client_config(opts)? else {
         return Ok(Transport::Plain(tcp));
     };
+    let peer = &host.to_string();
     let io_err = |source| Error::Io {
         peer: peer.to_owned(),
         source,
@@ -577,7 +613,7 @@ async fn negotiate_tls(
         .map_err(io_err)?;
     match answer {
         b'S' => {
-            let name = tls::server_name(opts)?;
+            let name = tls::server_name(host)?;
             let stream = tokio::time::timeout(
                 opts.connect_timeout,
                 TlsConnector::from(config).connect(name, tcp),

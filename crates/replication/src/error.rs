@@ -9,6 +9,8 @@ use std::fmt;
 use outboxd_pgoutput::{DecodeError, Lsn};
 
 use crate::admin::TableName;
+use crate::config::TargetSessionAttrs;
+use crate::hosts::Rejected;
 
 /// Fields of a PostgreSQL ErrorResponse that we keep.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -116,6 +118,13 @@ pub enum Error {
     Sql {
         peer: String,
         error: tokio_postgres::Error,
+    },
+
+    /// No host of the connection string could be used; each is listed with why.
+    #[error("{}", crate::hosts::describe_rejections(*wanted, rejected))]
+    NoUsableHost {
+        wanted: TargetSessionAttrs,
+        rejected: Vec<Rejected>,
     },
 
     /// The stream was closed (by the server's CopyDone or by us).
@@ -237,7 +246,10 @@ impl Error {
             Error::Io { .. }
             | Error::StreamClosed
             | Error::SlotInUse { .. }
-            | Error::ReceiveTimeout { .. } => true,
+            | Error::ReceiveTimeout { .. }
+            // Each host was passed over for a reason that may pass (a standby may be
+            // promoted, a host come back).
+            | Error::NoUsableHost { .. } => true,
             // Admin shutdown, too many connections, the server starting up or
             // shutting down, crash recovery: all pass.
             Error::Server { error, .. } => retryable_sqlstate(&error.code),
@@ -267,7 +279,7 @@ fn retryable_sqlstate(code: &str) -> bool {
 
 /// A tokio-postgres error with the server's message, detail and hint, or the
 /// chain of causes for a client-side error.
-fn describe_sql(error: &tokio_postgres::Error) -> String {
+pub(crate) fn describe_sql(error: &tokio_postgres::Error) -> String {
     if let Some(db) = error.as_db_error() {
         let mut text = format!("{}: {} ({})", db.severity(), db.message(), db.code().code());
         if let Some(detail) = db.detail() {

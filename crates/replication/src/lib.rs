@@ -16,22 +16,27 @@ mod admin;
 mod client;
 mod config;
 mod conn;
+mod connstr;
 mod error;
+mod hosts;
 mod protocol;
 mod reader;
+mod session_attrs;
 mod source;
 mod stream;
 mod tls;
 
 pub use admin::{Admin, SlotInfo, TableName};
 pub use client::{ReplicationClient, StartOptions, SystemIdentity};
-pub use config::{ConnectOptions, SslMode};
+pub use config::{ConnectOptions, Host, SslMode, TargetSessionAttrs};
 pub use conn::{PgConnection, QueryResult, DEFAULT_MAX_MESSAGE_BYTES};
 pub use error::{AuthFailure, Error, Preflight, ServerError, SlotMismatch};
+pub use hosts::{Rejected, Rejection};
 pub use outboxd_pgoutput as pgoutput;
 pub use outboxd_pgoutput::Lsn;
 pub use protocol::{ServerFrame, StatusUpdate};
 pub use reader::{ReaderConfig, ReplicationEvent, ReplicationReader};
+pub use session_attrs::SessionMismatch;
 pub use source::{open_stream, SourceSpec, Started};
 pub use stream::{
     LogicalStream, StreamEvent, StreamPositions, StreamSettings, DEFAULT_RECEIVE_TIMEOUT,

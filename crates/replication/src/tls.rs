@@ -12,7 +12,7 @@ use tokio_rustls::rustls::{
     self, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
 };
 
-use crate::config::{ConnectOptions, SslMode};
+use crate::config::{ConnectOptions, Host, SslMode};
 use crate::error::Error;
 
 /// Builds the rustls configuration for `opts`, or `None` for `sslmode=disable`.
@@ -20,7 +20,7 @@ pub fn client_config(opts: &ConnectOptions) -> Result<Option<Arc<ClientConfig>>,
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
-        .map_err(|e| tls_error(opts, e.to_string()))?;
+        .map_err(|e| tls_error(&opts.host_list(), e.to_string()))?;
     let config = match opts.sslmode {
         SslMode::Disable => return Ok(None),
         // As libpq: without verification, TLS only protects against passive sniffing.
@@ -32,7 +32,7 @@ pub fn client_config(opts: &ConnectOptions) -> Result<Option<Arc<ClientConfig>>,
             let roots = Arc::new(root_store(opts)?);
             let webpki = WebPkiServerVerifier::builder_with_provider(roots, provider)
                 .build()
-                .map_err(|e| tls_error(opts, e.to_string()))?;
+                .map_err(|e| tls_error(&opts.host_list(), e.to_string()))?;
             if opts.sslmode == SslMode::VerifyFull {
                 builder.with_webpki_verifier(webpki).with_no_client_auth()
             } else {
@@ -46,12 +46,13 @@ pub fn client_config(opts: &ConnectOptions) -> Result<Option<Arc<ClientConfig>>,
     Ok(Some(Arc::new(config)))
 }
 
-/// The server name to present (SNI) and to check the certificate against.
-pub fn server_name(opts: &ConnectOptions) -> Result<ServerName<'static>, Error> {
-    ServerName::try_from(opts.host.clone()).map_err(|e| {
+/// The server name to present (SNI) and to check the certificate against: the
+/// host being connected to (not its `hostaddr`), as in libpq.
+pub fn server_name(host: &Host) -> Result<ServerName<'static>, Error> {
+    ServerName::try_from(host.host.clone()).map_err(|e| {
         tls_error(
-            opts,
-            format!("'{}' is not a valid server name: {e}", opts.host),
+            &host.to_string(),
+            format!("'{}' is not a valid server name: {e}", host.host),
         )
     })
 }
@@ -62,19 +63,22 @@ fn root_store(opts: &ConnectOptions) -> Result<RootCertStore, Error> {
         Some(path) => {
             let certs = CertificateDer::pem_file_iter(path).map_err(|e| {
                 tls_error(
-                    opts,
+                    &opts.host_list(),
                     format!("cannot read sslrootcert {}: {e}", path.display()),
                 )
             })?;
             for cert in certs {
                 let cert = cert.map_err(|e| {
                     tls_error(
-                        opts,
+                        &opts.host_list(),
                         format!("bad PEM in sslrootcert {}: {e}", path.display()),
                     )
                 })?;
                 roots.add(cert).map_err(|e| {
-                    tls_error(opts, format!("unusable CA in {}: {e}", path.display()))
+                    tls_error(
+                        &opts.host_list(),
+                        format!("unusable CA in {}: {e}", path.display()),
+                    )
                 })?;
             }
         }
@@ -87,7 +91,7 @@ fn root_store(opts: &ConnectOptions) -> Result<RootCertStore, Error> {
     }
     if roots.is_empty() {
         return Err(tls_error(
-            opts,
+            &opts.host_list(),
             "no CA certificates to verify the server with: set sslrootcert".to_owned(),
         ));
     }
@@ -98,15 +102,15 @@ fn root_store(opts: &ConnectOptions) -> Result<RootCertStore, Error> {
 /// it: `Error::Tls` with rustls's reason, which is not retried (a wrong name or CA
 /// does not fix itself). tokio-postgres says only "error performing TLS handshake"
 /// and keeps the reason in its source.
-pub(crate) fn handshake_refusal(opts: &ConnectOptions, e: &tokio_postgres::Error) -> Option<Error> {
+pub(crate) fn handshake_refusal(host: &Host, e: &tokio_postgres::Error) -> Option<Error> {
     let io = std::error::Error::source(e)?.downcast_ref::<std::io::Error>()?;
     let reason = io.get_ref()?.downcast_ref::<rustls::Error>()?;
-    Some(tls_error(opts, reason.to_string()))
+    Some(tls_error(&host.to_string(), reason.to_string()))
 }
 
-fn tls_error(opts: &ConnectOptions, reason: String) -> Error {
+fn tls_error(peer: &str, reason: String) -> Error {
     Error::Tls {
-        peer: format!("{}:{}", opts.host, opts.port),
+        peer: peer.to_owned(),
         reason,
     }
 }
