@@ -112,14 +112,7 @@ impl Outbox {
     ) -> Outbox {
         let c = pg_connect(&endpoints.pg_url).await;
         c.batch_execute(SCHEMA).await.expect("outbox schema");
-        // As `outboxd init --apply` would: the slot exists before the first event.
         let slot = unique_name("outboxd_slot");
-        c.execute(
-            "SELECT pg_create_logical_replication_slot($1, 'pgoutput')",
-            &[&slot],
-        )
-        .await
-        .expect("slot");
         let (host, port) = &endpoints.relay_pg;
         let mut env: Vec<(String, String)> = [
             (
@@ -143,7 +136,7 @@ impl Outbox {
             env.retain(|(key, _)| key != k);
             env.push((k.to_string(), v.to_string()));
         }
-        Outbox {
+        let outbox = Outbox {
             endpoints,
             slot,
             topic: format!("{prefix}.{AGGREGATE_TYPE}"),
@@ -151,7 +144,26 @@ impl Outbox {
             env,
             _db: None,
             _topics: None,
-        }
+        };
+        // The slot and the checkpoint topic exist before the first event.
+        outbox.init_apply();
+        outbox
+    }
+
+    /// Runs `outboxd init --apply` with the relay's settings.
+    pub fn init_apply(&self) {
+        let out = std::process::Command::new(&self.binary)
+            .args(["init", "--apply"])
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .env("NO_COLOR", "1")
+            .output()
+            .expect("running outboxd init --apply");
+        assert!(
+            out.status.success(),
+            "outboxd init --apply failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     /// Sets (or replaces) one of the relay's settings.

@@ -28,7 +28,6 @@ fn spec(slot: &str) -> SourceSpec {
         publications: vec!["pub".to_owned()],
         messages: true,
         create_slot: true,
-        expected_resume: None,
         already_delivered: Lsn::ZERO,
         settings: StreamSettings::default(),
     }
@@ -480,7 +479,7 @@ async fn an_idle_outbox_on_a_busy_database_retains_no_wal() {
 }
 
 #[tokio::test]
-async fn a_slot_moved_past_the_expected_resume_point_is_refused() {
+async fn a_slot_moved_past_what_was_delivered_is_refused() {
     let db = TestDb::create().await;
     setup(&db, "SELECT 1").await;
     let slot = db.slot_name();
@@ -501,7 +500,7 @@ async fn a_slot_moved_past_the_expected_resume_point_is_refused() {
     .await
     .unwrap();
     let mut s = spec(&slot);
-    s.expected_resume = Some(created.parse().unwrap());
+    s.already_delivered = created.parse().unwrap();
     let opts = db.connect_options("postgres");
     let admin = Admin::connect(&opts).await.unwrap();
     let err = open_stream(&opts, &admin, &s).await.unwrap_err();

@@ -435,7 +435,6 @@ async fn a_stream_over_verified_tls_with_scram_delivers_an_insert() {
         publications: vec!["pub".to_owned()],
         messages: false,
         create_slot: true,
-        expected_resume: None,
         already_delivered: Lsn::ZERO,
         settings: StreamSettings::default(),
     };

@@ -16,7 +16,7 @@ use outboxd_replication::{
     TargetSessionAttrs,
 };
 use outboxd_tests::proxy::{FaultProxy, Mode};
-use outboxd_tests::scenario::{free_port, DedicatedPg};
+use outboxd_tests::{free_port, DedicatedPg};
 use outboxd_tests::{services, unique_name, TestDb};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);

@@ -47,7 +47,6 @@ async fn start_reader(opts: &ConnectOptions, slot: &str) -> ReplicationReader {
         publications: vec!["pub".to_owned()],
         messages: false,
         create_slot: true,
-        expected_resume: None,
         already_delivered: Lsn::ZERO,
         settings: StreamSettings {
             receive_timeout: Some(RECEIVE_TIMEOUT),

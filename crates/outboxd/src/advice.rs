@@ -62,9 +62,20 @@ pub fn for_replication(error: &Error) -> Option<String> {
         Error::SlotInUse { .. } => "another outboxd (or any other client) streams from this \
                                     slot; this one retries and takes over when it is free"
             .to_owned(),
-        Error::SlotInvalidated { .. } | Error::SlotJumped { .. } => {
+        Error::SlotInvalidated { slot, .. } => format!(
+            "events committed since the slot's last confirmed position may be missing from \
+             Kafka: follow {SLOT_RUNBOOK} (republish them with `outboxd replay`, drop the slot \
+             with SELECT pg_drop_replication_slot('{slot}'), then start once with `outboxd \
+             run --accept-gap`), and raise max_slot_wal_keep_size or alert on \
+             outboxd_lag_bytes"
+        ),
+        Error::SlotJumped { .. } => {
             format!("events may be missing from Kafka: follow {SLOT_RUNBOOK}")
         }
+        Error::NoUsableHost { .. } => "check that a host in postgres.url is up and, with \
+                                       target_session_attrs, that one of them is the kind it \
+                                       asks for (a primary for read-write); outboxd retries"
+            .to_owned(),
         Error::Server { error, .. } => return for_sqlstate(&error.code),
         Error::Sql { .. } => return error.sqlstate().and_then(for_sqlstate),
         _ => return None,

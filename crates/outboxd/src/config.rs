@@ -38,8 +38,12 @@ pub struct PostgresConfig {
     pub publication: String,
     /// Outbox tables (`table` or `schema.table`).
     pub tables: Vec<String>,
-    /// Create the slot when it is missing.
+    /// Create the slot on a first start (no checkpoint yet) when it is missing. A
+    /// slot that disappears later is never recreated (docs/operations.md).
     pub create_slot: bool,
+    /// Create the slot with failover enabled, so that standbys with
+    /// `sync_replication_slots` keep a copy (PostgreSQL 17+).
+    pub failover_slot: bool,
     /// Create the publication when it is missing (needs table ownership).
     pub create_publication: bool,
     /// Upper bound for the interval between standby status updates, in milliseconds
@@ -63,6 +67,7 @@ impl std::fmt::Debug for PostgresConfig {
             .field("publication", &self.publication)
             .field("tables", &self.tables)
             .field("create_slot", &self.create_slot)
+            .field("failover_slot", &self.failover_slot)
             .field("create_publication", &self.create_publication)
             .field("status_interval_ms", &self.status_interval_ms)
             .field("receive_timeout_secs", &self.receive_timeout_secs)
@@ -81,6 +86,7 @@ impl Default for PostgresConfig {
             publication: "outboxd".to_owned(),
             tables: vec!["public.outbox".to_owned()],
             create_slot: true,
+            failover_slot: false,
             create_publication: true,
             status_interval_ms: 10_000,
             receive_timeout_secs: None,
@@ -108,6 +114,13 @@ pub struct KafkaConfig {
     pub max_in_flight_records: usize,
     /// Payload plus per-record overhead in flight: the sink's share of memory.
     pub max_in_flight_bytes: usize,
+    /// The compacted topic that records what was delivered (docs/architecture.md).
+    pub checkpoint_topic: String,
+    /// The shortest time between two checkpoint writes, in milliseconds.
+    pub checkpoint_interval_ms: u64,
+    /// Replication factor of the checkpoint topic when outboxd creates it; -1: the
+    /// broker's default.
+    pub checkpoint_replication_factor: i32,
 }
 
 impl std::fmt::Debug for KafkaConfig {
@@ -132,6 +145,12 @@ impl std::fmt::Debug for KafkaConfig {
             .field("dead_letter_topic", &self.dead_letter_topic)
             .field("max_in_flight_records", &self.max_in_flight_records)
             .field("max_in_flight_bytes", &self.max_in_flight_bytes)
+            .field("checkpoint_topic", &self.checkpoint_topic)
+            .field("checkpoint_interval_ms", &self.checkpoint_interval_ms)
+            .field(
+                "checkpoint_replication_factor",
+                &self.checkpoint_replication_factor,
+            )
             .finish()
     }
 }
@@ -144,6 +163,9 @@ impl Default for KafkaConfig {
             dead_letter_topic: None,
             max_in_flight_records: 100_000,
             max_in_flight_bytes: 8 << 20,
+            checkpoint_topic: "outboxd.checkpoints".to_owned(),
+            checkpoint_interval_ms: 20,
+            checkpoint_replication_factor: -1,
         }
     }
 }
@@ -358,6 +380,11 @@ impl Config {
             anyhow::bail!(
                 "postgres.receive_timeout_secs must be at least 1; leave it unset to follow \
                  the server's wal_sender_timeout"
+            );
+        }
+        if self.kafka.checkpoint_topic.is_empty() {
+            anyhow::bail!(
+                "kafka.checkpoint_topic must not be empty: outboxd records what it delivered there"
             );
         }
         if self.postgres.tables.is_empty() && self.routing.message_prefix.is_empty() {

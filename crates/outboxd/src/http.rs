@@ -27,6 +27,9 @@ pub struct Metrics {
     pub dead_lettered: Counter,
     pub ignored_changes: Counter,
     pub reconnects: Counter,
+    pub checkpoint_writes: Counter,
+    pub skipped_events: Counter,
+    pub checkpoint_lsn: Gauge<i64, AtomicI64>,
     pub confirmed_lsn: Gauge<i64, AtomicI64>,
     pub server_wal_end: Gauge<i64, AtomicI64>,
     pub lag_bytes: Gauge<i64, AtomicI64>,
@@ -72,6 +75,21 @@ impl Metrics {
             "outboxd_reconnects",
             "Replication sessions restarted after an error",
             m.reconnects.clone(),
+        );
+        registry.register(
+            "outboxd_checkpoint_writes",
+            "Checkpoints written to the checkpoint topic and confirmed to PostgreSQL",
+            m.checkpoint_writes.clone(),
+        );
+        registry.register(
+            "outboxd_skipped_events",
+            "Events left out on resume because a checkpoint says they were delivered",
+            m.skipped_events.clone(),
+        );
+        registry.register(
+            "outboxd_checkpoint_lsn",
+            "Position of the newest durable checkpoint",
+            m.checkpoint_lsn.clone(),
         );
         registry.register(
             "outboxd_confirmed_lsn",

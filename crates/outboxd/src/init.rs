@@ -1,10 +1,17 @@
-//! `outboxd init`: the DDL outboxd needs — outbox table(s), publication, slot.
-//! Printed for a DBA to review by default; `--apply` runs what is missing.
+//! `outboxd init`: what outboxd needs — outbox table(s), publication, slot, and the
+//! checkpoint topic in Kafka. Printed for review by default; `--apply` creates what
+//! is missing.
 
+use std::time::Duration;
+
+use outboxd_kafka_sink::checkpoint::CheckpointStore;
 use outboxd_replication::{Admin, TableName};
 
 use crate::config::Config;
-use crate::settings::connect_options;
+use crate::settings::{connect_options, sink_config};
+
+/// How long creating the checkpoint topic may take.
+const KAFKA_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The statements, in order. Each is idempotent or guarded when applied.
 pub fn statements(config: &Config) -> anyhow::Result<Vec<String>> {
@@ -38,10 +45,15 @@ pub fn statements(config: &Config) -> anyhow::Result<Vec<String>> {
             tables.join(", ")
         ));
     }
-    out.push(format!(
-        "SELECT pg_create_logical_replication_slot('{}', 'pgoutput')",
-        config.postgres.slot.replace('\'', "''")
-    ));
+    let slot = config.postgres.slot.replace('\'', "''");
+    out.push(if config.postgres.failover_slot {
+        // PostgreSQL 17+: (name, plugin, temporary, twophase, failover).
+        format!(
+            "SELECT pg_create_logical_replication_slot('{slot}', 'pgoutput', false, false, true)"
+        )
+    } else {
+        format!("SELECT pg_create_logical_replication_slot('{slot}', 'pgoutput')")
+    });
     Ok(out)
 }
 
@@ -58,7 +70,26 @@ pub async fn run(config: &Config, apply: bool) -> anyhow::Result<()> {
         for s in &statements {
             println!("{s};\n");
         }
+        println!(
+            "-- And in Kafka, the checkpoint topic (one partition, compacted), e.g.:\n\
+             -- kafka-topics.sh --create --topic {} --partitions 1 --config cleanup.policy=compact",
+            config.kafka.checkpoint_topic
+        );
         return Ok(());
+    }
+    if !config.kafka.brokers.is_empty() {
+        let store = CheckpointStore::new(
+            &sink_config(config),
+            &config.kafka.checkpoint_topic,
+            KAFKA_TIMEOUT,
+        )?;
+        let topic = store
+            .ensure_topic(1, config.kafka.checkpoint_replication_factor)
+            .await?;
+        println!(
+            "checkpoint topic '{}' ready ({} partition(s), compacted)",
+            config.kafka.checkpoint_topic, topic.partitions
+        );
     }
     let opts = connect_options(config)?;
     let admin = Admin::connect(&opts).await?;

@@ -9,6 +9,7 @@
 
 pub mod advice;
 pub mod check;
+pub mod checkpoint;
 pub mod config;
 pub mod http;
 pub mod init;

@@ -31,7 +31,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Relay outbox events to Kafka until stopped (SIGTERM/SIGINT stop cleanly).
-    Run(Common),
+    Run(RunArgs),
     /// Check PostgreSQL and Kafka are ready for outboxd; exits non-zero on any problem.
     Check(Common),
     /// Print (or with --apply, run) the outbox table, publication and slot DDL.
@@ -83,6 +83,18 @@ impl Common {
 }
 
 #[derive(Debug, Args)]
+struct RunArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Start even though the checkpoint shows that events may be missing from Kafka
+    /// (a dropped or moved slot, another cluster, a lossy failover): go on from the
+    /// slot as it is. The range is logged at ERROR. Only after following the
+    /// runbook in docs/operations.md.
+    #[arg(long)]
+    accept_gap: bool,
+}
+
+#[derive(Debug, Args)]
 struct InitArgs {
     #[command(flatten)]
     common: Common,
@@ -121,7 +133,8 @@ fn init_logging(format: LogFormat) {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let common = match &cli.command {
-        Command::Run(c) | Command::Check(c) => c,
+        Command::Run(a) => &a.common,
+        Command::Check(c) => c,
         Command::Init(a) => &a.common,
         Command::Tail(a) => &a.common,
     };
@@ -155,7 +168,12 @@ fn main() -> ExitCode {
     let logs_errors = matches!(cli.command, Command::Run(_) | Command::Tail(_));
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Run(_) => run(config).await,
+            Command::Run(a) => {
+                let options = relay::RunOptions {
+                    accept_gap: a.accept_gap,
+                };
+                run(config, options).await
+            }
             Command::Check(_) => check::run(&config).await,
             Command::Init(a) => init::run(&config, a.apply).await,
             Command::Tail(a) => tail::run(&config, &a.tail, shutdown::on_signal()).await,
@@ -180,7 +198,7 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(config: Config) -> anyhow::Result<()> {
+async fn run(config: Config, options: relay::RunOptions) -> anyhow::Result<()> {
     tracing::info!(config = ?config, "starting outboxd {}", env!("CARGO_PKG_VERSION"));
     let metrics = Arc::new(Metrics::default());
     let health = Arc::new(Health::default());
@@ -198,7 +216,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
             .await?,
         )
     };
-    let relayed = relay::run(&config, metrics, health, stop.clone()).await;
+    let relayed = relay::run(&config, options, metrics, health, stop.clone()).await;
     stop.cancel();
     if let Some(server) = server {
         server.stopped().await;

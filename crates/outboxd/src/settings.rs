@@ -40,6 +40,9 @@ pub fn stream_settings(config: &Config) -> StreamSettings {
         status_interval: Duration::from_millis(config.postgres.status_interval_ms)
             .max(MIN_STATUS_INTERVAL),
         receive_timeout: config.postgres.receive_timeout(),
+        // The relay confirms an idle WAL end itself, after recording it in the
+        // checkpoint: the slot must never pass the checkpoint.
+        confirm_idle_wal_end: false,
         ..StreamSettings::default()
     }
 }
@@ -52,7 +55,6 @@ pub fn source_spec(config: &Config) -> SourceSpec {
         publications: vec![config.postgres.publication.clone()],
         messages: !config.routing.message_prefix.is_empty(),
         create_slot: config.postgres.create_slot,
-        expected_resume: None,
         already_delivered: Lsn::ZERO,
         settings: stream_settings(config),
     }

@@ -64,8 +64,16 @@ pub struct SlotInfo {
     pub confirmed_flush_lsn: Option<Lsn>,
     /// `reserved`, `extended`, `unreserved` or `lost`.
     pub wal_status: Option<String>,
-    /// `pg_current_wal_lsn() - confirmed_flush_lsn`, in bytes.
+    /// `pg_current_wal_lsn() - confirmed_flush_lsn`, in bytes (`None` on a standby).
     pub lag_bytes: Option<i64>,
+    /// A temporary slot disappears with its session (and a freshly synchronized one
+    /// on a standby is temporary until it is safe to keep across promotion).
+    pub temporary: bool,
+    /// PostgreSQL 17+: whether the slot is synchronized to standbys for failover.
+    pub failover: Option<bool>,
+    /// PostgreSQL 17+ on a standby: whether this is a copy synchronized from the
+    /// primary.
+    pub synced: Option<bool>,
 }
 
 impl SlotInfo {
@@ -353,10 +361,15 @@ impl Admin {
             .prompt(
                 "the slot's state",
                 self.client.query_opt(
+                    // failover and synced exist from PostgreSQL 17: read them through
+                    // JSON so one query serves every version (NULL before 17).
                     "SELECT slot_name::text, plugin::text, slot_type, database::text, active_pid, \
                             restart_lsn::text, confirmed_flush_lsn::text, wal_status, \
-                            (pg_current_wal_lsn() - confirmed_flush_lsn)::bigint \
-                     FROM pg_replication_slots WHERE slot_name = $1",
+                            CASE WHEN pg_is_in_recovery() THEN NULL \
+                                 ELSE (pg_current_wal_lsn() - confirmed_flush_lsn)::bigint END, \
+                            temporary, (to_jsonb(s) ->> 'failover')::bool, \
+                            (to_jsonb(s) ->> 'synced')::bool \
+                     FROM pg_replication_slots s WHERE slot_name = $1",
                     &[&name],
                 ),
             )
@@ -377,6 +390,9 @@ impl Admin {
             confirmed_flush_lsn: lsn(6)?,
             wal_status: row.get(7),
             lag_bytes: row.get(8),
+            temporary: row.get(9),
+            failover: row.get(10),
+            synced: row.get(11),
         }))
     }
 

@@ -20,6 +20,38 @@ pub struct SystemIdentity {
     pub dbname: Option<String>,
 }
 
+/// One line of a timeline history file: `timeline` ended at `switchpoint`, where
+/// its successor began.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TimelineSwitch {
+    pub timeline: u32,
+    pub switchpoint: Lsn,
+}
+
+/// Reads a `.history` file: `<timeline>\t<switchpoint>\t<reason>` per line, `#`
+/// comments and blank lines ignored.
+fn parse_timeline_history(content: &str) -> Result<Vec<TimelineSwitch>, Error> {
+    content
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(|line| {
+            let mut fields = line.split_whitespace();
+            let timeline = fields.next().and_then(|t| t.parse().ok());
+            let switchpoint = fields.next().and_then(|p| p.parse().ok());
+            match (timeline, switchpoint) {
+                (Some(timeline), Some(switchpoint)) => Ok(TimelineSwitch {
+                    timeline,
+                    switchpoint,
+                }),
+                _ => Err(Error::protocol(format!(
+                    "timeline history line '{line}' is not '<timeline> <switchpoint> <reason>'"
+                ))),
+            }
+        })
+        .collect()
+}
+
 /// What START_REPLICATION asks for.
 #[derive(Debug, Clone)]
 pub struct StartOptions {
@@ -98,6 +130,21 @@ impl ReplicationClient {
         })
     }
 
+    /// Where each earlier timeline of `timeline` ended (its `.history` file), oldest
+    /// first; empty for timeline 1, which has no history.
+    pub async fn timeline_history(&mut self, timeline: u32) -> Result<Vec<TimelineSwitch>, Error> {
+        if timeline <= 1 {
+            return Ok(Vec::new());
+        }
+        let r = self
+            .prompt_query(&format!("TIMELINE_HISTORY {timeline}"))
+            .await?;
+        let content = r
+            .first("content")
+            .ok_or_else(|| Error::protocol("TIMELINE_HISTORY without content"))?;
+        parse_timeline_history(content)
+    }
+
     /// The server's `wal_sender_timeout`; `None` when disabled (0).
     pub async fn wal_sender_timeout(&mut self) -> Result<Option<Duration>, Error> {
         let r = self.prompt_query("SHOW wal_sender_timeout").await?;
@@ -111,17 +158,30 @@ impl ReplicationClient {
             .ok_or_else(|| Error::protocol(format!("cannot read wal_sender_timeout '{value}'")))
     }
 
-    /// Creates a persistent pgoutput slot; returns its consistent point.
-    pub async fn create_slot(&mut self, slot: &str) -> Result<Lsn, Error> {
-        // NOEXPORT_SNAPSHOT is understood by every supported version (the newer
-        // `(SNAPSHOT 'nothing')` only from 15).
-        let r = self
-            .conn
-            .simple_query(&format!(
+    /// Creates a persistent pgoutput slot; returns its consistent point. With
+    /// `failover` (PostgreSQL 17+) standbys that synchronize slots keep a copy, so
+    /// the slot survives a promotion.
+    pub async fn create_slot(&mut self, slot: &str, failover: bool) -> Result<Lsn, Error> {
+        let sql = if failover {
+            if self.server_major_version().is_some_and(|v| v < 17) {
+                return Err(Error::config(format!(
+                    "failover slots need PostgreSQL 17 or later; this server is {}",
+                    self.server_major_version().unwrap_or(0)
+                )));
+            }
+            format!(
+                "CREATE_REPLICATION_SLOT {} LOGICAL pgoutput (SNAPSHOT 'nothing', FAILOVER true)",
+                quote_ident(slot)
+            )
+        } else {
+            // NOEXPORT_SNAPSHOT is understood by every supported version (the newer
+            // `(SNAPSHOT 'nothing')` only from 15).
+            format!(
                 "CREATE_REPLICATION_SLOT {} LOGICAL pgoutput NOEXPORT_SNAPSHOT",
                 quote_ident(slot)
-            ))
-            .await?;
+            )
+        };
+        let r = self.conn.simple_query(&sql).await?;
         let point = r
             .first("consistent_point")
             .ok_or_else(|| Error::protocol("CREATE_REPLICATION_SLOT without consistent_point"))?;
@@ -263,6 +323,25 @@ mod tests {
         assert_eq!(parse_pg_duration("250ms"), Some(Duration::from_millis(250)));
         assert_eq!(parse_pg_duration("0"), Some(Duration::ZERO));
         assert_eq!(parse_pg_duration("soon"), None);
+    }
+
+    #[test]
+    fn reads_timeline_history_files() {
+        let history = "1\t0/3000160\tno recovery target specified\n\n# comment\n2\t0/5000000\tbefore 2026-11-30\n";
+        assert_eq!(
+            parse_timeline_history(history).unwrap(),
+            [
+                TimelineSwitch {
+                    timeline: 1,
+                    switchpoint: Lsn(0x0300_0160)
+                },
+                TimelineSwitch {
+                    timeline: 2,
+                    switchpoint: Lsn(0x0500_0000)
+                },
+            ]
+        );
+        assert!(parse_timeline_history("1 nonsense").is_err());
     }
 
     #[test]

@@ -27,7 +27,7 @@ mod stream;
 mod tls;
 
 pub use admin::{Admin, SlotInfo, TableName};
-pub use client::{ReplicationClient, StartOptions, SystemIdentity};
+pub use client::{ReplicationClient, StartOptions, SystemIdentity, TimelineSwitch};
 pub use config::{ConnectOptions, Host, SslMode, TargetSessionAttrs};
 pub use conn::{PgConnection, QueryResult, DEFAULT_MAX_MESSAGE_BYTES};
 pub use error::{AuthFailure, Error, Preflight, ServerError, SlotMismatch};
@@ -37,7 +37,7 @@ pub use outboxd_pgoutput::Lsn;
 pub use protocol::{ServerFrame, StatusUpdate};
 pub use reader::{ReaderConfig, ReplicationEvent, ReplicationReader};
 pub use session_attrs::SessionMismatch;
-pub use source::{open_stream, SourceSpec, Started};
+pub use source::{open_stream, SourceSession, SourceSpec, Started};
 pub use stream::{
     LogicalStream, StreamEvent, StreamPositions, StreamSettings, DEFAULT_RECEIVE_TIMEOUT,
 };

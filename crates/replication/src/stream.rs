@@ -54,6 +54,11 @@ pub struct StreamSettings {
     pub receive_timeout: Option<Duration>,
     /// The largest backend message accepted.
     pub max_message_bytes: usize,
+    /// Whether the stream confirms the server's WAL end by itself when nothing is in
+    /// flight (see [`StreamPositions::idle_wal_end`]). A caller that must record
+    /// every position before it is confirmed turns this off and acknowledges the
+    /// idle WAL end itself.
+    pub confirm_idle_wal_end: bool,
 }
 
 impl Default for StreamSettings {
@@ -62,6 +67,7 @@ impl Default for StreamSettings {
             status_interval: Duration::from_secs(10),
             receive_timeout: None,
             max_message_bytes: crate::conn::DEFAULT_MAX_MESSAGE_BYTES,
+            confirm_idle_wal_end: true,
         }
     }
 }
@@ -108,6 +114,11 @@ pub struct StreamPositions {
     pub acknowledged: Lsn,
     /// The flush position last reported to the server.
     pub reported_flush: Lsn,
+    /// When nothing is in flight (every transaction handed out is acknowledged and
+    /// none is half received), every transaction that committed before the server's
+    /// WAL end has reached the caller: that WAL end may be confirmed. `None` while
+    /// something is in flight, or when the WAL end is not past what is acknowledged.
+    pub idle_wal_end: Option<Lsn>,
 }
 
 /// A running logical replication stream.
@@ -144,6 +155,7 @@ impl LogicalStream {
                 server_wal_end: start,
                 acknowledged: start,
                 reported_flush: start,
+                idle_wal_end: None,
             },
             last_commit_end: start,
         }
@@ -151,7 +163,17 @@ impl LogicalStream {
 
     /// Current positions.
     pub fn positions(&self) -> StreamPositions {
-        self.positions
+        StreamPositions {
+            idle_wal_end: self.idle_wal_end(),
+            ..self.positions
+        }
+    }
+
+    /// See [`StreamPositions::idle_wal_end`].
+    fn idle_wal_end(&self) -> Option<Lsn> {
+        let p = &self.positions;
+        let idle = !self.in_transaction() && p.acknowledged >= self.last_commit_end;
+        (idle && p.server_wal_end > p.acknowledged).then_some(p.server_wal_end)
     }
 
     /// Whether a transaction has begun and not yet committed.
@@ -165,18 +187,14 @@ impl LogicalStream {
         self.positions.acknowledged = self.positions.acknowledged.max(lsn);
     }
 
-    /// The flush position to report now.
-    ///
-    /// When the caller has acknowledged everything we handed out and we are between
-    /// transactions, nothing is in flight: every transaction that committed before
-    /// the server's WAL end has reached us, so the slot may follow the server.
+    /// The flush position to report now: what the caller acknowledged, or, when
+    /// nothing is in flight and the settings allow it, the server's WAL end (so an
+    /// idle outbox on a busy database holds back no WAL). Never lower than before.
     pub fn flush_position(&self) -> Lsn {
         let p = &self.positions;
-        let idle = !self.in_transaction() && p.acknowledged >= self.last_commit_end;
-        let target = if idle {
-            p.acknowledged.max(p.server_wal_end)
-        } else {
-            p.acknowledged
+        let target = match self.idle_wal_end() {
+            Some(wal_end) if self.settings.confirm_idle_wal_end => wal_end,
+            _ => p.acknowledged,
         };
         target.max(p.reported_flush)
     }

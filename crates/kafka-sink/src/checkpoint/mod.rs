@@ -23,6 +23,7 @@ mod error;
 mod read;
 mod topic;
 
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -146,14 +147,34 @@ impl CheckpointStore {
         let deadline = Instant::now() + self.timeout;
         let partitions = self.describe("read").await?.partitions;
         let partition = partition_for_key(key, partitions as i32);
+        let mut latest = self.read_partition(partition, deadline).await?;
+        Ok(latest.remove(key))
+    }
+
+    /// The latest value of every key in the topic (tombstoned keys left out), all
+    /// partitions read to their last stable offsets within the store's timeout.
+    pub async fn read_all(&self) -> Result<Vec<(Vec<u8>, Bytes)>, CheckpointError> {
+        let deadline = Instant::now() + self.timeout;
+        let partitions = self.describe("read").await?.partitions;
+        let mut all = Vec::new();
+        for partition in 0..partitions as i32 {
+            all.extend(self.read_partition(partition, deadline).await?);
+        }
+        Ok(all)
+    }
+
+    async fn read_partition(
+        &self,
+        partition: i32,
+        deadline: Instant,
+    ) -> Result<HashMap<Vec<u8>, Bytes>, CheckpointError> {
         let reader = read::Reader::new(&self.config, &self.topic, partition)
             .map_err(|e| config_failure(config_error(e)))?;
-        let key = key.to_vec();
         let (answer, answered) = oneshot::channel();
         // Answer first, then close the consumer (a group consumer's close takes about
         // 100 ms) off the caller's path.
         tokio::task::spawn_blocking(move || {
-            let latest = reader.latest(&key, deadline);
+            let latest = reader.latest(deadline);
             let _ = answer.send((latest, reader.last_client_error()));
         });
         match answered.await {

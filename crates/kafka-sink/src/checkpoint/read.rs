@@ -1,6 +1,7 @@
 //! Reading the latest value of a key: one partition, from its start to its end as a
 //! read-committed consumer sees it. Blocking (run it off the async runtime).
 
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -70,16 +71,18 @@ impl Reader {
         self.consumer.context().health.last_client_error()
     }
 
-    /// The value of the last record with `key` (`None` for none or a tombstone).
-    pub(super) fn latest(&self, key: &[u8], deadline: Instant) -> Result<Option<Bytes>, ReadError> {
+    /// The latest value of every key in the partition (a key whose latest record is
+    /// a tombstone is left out).
+    pub(super) fn latest(&self, deadline: Instant) -> Result<HashMap<Vec<u8>, Bytes>, ReadError> {
         let remaining = || deadline.saturating_duration_since(Instant::now());
         // With read_committed, the high offset is the last stable offset.
         let (low, end) = self
             .consumer
             .fetch_watermarks(&self.topic, self.partition, remaining())
             .map_err(ReadError::Kafka)?;
+        let mut latest = HashMap::new();
         if end <= low {
-            return Ok(None);
+            return Ok(latest);
         }
         let mut assignment = TopicPartitionList::new();
         assignment
@@ -88,7 +91,6 @@ impl Reader {
         self.consumer
             .assign(&assignment)
             .map_err(ReadError::Kafka)?;
-        let mut latest = None;
         let mut position = low;
         let mut passing_error = None;
         loop {
@@ -103,8 +105,13 @@ impl Reader {
                 None => {}
                 Some(Ok(m)) => {
                     position = m.offset() + 1;
-                    if m.key() == Some(key) {
-                        latest = m.payload().map(Bytes::copy_from_slice);
+                    if let Some(key) = m.key() {
+                        match m.payload() {
+                            Some(value) => {
+                                latest.insert(key.to_vec(), Bytes::copy_from_slice(value))
+                            }
+                            None => latest.remove(key),
+                        };
                     }
                     if position >= end {
                         return Ok(latest);

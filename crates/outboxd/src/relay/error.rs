@@ -1,8 +1,10 @@
 //! Why a session or the relay stopped, and whether reconnecting may help.
 
+use outboxd_kafka_sink::checkpoint::CheckpointError;
 use outboxd_kafka_sink::{DeliveryFailure, SinkError};
 use outboxd_pgoutput::Lsn;
 
+use crate::relay::resume::Gap;
 use crate::router::RouteError;
 
 /// Why the relay stopped (or a session ended).
@@ -30,6 +32,14 @@ pub enum RelayError {
     KafkaUnavailable(DeliveryFailure),
     #[error("the Kafka producer failed")]
     Producer(#[source] SinkError),
+    /// Events may be missing; the relay refuses to go on (docs/operations.md).
+    #[error("outboxd refuses to relay: {0}")]
+    Gap(Gap),
+    #[error(transparent)]
+    Checkpoint(CheckpointError),
+    /// A stored checkpoint cannot be read (corrupt, or from a newer outboxd).
+    #[error("{0}")]
+    CheckpointUnreadable(String),
 }
 
 impl RelayError {
@@ -38,9 +48,15 @@ impl RelayError {
         match self {
             RelayError::Replication(e) => e.is_retryable(),
             RelayError::KafkaUnavailable(_) => true,
-            RelayError::Delivery { .. } | RelayError::Unroutable(_) | RelayError::Producer(_) => {
-                false
-            }
+            RelayError::Checkpoint(e) => matches!(
+                e,
+                CheckpointError::Unreachable { .. } | CheckpointError::ReadTimeout { .. }
+            ),
+            RelayError::Delivery { .. }
+            | RelayError::Unroutable(_)
+            | RelayError::Producer(_)
+            | RelayError::Gap(_)
+            | RelayError::CheckpointUnreadable(_) => false,
         }
     }
 

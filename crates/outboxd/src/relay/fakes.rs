@@ -17,8 +17,11 @@ use outboxd_pgoutput::{
 use outboxd_replication::{ReplicationEvent, StreamPositions};
 use tokio_util::sync::CancellationToken;
 
+use crate::checkpoint::tests::checkpoint;
+use crate::checkpoint::{Checkpoint, EventPosition, RelayIdentity};
+use crate::relay::checkpoints::{Checkpoints, Loaded, Write};
 use crate::relay::sink::{Sink, SinkFactory};
-use crate::relay::source::{Connector, Opened, Source};
+use crate::relay::source::{Connector, OpenRequest, Opened, Source};
 use crate::relay::RelayError;
 
 /// One step of a scripted session.
@@ -27,6 +30,8 @@ pub enum Step {
     Event(ReplicationEvent),
     /// Cancel the shutdown token (as SIGTERM would) at this point of the stream.
     Shutdown,
+    /// From here on, the server's WAL end may be confirmed: nothing is in flight.
+    Idle(Lsn),
 }
 
 /// How a scripted session ends once its steps are used up.
@@ -48,10 +53,14 @@ pub enum Script {
 /// What the fakes observed, shared with the test.
 #[derive(Debug, Default)]
 pub struct Observed {
-    /// `already_delivered` of every `open`.
+    /// What this run had confirmed at every `open` (zero on the first).
     pub opened_after: Vec<Lsn>,
     /// Every acknowledgement, in order.
     pub acknowledged: Vec<Lsn>,
+    /// Every durable checkpoint, in order.
+    pub checkpoints: Vec<Checkpoint>,
+    /// Acknowledgements that were ahead of every durable checkpoint.
+    pub acks_past_checkpoint: Vec<Lsn>,
     /// Every record sent: (sink generation, transaction, record).
     pub sent: Vec<(usize, TxnId, Record)>,
     pub sinks_created: usize,
@@ -65,12 +74,19 @@ pub struct FakeConnector {
     pub scripts: VecDeque<Script>,
     pub observed: Shared,
     pub shutdown: CancellationToken,
+    /// Events delivered before the first session (a partly delivered transaction).
+    pub skip_through: Option<EventPosition>,
 }
 
 impl Connector for FakeConnector {
     type Source = FakeSource;
 
-    async fn open(&mut self, already_delivered: Lsn) -> Result<Opened<FakeSource>, RelayError> {
+    async fn open(
+        &mut self,
+        request: OpenRequest,
+        _store: &impl Checkpoints,
+    ) -> Result<Opened<FakeSource>, RelayError> {
+        let already_delivered = request.this_run.unwrap_or(Lsn::ZERO);
         self.observed
             .borrow_mut()
             .opened_after
@@ -88,8 +104,10 @@ impl Connector for FakeConnector {
                     observed: Rc::clone(&self.observed),
                     shutdown: self.shutdown.clone(),
                     acknowledged: RefCell::new(already_delivered),
+                    idle_wal_end: None,
                 },
-                resume_lsn: already_delivered,
+                checkpoint: checkpoint(already_delivered.0, None),
+                skip_through: self.skip_through.take(),
             }),
         }
     }
@@ -105,6 +123,7 @@ pub struct FakeSource {
     observed: Shared,
     shutdown: CancellationToken,
     acknowledged: RefCell<Lsn>,
+    idle_wal_end: Option<Lsn>,
 }
 
 impl Source for FakeSource {
@@ -115,6 +134,7 @@ impl Source for FakeSource {
             }
             match self.steps.pop_front() {
                 Some(Step::Shutdown) => self.shutdown.cancel(),
+                Some(Step::Idle(wal_end)) => self.idle_wal_end = Some(wal_end),
                 Some(Step::Event(event)) => {
                     match event.message {
                         LogicalMessage::Begin(_) => self.in_transaction = true,
@@ -135,7 +155,13 @@ impl Source for FakeSource {
     }
 
     fn acknowledge(&self, lsn: Lsn) {
-        self.observed.borrow_mut().acknowledged.push(lsn);
+        let mut observed = self.observed.borrow_mut();
+        observed.acknowledged.push(lsn);
+        let recorded = observed.checkpoints.iter().map(|c| c.confirmed_lsn).max();
+        if recorded.is_none_or(|c| c < lsn) {
+            observed.acks_past_checkpoint.push(lsn);
+        }
+        drop(observed);
         let mut acked = self.acknowledged.borrow_mut();
         *acked = (*acked).max(lsn);
     }
@@ -149,6 +175,7 @@ impl Source for FakeSource {
         StreamPositions {
             acknowledged: acked,
             reported_flush: acked,
+            idle_wal_end: self.idle_wal_end.filter(|end| *end > acked),
             ..StreamPositions::default()
         }
     }
@@ -158,6 +185,37 @@ impl Source for FakeSource {
             Some(e) => Err(e),
             None => Ok(*self.acknowledged.borrow()),
         }
+    }
+}
+
+/// A checkpoint store that keeps what it is given; every write takes `delay`.
+#[derive(Debug)]
+pub struct FakeStore {
+    pub observed: Shared,
+    pub delay: Duration,
+}
+
+impl Checkpoints for FakeStore {
+    async fn load(&self, _identity: &RelayIdentity) -> Result<Loaded, RelayError> {
+        Ok(Loaded {
+            ours: self.observed.borrow().checkpoints.last().cloned(),
+            ..Loaded::default()
+        })
+    }
+
+    async fn create_topic(&self) -> Result<(), RelayError> {
+        Ok(())
+    }
+
+    fn write(&self, checkpoint: &Checkpoint) -> Write {
+        let observed = Rc::clone(&self.observed);
+        let checkpoint = checkpoint.clone();
+        let delay = self.delay;
+        Box::pin(async move {
+            tokio::time::sleep(delay).await;
+            observed.borrow_mut().checkpoints.push(checkpoint);
+            Ok(())
+        })
     }
 }
 

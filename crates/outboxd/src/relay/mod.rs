@@ -7,11 +7,13 @@
 //! - [`source`] and [`sink`] are the narrow traits the pipeline sees, with their
 //!   PostgreSQL and Kafka implementations, so the logic above is testable with fakes.
 
-mod dead_letter;
+mod checkpoints;
 mod error;
 mod pipeline;
+mod resume;
 mod sink;
 mod source;
+mod store;
 mod supervisor;
 mod tracker;
 
@@ -21,11 +23,14 @@ mod fakes;
 mod tests;
 
 use std::sync::Arc;
+use std::time::Duration;
 
+use outboxd_kafka_sink::checkpoint::CheckpointStore;
 use outboxd_pgoutput::Lsn;
 use tokio_util::sync::CancellationToken;
 
 pub use error::RelayError;
+pub use resume::Gap;
 pub use tracker::AckTracker;
 
 use crate::config::Config;
@@ -34,12 +39,25 @@ use crate::router::Router;
 use crate::settings;
 use pipeline::{RelayState, Routing};
 use source::PgConnector;
+use store::KafkaCheckpoints;
 use supervisor::Supervisor;
+
+/// How long one checkpoint read or write may take before it counts as failed.
+const CHECKPOINT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How this run starts.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RunOptions {
+    /// Go on from the slot even if the checkpoint shows events may be missing (the
+    /// first session only; logged at ERROR with the range).
+    pub accept_gap: bool,
+}
 
 /// Relays until `shutdown` is cancelled (`Ok`, after a graceful drain) or a fatal
 /// error.
 pub async fn run(
     config: &Config,
+    options: RunOptions,
     metrics: Arc<Metrics>,
     health: Arc<Health>,
     shutdown: CancellationToken,
@@ -49,8 +67,22 @@ pub async fn run(
         connect: settings::connect_options(config)?,
         tables: tables.clone(),
         create_publication: config.postgres.create_publication,
+        create_slot: config.postgres.create_slot,
+        failover_slot: config.postgres.failover_slot,
         spec: settings::source_spec(config),
         reader: settings::reader_config(config),
+    };
+    let sink_config = settings::sink_config(config);
+    let store = KafkaCheckpoints {
+        store: Arc::new(
+            CheckpointStore::new(
+                &sink_config,
+                &config.kafka.checkpoint_topic,
+                CHECKPOINT_TIMEOUT,
+            )
+            .map_err(RelayError::Checkpoint)?,
+        ),
+        replication_factor: config.kafka.checkpoint_replication_factor,
     };
     let state = RelayState {
         routing: Routing {
@@ -64,8 +96,16 @@ pub async fn run(
         last_txn: 0,
         confirmed: Lsn::ZERO,
         drain_timeout: config.server.shutdown_timeout(),
+        checkpoint_interval: Duration::from_millis(config.kafka.checkpoint_interval_ms),
     };
-    Supervisor::new(connector, settings::sink_config(config), state, shutdown)?
-        .run()
-        .await
+    Supervisor::new(
+        connector,
+        sink_config,
+        store,
+        state,
+        shutdown,
+        options.accept_gap,
+    )?
+    .run()
+    .await
 }

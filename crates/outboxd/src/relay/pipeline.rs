@@ -8,16 +8,19 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use outboxd_kafka_sink::{Completion, Record, TxnId};
+use bytes::Bytes;
+use outboxd_kafka_sink::{dead_letter, headers, Completion, Record, RecordMeta, TxnId};
 use outboxd_pgoutput::{pg_time_to_system_time, Begin, LogicalMessage, Lsn, Message, Relation};
 use outboxd_replication::{ReplicationEvent, TableName};
 use tokio_util::sync::CancellationToken;
 
+use crate::checkpoint::EventPosition;
 use crate::http::{Health, Metrics};
+use crate::relay::checkpoints::{Checkpointer, Checkpoints};
 use crate::relay::sink::Sink;
-use crate::relay::source::Source;
+use crate::relay::source::{Opened, Source};
 use crate::relay::tracker::AckTracker;
-use crate::relay::{dead_letter, RelayError};
+use crate::relay::RelayError;
 use crate::router::{RouteError, Router, SourcePosition};
 
 /// How often gauges are refreshed.
@@ -56,10 +59,13 @@ pub(crate) struct RelayState {
     /// Transaction ids keep counting across sessions, so a late completion of an
     /// earlier session can never be taken for one of the current session.
     pub last_txn: u64,
-    /// The newest position confirmed to the source (the acknowledged prefix).
+    /// The newest position confirmed to the source: checkpointed, and so the
+    /// acknowledged prefix or an idle WAL end.
     pub confirmed: Lsn,
     /// How long to wait for in-flight transactions when a session ends.
     pub drain_timeout: Duration,
+    /// The shortest time between two checkpoint writes.
+    pub checkpoint_interval: Duration,
 }
 
 /// The transaction being received.
@@ -67,25 +73,40 @@ pub(crate) struct RelayState {
 struct OpenTxn {
     txn: TxnId,
     begin: Begin,
+    /// The index of the transaction's next event.
+    events: u32,
+    /// Records sent to the sink (events left out as already delivered are not).
     records: usize,
 }
 
 /// One session.
-pub(crate) struct Pipeline<'a, S: Source, K: Sink> {
+pub(crate) struct Pipeline<'a, S: Source, K: Sink, W: Checkpoints> {
     source: S,
     sink: &'a mut K,
+    store: &'a W,
     state: &'a mut RelayState,
     tracker: AckTracker,
+    checkpointer: Checkpointer,
+    /// Events up to here were delivered before (a partly delivered transaction).
+    skip_through: Option<EventPosition>,
     current: Option<OpenTxn>,
 }
 
-impl<'a, S: Source, K: Sink> Pipeline<'a, S, K> {
-    pub fn new(source: S, sink: &'a mut K, state: &'a mut RelayState) -> Self {
+impl<'a, S: Source, K: Sink, W: Checkpoints> Pipeline<'a, S, K, W> {
+    pub fn new(
+        opened: Opened<S>,
+        sink: &'a mut K,
+        store: &'a W,
+        state: &'a mut RelayState,
+    ) -> Self {
         Pipeline {
-            source,
+            source: opened.source,
             sink,
+            store,
+            checkpointer: Checkpointer::new(opened.checkpoint, state.checkpoint_interval),
             state,
             tracker: AckTracker::new(),
+            skip_through: opened.skip_through,
             current: None,
         }
     }
@@ -113,6 +134,10 @@ impl<'a, S: Source, K: Sink> Pipeline<'a, S, K> {
                         break Err(e);
                     }
                 }
+                durable = self.checkpointer.next_durable(self.store) => match durable {
+                    Ok(lsn) => self.confirm(lsn),
+                    Err(e) => break Err(e),
+                },
                 event = self.source.recv() => match event {
                     Some(event) => {
                         if let Err(e) = self.on_event(event).await {
@@ -121,11 +146,22 @@ impl<'a, S: Source, K: Sink> Pipeline<'a, S, K> {
                     }
                     None => break Ok(()),
                 },
-                _ = gauges.tick() => self.update_gauges(),
+                _ = gauges.tick() => {
+                    self.follow_idle_wal_end();
+                    self.update_gauges();
+                }
             }
         };
         self.drain().await;
         self.update_gauges();
+        // The drain may have confirmed more than when the error happened.
+        let outcome = outcome.map_err(|e| match e {
+            RelayError::Delivery { failure, .. } => RelayError::Delivery {
+                failure,
+                confirmed: self.state.confirmed,
+            },
+            other => other,
+        });
         let closed = self.source.close().await;
         match (outcome, closed) {
             (Err(e), _) => Err(e),
@@ -147,6 +183,7 @@ impl<'a, S: Source, K: Sink> Pipeline<'a, S, K> {
                 self.current = Some(OpenTxn {
                     txn,
                     begin,
+                    events: 0,
                     records: 0,
                 });
             }
@@ -157,7 +194,9 @@ impl<'a, S: Source, K: Sink> Pipeline<'a, S, K> {
                 if !self.state.routing.is_outbox(&relation) {
                     return Ok(());
                 }
-                let (txn, position) = self.next_position()?;
+                let Some((txn, position)) = self.next_event()? else {
+                    return Ok(());
+                };
                 let router = &mut self.state.routing.router;
                 let routed = router
                     .event_from_row(&relation, &insert.new, position)
@@ -173,7 +212,9 @@ impl<'a, S: Source, K: Sink> Pipeline<'a, S, K> {
                     self.state.metrics.ignored_changes.inc();
                     return Ok(());
                 }
-                let (txn, position) = self.next_position()?;
+                let Some((txn, position)) = self.next_event()? else {
+                    return Ok(());
+                };
                 let router = &mut self.state.routing.router;
                 let routed = router
                     .event_from_message(&m.content, position)
@@ -195,7 +236,11 @@ impl<'a, S: Source, K: Sink> Pipeline<'a, S, K> {
                         "Commit without Begin reached the relay".to_owned(),
                     )
                 })?;
-                self.tracker.commit(open.txn, commit.end_lsn);
+                let last_event = open.events.checked_sub(1).map(|index| EventPosition {
+                    commit_lsn: open.begin.final_lsn,
+                    index,
+                });
+                self.tracker.commit(open.txn, commit.end_lsn, last_event);
                 self.sink.end_transaction(open.txn, open.records);
             }
             LogicalMessage::Relation(_) | LogicalMessage::Type(_) | LogicalMessage::Origin(_) => {}
@@ -203,22 +248,30 @@ impl<'a, S: Source, K: Sink> Pipeline<'a, S, K> {
         Ok(())
     }
 
-    /// The open transaction and the position of its next event.
-    fn next_position(&self) -> Result<(TxnId, SourcePosition), RelayError> {
-        let open = self.current.as_ref().ok_or_else(|| {
+    /// Counts an event of the open transaction: its transaction and position, or
+    /// `None` when it was delivered before (up to `skip_through`).
+    fn next_event(&mut self) -> Result<Option<(TxnId, SourcePosition)>, RelayError> {
+        let open = self.current.as_mut().ok_or_else(|| {
             outboxd_replication::Error::Protocol(
                 "a change outside a transaction reached the relay".to_owned(),
             )
         })?;
-        Ok((
-            open.txn,
-            SourcePosition {
-                commit_lsn: open.begin.final_lsn,
-                index: u32::try_from(open.records).unwrap_or(u32::MAX),
-                commit_time: open.begin.commit_time,
-                xid: open.begin.xid,
-            },
-        ))
+        let position = SourcePosition {
+            commit_lsn: open.begin.final_lsn,
+            index: open.events,
+            commit_time: open.begin.commit_time,
+            xid: open.begin.xid,
+        };
+        open.events = open.events.saturating_add(1);
+        let at = EventPosition {
+            commit_lsn: position.commit_lsn,
+            index: position.index,
+        };
+        if self.skip_through.is_some_and(|done| at <= done) {
+            self.state.metrics.skipped_events.inc();
+            return Ok(None);
+        }
+        Ok(Some((open.txn, position)))
     }
 
     /// Sends a routed record, or handles the routing failure: dead-letter it when a
@@ -235,7 +288,13 @@ impl<'a, S: Source, K: Sink> Pipeline<'a, S, K> {
                 Some(topic) => {
                     tracing::warn!(event_id = %error.event_id, lsn = %position.commit_lsn, reason = %error.reason, dead_letter_topic = %topic, "unroutable event sent to the dead-letter topic");
                     self.state.metrics.dead_lettered.inc();
-                    dead_letter::unroutable(topic, &error)
+                    let meta = RecordMeta {
+                        event_id: error.event_id.clone(),
+                        lsn: position.commit_lsn.0,
+                        index: position.index,
+                    };
+                    let xid = (headers::XID.into(), Bytes::from(position.xid.to_string()));
+                    dead_letter::for_unroutable(topic, None, meta, vec![xid], &error.reason)
                 }
                 None => {
                     // The transaction stays open in the tracker: the prefix stops before it.
@@ -268,11 +327,7 @@ impl<'a, S: Source, K: Sink> Pipeline<'a, S, K> {
                 metrics.dead_lettered.inc_by(dead_lettered as u64);
                 self.tracker.complete(txn);
                 if let Some(lsn) = self.tracker.confirmed() {
-                    if lsn > self.state.confirmed {
-                        metrics.transactions_confirmed.inc();
-                        self.state.confirmed = lsn;
-                        self.source.acknowledge(lsn);
-                    }
+                    self.checkpointer.want(lsn, self.tracker.last_event());
                 }
                 Ok(())
             }
@@ -296,7 +351,29 @@ impl<'a, S: Source, K: Sink> Pipeline<'a, S, K> {
         }
     }
 
-    /// Waits (bounded) for in-flight transactions and confirms what completed.
+    /// A checkpoint is durable: the source may confirm up to it.
+    fn confirm(&mut self, lsn: Lsn) {
+        if lsn > self.state.confirmed {
+            self.state.metrics.transactions_confirmed.inc();
+            self.state.metrics.checkpoint_writes.inc();
+            self.state.confirmed = lsn;
+            self.source.acknowledge(lsn);
+        }
+    }
+
+    /// When nothing is in flight the server's WAL end may be confirmed (so an idle
+    /// outbox on a busy database holds back no WAL); it goes through the checkpoint
+    /// like any other position.
+    fn follow_idle_wal_end(&mut self) {
+        if let Some(wal_end) = self.source.positions().idle_wal_end {
+            if self.tracker.in_flight() == 0 {
+                self.checkpointer.want(wal_end, None);
+            }
+        }
+    }
+
+    /// Waits (bounded) for in-flight transactions, records what completed in a
+    /// checkpoint and confirms it.
     async fn drain(&mut self) {
         let deadline = tokio::time::Instant::now() + self.state.drain_timeout;
         while self.tracker.awaiting_sink() {
@@ -313,12 +390,19 @@ impl<'a, S: Source, K: Sink> Pipeline<'a, S, K> {
                 break;
             }
         }
+        let flushed = tokio::time::timeout_at(deadline, self.checkpointer.flush(self.store)).await;
+        match flushed {
+            Ok(Ok(lsn)) => self.confirm(lsn),
+            Ok(Err(e)) => tracing::error!(error = %e, "the last checkpoint could not be written; what it covers will be re-sent after restart"),
+            Err(_) => tracing::warn!("the last checkpoint was not acknowledged in time; what it covers will be re-sent after restart"),
+        }
     }
 
     fn update_gauges(&mut self) {
         let positions = self.source.positions();
         let m = &self.state.metrics;
         m.confirmed_lsn.set(self.state.confirmed.0 as i64);
+        m.checkpoint_lsn.set(self.checkpointer.durable().0 as i64);
         m.server_wal_end.set(positions.server_wal_end.0 as i64);
         m.lag_bytes.set(
             positions

@@ -3,10 +3,13 @@
 
 use outboxd_pgoutput::Lsn;
 use outboxd_replication::{
-    open_stream, Admin, ConnectOptions, ReaderConfig, ReplicationEvent, ReplicationReader,
+    Admin, ConnectOptions, ReaderConfig, ReplicationEvent, ReplicationReader, SourceSession,
     SourceSpec, StreamPositions, TableName,
 };
 
+use crate::checkpoint::{self, Checkpoint, EventPosition, RelayIdentity};
+use crate::relay::checkpoints::Checkpoints;
+use crate::relay::resume::{self, Plan, Situation, Stored};
 use crate::relay::RelayError;
 
 /// One session's stream of decoded messages.
@@ -26,19 +29,35 @@ pub(crate) trait Source {
     async fn close(self) -> Result<Lsn, outboxd_replication::Error>;
 }
 
-/// A session's source and where it resumed.
+/// A session's source, and the checkpoint it starts from.
 #[derive(Debug)]
 pub(crate) struct Opened<S> {
     pub source: S,
-    pub resume_lsn: Lsn,
+    /// Where the stream resumed, as a checkpoint to advance from.
+    pub checkpoint: Checkpoint,
+    /// Events up to here were delivered before (a partly delivered transaction).
+    pub skip_through: Option<EventPosition>,
+}
+
+/// What the supervisor knows when it opens a session.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct OpenRequest {
+    /// What this process confirmed, once it has streamed from the slot.
+    pub this_run: Option<Lsn>,
+    /// The operator accepted a gap for this start (`--accept-gap`).
+    pub accept_gap: bool,
 }
 
 /// Opens a source per session.
 pub(crate) trait Connector {
     type Source: Source;
-    /// Opens a stream that starts no earlier than `already_delivered` (what this
-    /// process confirmed itself; the slot may not have heard of it yet).
-    async fn open(&mut self, already_delivered: Lsn) -> Result<Opened<Self::Source>, RelayError>;
+    /// Compares the slot, the server and the checkpoint in `store`, then opens a
+    /// stream where the relay must resume, or refuses.
+    async fn open(
+        &mut self,
+        request: OpenRequest,
+        store: &impl Checkpoints,
+    ) -> Result<Opened<Self::Source>, RelayError>;
 }
 
 impl Source for ReplicationReader {
@@ -63,12 +82,16 @@ impl Source for ReplicationReader {
     }
 }
 
-/// Opens replication sessions on PostgreSQL: preflight, publication, slot, stream.
+/// Opens replication sessions on PostgreSQL: preflight, publication, slot, resume
+/// decision, stream.
 #[derive(Debug)]
 pub(crate) struct PgConnector {
     pub connect: ConnectOptions,
     pub tables: Vec<TableName>,
     pub create_publication: bool,
+    pub create_slot: bool,
+    /// Create the slot with failover enabled (PostgreSQL 17+).
+    pub failover_slot: bool,
     pub spec: SourceSpec,
     pub reader: ReaderConfig,
 }
@@ -78,31 +101,115 @@ impl Connector for PgConnector {
 
     async fn open(
         &mut self,
-        already_delivered: Lsn,
+        request: OpenRequest,
+        store: &impl Checkpoints,
     ) -> Result<Opened<ReplicationReader>, RelayError> {
         let admin = Admin::connect(&self.connect).await?;
         admin.check_wal_level().await?;
+        let publication = self.spec.publications.first().map_or("", String::as_str);
         if !self.tables.is_empty() {
-            let publication = self.spec.publications.first().map_or("", String::as_str);
             admin
                 .ensure_publication(publication, &self.tables, self.create_publication)
                 .await?;
         }
-        let spec = SourceSpec {
-            already_delivered,
-            ..self.spec.clone()
+        let mut session = SourceSession::connect(&self.connect, &admin, &self.spec.slot).await?;
+        let identity = RelayIdentity {
+            system_identifier: session.identity.system_id.clone(),
+            database: self.connect.database().to_owned(),
+            slot: self.spec.slot.clone(),
         };
-        let (stream, started) = open_stream(&self.connect, &admin, &spec).await?;
+        let loaded = store.load(&identity).await?;
+        let topic_missing = loaded.topic_missing;
+        let stored = match (&loaded.ours, &loaded.foreign) {
+            _ if topic_missing => Stored::TopicMissing,
+            (Some(c), _) => Stored::Ours(c),
+            (None, Some(c)) => Stored::Foreign(c),
+            (None, None) => Stored::Nothing,
+        };
+        let history = match stored {
+            Stored::Ours(c) if c.timeline < session.identity.timeline => {
+                session.timeline_history().await?
+            }
+            _ => Vec::new(),
+        };
+        let situation = Situation {
+            slot_name: &self.spec.slot,
+            server: &session.identity,
+            history: &history,
+            slot: session.slot.as_ref(),
+            stored,
+            this_run: request.this_run,
+        };
+        let (plan, accepted) = match resume::plan(&situation) {
+            Ok(plan) => (plan, false),
+            Err(gap) if request.accept_gap && gap.overridable() => {
+                tracing::error!(slot = %gap.slot, range = %gap.range(), reason = %gap, "accepting a possible gap in the events (--accept-gap): events committed in this range may be missing from Kafka");
+                (resume::accept(&gap, session.slot.as_ref()), true)
+            }
+            Err(gap) => return Err(RelayError::Gap(gap)),
+        };
+        if topic_missing && (accepted || plan == Plan::CreateSlot) {
+            store.create_topic().await?;
+        }
+        let mut checkpoint = Checkpoint {
+            format: checkpoint::FORMAT,
+            system_identifier: identity.system_identifier,
+            timeline: session.identity.timeline,
+            database: identity.database,
+            slot: identity.slot,
+            publication: publication.to_owned(),
+            tables: self.tables.iter().map(ToString::to_string).collect(),
+            confirmed_lsn: Lsn::ZERO,
+            last_event: None,
+            outboxd_version: env!("CARGO_PKG_VERSION").to_owned(),
+            written_at: checkpoint::now_rfc3339(),
+        };
+        let (start, skip_through, first_checkpoint) = match plan {
+            Plan::CreateSlot if !self.create_slot && !accepted => {
+                return Err(outboxd_replication::Error::SlotMissing {
+                    slot: self.spec.slot.clone(),
+                }
+                .into())
+            }
+            Plan::CreateSlot => {
+                let slot = session.create_slot(&admin, self.failover_slot).await?;
+                (slot.confirmed_flush_lsn.unwrap_or(Lsn::ZERO), None, true)
+            }
+            Plan::Resume {
+                start,
+                skip_through,
+                first_checkpoint,
+            } => (start, skip_through, first_checkpoint),
+        };
+        checkpoint.confirmed_lsn = start;
+        checkpoint.last_event = skip_through;
+        if first_checkpoint {
+            // From now on any loss of the slot is seen, even before the first event.
+            store.write(&checkpoint).await?;
+            tracing::info!(slot = %checkpoint.slot, confirmed = %start, "first checkpoint written");
+        }
+        let (stream, started) = session
+            .start(
+                &admin,
+                &self.spec.publications,
+                self.spec.messages,
+                start,
+                self.spec.settings.clone(),
+            )
+            .await?;
         tracing::info!(
-            slot = %spec.slot,
+            slot = %self.spec.slot,
             resume = %started.resume_lsn,
             created_slot = started.created_slot,
+            timeline = checkpoint.timeline,
             server_version = started.server_major_version,
             "relaying"
         );
+        checkpoint.confirmed_lsn = started.resume_lsn;
         Ok(Opened {
             source: ReplicationReader::spawn(stream, self.reader.clone()),
-            resume_lsn: started.resume_lsn,
+            checkpoint,
+            skip_through,
         })
     }
 }

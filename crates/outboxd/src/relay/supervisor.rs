@@ -12,36 +12,47 @@ use std::time::Duration;
 use rand::Rng;
 use tokio_util::sync::CancellationToken;
 
+use crate::relay::checkpoints::Checkpoints;
 use crate::relay::pipeline::{Pipeline, RelayState};
 use crate::relay::sink::{Sink, SinkFactory};
-use crate::relay::source::Connector;
+use crate::relay::source::{Connector, OpenRequest};
 use crate::relay::RelayError;
 
 /// How long a retryable failure waits for in-flight records before the next session.
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(10);
 
-pub(crate) struct Supervisor<C: Connector, F: SinkFactory> {
+pub(crate) struct Supervisor<C: Connector, F: SinkFactory, W: Checkpoints> {
     connector: C,
     sinks: F,
     sink: F::Sink,
+    store: W,
     state: RelayState,
     shutdown: CancellationToken,
+    /// The operator accepted a gap for the first session (`--accept-gap`).
+    accept_gap: bool,
+    /// Whether a session has streamed from the slot in this process.
+    streamed: bool,
 }
 
-impl<C: Connector, F: SinkFactory> Supervisor<C, F> {
+impl<C: Connector, F: SinkFactory, W: Checkpoints> Supervisor<C, F, W> {
     pub fn new(
         connector: C,
         sinks: F,
+        store: W,
         state: RelayState,
         shutdown: CancellationToken,
+        accept_gap: bool,
     ) -> Result<Self, RelayError> {
         let sink = sinks.create().map_err(RelayError::Producer)?;
         Ok(Supervisor {
             connector,
             sinks,
             sink,
+            store,
             state,
             shutdown,
+            accept_gap,
+            streamed: false,
         })
     }
 
@@ -86,13 +97,20 @@ impl<C: Connector, F: SinkFactory> Supervisor<C, F> {
 
     /// One session; the flag says whether it got as far as streaming.
     async fn session(&mut self) -> (Result<(), RelayError>, bool) {
-        let opened = match self.connector.open(self.state.confirmed).await {
+        let request = OpenRequest {
+            this_run: self.streamed.then_some(self.state.confirmed),
+            accept_gap: self.accept_gap && !self.streamed,
+        };
+        let opened = match self.connector.open(request, &self.store).await {
             Ok(opened) => opened,
             Err(e) => return (Err(e), false),
         };
-        self.state.confirmed = self.state.confirmed.max(opened.resume_lsn);
+        self.streamed = true;
+        // The plan took what this run confirmed into account; after a failover to a
+        // later timeline it may resume earlier, at the fork.
+        self.state.confirmed = opened.checkpoint.confirmed_lsn;
         self.state.health.set_stream_attached(true);
-        let pipeline = Pipeline::new(opened.source, &mut self.sink, &mut self.state);
+        let pipeline = Pipeline::new(opened, &mut self.sink, &self.store, &mut self.state);
         (pipeline.run(&self.shutdown).await, true)
     }
 

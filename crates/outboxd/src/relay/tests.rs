@@ -9,11 +9,13 @@ use outboxd_replication::TableName;
 use tokio_util::sync::CancellationToken;
 
 use super::fakes::{
-    Change, Completing, End, FakeConnector, FakeSinks, Observed, Script, Shared, Step, Wal,
+    Change, Completing, End, FakeConnector, FakeSinks, FakeStore, Observed, Script, Shared, Step,
+    Wal,
 };
 use super::pipeline::{RelayState, Routing};
 use super::supervisor::Supervisor;
 use super::RelayError;
+use crate::checkpoint::EventPosition;
 use crate::config::RoutingConfig;
 use crate::http::{Health, Metrics};
 use crate::router::Router;
@@ -28,6 +30,7 @@ struct Run {
 
 struct Setup {
     scripts: Vec<Script>,
+    skip_through: Option<EventPosition>,
     completing: Completing,
     fail: Vec<(&'static str, bool)>,
     dead_letter_topic: Option<String>,
@@ -37,6 +40,7 @@ impl Setup {
     fn new(scripts: Vec<Script>) -> Self {
         Setup {
             scripts,
+            skip_through: None,
             completing: Completing::AtOnce,
             fail: Vec::new(),
             dead_letter_topic: None,
@@ -44,8 +48,14 @@ impl Setup {
     }
 
     async fn run(self) -> Run {
+        self.run_until(Duration::MAX).await
+    }
+
+    /// Runs, and stops the relay (as SIGTERM would) after `limit` if it has not ended.
+    async fn run_until(self, limit: Duration) -> Run {
         let observed: Shared = Rc::default();
         let shutdown = CancellationToken::new();
+        let shutdown_handle = shutdown.clone();
         let metrics = Arc::new(Metrics::default());
         let state = RelayState {
             routing: Routing {
@@ -59,21 +69,31 @@ impl Setup {
             last_txn: 0,
             confirmed: Lsn::ZERO,
             drain_timeout: Duration::from_secs(5),
+            checkpoint_interval: Duration::from_millis(20),
         };
         let connector = FakeConnector {
             scripts: self.scripts.into(),
             observed: Rc::clone(&observed),
             shutdown: shutdown.clone(),
+            skip_through: self.skip_through,
         };
         let sinks = FakeSinks {
             observed: Rc::clone(&observed),
             completing: self.completing,
             fail: self.fail,
         };
-        let supervisor = Supervisor::new(connector, sinks, state, shutdown).expect("supervisor");
-        let result = tokio::time::timeout(Duration::from_secs(600), supervisor.run())
-            .await
-            .expect("the relay ends");
+        let store = FakeStore {
+            observed: Rc::clone(&observed),
+            delay: Duration::from_millis(3),
+        };
+        let supervisor =
+            Supervisor::new(connector, sinks, store, state, shutdown, false).expect("supervisor");
+        let stop = shutdown_after(shutdown_handle, limit);
+        let result = tokio::select! {
+            r = supervisor.run() => r,
+            () = tokio::time::sleep(Duration::from_secs(600)) => panic!("the relay did not end"),
+        };
+        stop.abort();
         let observed = Rc::try_unwrap(observed)
             .expect("fakes dropped")
             .into_inner();
@@ -106,7 +126,7 @@ fn lost_connection() -> outboxd_replication::Error {
 }
 
 #[tokio::test(start_paused = true)]
-async fn relays_outbox_rows_and_messages_in_order_and_confirms_each_transaction() {
+async fn relays_outbox_rows_and_messages_in_order_and_confirms_them_through_a_checkpoint() {
     let mut wal = Wal::default();
     let (a, a_end) = wal.transaction(&[
         Outbox("e1", Some("order"), "o-1"),
@@ -145,14 +165,22 @@ async fn relays_outbox_rows_and_messages_in_order_and_confirms_each_transaction(
             "outbox.event.user"
         ]
     );
-    assert_eq!(run.observed.acknowledged, [a_end, b_end]);
+    // Both complete before the first checkpoint write ends: one confirmation.
+    assert_eq!(run.observed.acknowledged, [b_end]);
+    assert!(a_end < b_end);
+    let last = run.observed.checkpoints.last().expect("a checkpoint");
+    assert_eq!(last.confirmed_lsn, b_end);
+    assert_eq!(
+        last.last_event.map(|e| e.index),
+        Some(0),
+        "e3, the first of b"
+    );
     assert_eq!(run.metrics.events_published.get(), 3);
     assert_eq!(
         run.metrics.ignored_changes.get(),
         1,
         "the non-transactional message"
     );
-    assert_eq!(run.metrics.transactions_confirmed.get(), 2);
 }
 
 #[tokio::test(start_paused = true)]
@@ -326,4 +354,105 @@ async fn shutdown_finishes_the_transaction_in_progress_and_no_more() {
     run.result.expect("a clean stop");
     assert_eq!(ids(&run.observed, 1), ["e1", "e2"]);
     assert_eq!(run.observed.acknowledged, [a_end]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_partly_delivered_transaction_resumes_after_its_last_delivered_event() {
+    let mut wal = Wal::default();
+    let (a, a_end) = wal.transaction(&[
+        Outbox("e1", Some("t"), "k"),
+        Outbox("e2", Some("t"), "k"),
+        Outbox("e3", Some("t"), "k"),
+    ]);
+    let mut setup = Setup::new(vec![session(vec![a, vec![Step::Shutdown]], End::Quiet)]);
+    let commit_lsn = run_commit_lsn(&setup.scripts[0]);
+    setup.skip_through = Some(EventPosition {
+        commit_lsn,
+        index: 1,
+    });
+    let run = setup.run().await;
+    run.result.expect("a clean stop");
+    let sent: Vec<(String, u32)> = run
+        .observed
+        .sent
+        .iter()
+        .map(|(_, _, r)| (r.meta.event_id.clone(), r.meta.index))
+        .collect();
+    assert_eq!(
+        sent,
+        [("e3".to_owned(), 2)],
+        "e1 and e2 were delivered before"
+    );
+    assert_eq!(run.metrics.skipped_events.get(), 2);
+    assert_eq!(run.observed.acknowledged, [a_end]);
+    let last = run.observed.checkpoints.last().expect("a checkpoint");
+    assert_eq!(
+        (last.confirmed_lsn, last.last_event.map(|e| e.index)),
+        (a_end, Some(2))
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_idle_wal_end_is_confirmed_only_through_a_checkpoint() {
+    let mut wal = Wal::default();
+    let (a, a_end) = wal.transaction(&[Outbox("e1", Some("t"), "k")]);
+    let idle = Lsn(a_end.0 + 0x10_0000);
+    let run = Setup::new(vec![session(vec![a, vec![Step::Idle(idle)]], End::Quiet)])
+        .run_until(Duration::from_secs(3))
+        .await;
+    run.result.expect("a clean stop");
+    assert_eq!(run.observed.acknowledged, [a_end, idle]);
+    let last = run.observed.checkpoints.last().expect("a checkpoint");
+    assert_eq!(last.confirmed_lsn, idle);
+    assert_eq!(
+        last.last_event.map(|e| e.index),
+        Some(0),
+        "the last event is kept"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn checkpoints_are_written_at_a_bounded_rate() {
+    let mut wal = Wal::default();
+    let transactions: Vec<Vec<Step>> = (0..200)
+        .map(|_| wal.transaction(&[Outbox("e", Some("t"), "k")]).0)
+        .collect();
+    let mut steps = transactions;
+    steps.push(vec![Step::Shutdown]);
+    let run = Setup::new(vec![session(steps, End::Quiet)]).run().await;
+    run.result.expect("a clean stop");
+    let writes = run.observed.checkpoints.len();
+    assert!(
+        (1..20).contains(&writes),
+        "{writes} writes for 200 transactions"
+    );
+    assert_eq!(
+        run.observed.checkpoints.last().map(|c| c.confirmed_lsn),
+        run.observed.acknowledged.last().copied()
+    );
+}
+
+fn run_commit_lsn(script: &Script) -> Lsn {
+    match script {
+        Script::Session(steps, _) => steps
+            .iter()
+            .find_map(|s| match s {
+                Step::Event(e) => match &e.message {
+                    outboxd_pgoutput::LogicalMessage::Begin(b) => Some(b.final_lsn),
+                    _ => None,
+                },
+                _ => None,
+            })
+            .expect("a Begin"),
+        Script::Refuse(_) => panic!("not a session"),
+    }
+}
+
+fn shutdown_after(token: CancellationToken, limit: Duration) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        if limit != Duration::MAX {
+            tokio::time::sleep(limit).await;
+            token.cancel();
+        }
+    })
 }

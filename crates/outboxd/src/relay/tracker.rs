@@ -11,6 +11,8 @@ use std::collections::VecDeque;
 use outboxd_kafka_sink::TxnId;
 use outboxd_pgoutput::Lsn;
 
+use crate::checkpoint::EventPosition;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
     /// Begun; its Commit has not been seen yet.
@@ -27,6 +29,8 @@ enum State {
 struct Entry {
     txn: TxnId,
     end_lsn: Lsn,
+    /// The transaction's last event, if it had any.
+    last_event: Option<EventPosition>,
     /// Commit time (µs since 2000-01-01), for the lag metric.
     commit_time: i64,
     state: State,
@@ -37,6 +41,8 @@ struct Entry {
 pub struct AckTracker {
     queue: VecDeque<Entry>,
     confirmed: Option<Lsn>,
+    /// The last event of the completed prefix.
+    last_event: Option<EventPosition>,
     /// Completions that arrived for transactions not yet committed at the source.
     early: Vec<TxnId>,
 }
@@ -52,15 +58,18 @@ impl AckTracker {
         self.queue.push_back(Entry {
             txn,
             end_lsn: Lsn::ZERO,
+            last_event: None,
             commit_time,
             state: State::Open,
         });
     }
 
-    /// The transaction's Commit arrived with its end LSN.
-    pub fn commit(&mut self, txn: TxnId, end_lsn: Lsn) {
+    /// The transaction's Commit arrived with its end LSN; `last_event` is its last
+    /// event, if it had any.
+    pub fn commit(&mut self, txn: TxnId, end_lsn: Lsn, last_event: Option<EventPosition>) {
         if let Some(e) = self.entry(txn) {
             e.end_lsn = end_lsn;
+            e.last_event = last_event;
             e.state = State::Pending;
         }
         if let Some(pos) = self.early.iter().position(|t| *t == txn) {
@@ -98,6 +107,7 @@ impl AckTracker {
                 break;
             }
             self.confirmed = Some(front.end_lsn);
+            self.last_event = front.last_event.or(self.last_event);
             self.queue.pop_front();
         }
     }
@@ -105,6 +115,11 @@ impl AckTracker {
     /// The end LSN of the newest transaction in the completed prefix, if any.
     pub fn confirmed(&self) -> Option<Lsn> {
         self.confirmed
+    }
+
+    /// The last event of the completed prefix, if it had any.
+    pub fn last_event(&self) -> Option<EventPosition> {
+        self.last_event
     }
 
     /// Commit time of the oldest transaction not yet confirmed.
@@ -140,7 +155,7 @@ mod tests {
         let mut t = AckTracker::new();
         for i in 1..=3 {
             t.begin(TxnId(i), 0);
-            t.commit(TxnId(i), lsn(i));
+            t.commit(TxnId(i), lsn(i), None);
         }
         t.complete(TxnId(2));
         assert_eq!(t.confirmed(), None, "1 is still pending");
@@ -157,7 +172,7 @@ mod tests {
         t.begin(TxnId(1), 0);
         t.complete(TxnId(1)); // the sink cannot know the transaction is not over
         assert_eq!(t.confirmed(), None);
-        t.commit(TxnId(1), lsn(1));
+        t.commit(TxnId(1), lsn(1), None);
         assert_eq!(t.confirmed(), Some(lsn(1)));
     }
 
@@ -166,7 +181,7 @@ mod tests {
         let mut t = AckTracker::new();
         for i in 1..=3 {
             t.begin(TxnId(i), 0);
-            t.commit(TxnId(i), lsn(i));
+            t.commit(TxnId(i), lsn(i), None);
         }
         t.fail(TxnId(2));
         t.complete(TxnId(3));
@@ -193,12 +208,12 @@ mod tests {
             for i in 1..=40 {
                 t.begin(TxnId(i), 0);
                 if commit_first {
-                    t.commit(TxnId(i), lsn(i));
+                    t.commit(TxnId(i), lsn(i), None);
                 }
             }
             if !commit_first {
                 for i in 1..=40 {
-                    t.commit(TxnId(i), lsn(i));
+                    t.commit(TxnId(i), lsn(i), None);
                 }
             }
             let mut done = std::collections::BTreeSet::new();
