@@ -7,6 +7,7 @@
 //! everything is dropped again when the guard goes out of scope, also after a panic.
 
 pub mod faults;
+pub mod pg_cluster;
 pub mod proxy;
 pub mod scenario;
 pub mod secure_kafka;
