@@ -16,7 +16,7 @@ fn repo_root() -> PathBuf {
     PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
 }
 
-fn run_script(script: &str, args: &[&str], env: &[(&str, String)]) -> Result<(), String> {
+pub(crate) fn run_script(script: &str, args: &[&str], env: &[(&str, String)]) -> Result<(), String> {
     let out = std::process::Command::new(repo_root().join("scripts").join(script))
         .args(args)
         .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
@@ -48,64 +48,6 @@ pub(crate) fn kafka_script(
     run_script("kafka.sh", &[cmd], &env)
 }
 
-/// A PostgreSQL cluster of the test's own (scripts/pg.sh with PG_STATE_DIR and
-/// PG_PORT), removed when dropped.
-#[derive(Debug)]
-pub struct DedicatedPg {
-    pub port: u16,
-    state: PathBuf,
-}
-
-impl DedicatedPg {
-    pub fn start() -> DedicatedPg {
-        let port = free_port();
-        let state = std::env::temp_dir().join(unique_name("outboxd-faults-pg"));
-        let pg = DedicatedPg { port, state };
-        pg.script("start").expect("dedicated PostgreSQL starts");
-        pg
-    }
-
-    fn env(&self) -> Vec<(&'static str, String)> {
-        vec![
-            ("PG_PORT", self.port.to_string()),
-            ("PG_STATE_DIR", self.state.display().to_string()),
-        ]
-    }
-
-    fn script(&self, cmd: &str) -> Result<(), String> {
-        run_script("pg.sh", &[cmd], &self.env())
-    }
-
-    /// Superuser URL of database `postgres`.
-    pub fn url(&self) -> String {
-        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
-    }
-
-    /// Starts it again (after `crash` or `stop`).
-    pub fn restart(&self) {
-        self.script("start").expect("dedicated PostgreSQL restarts");
-    }
-
-    /// `pg_ctl -m immediate stop`.
-    pub fn crash(&self) {
-        self.script("crash").expect("pg.sh crash");
-    }
-
-    pub fn stop(&self) {
-        self.script("stop").expect("pg.sh stop");
-    }
-}
-
-impl Drop for DedicatedPg {
-    fn drop(&mut self) {
-        let _ = self.script("stop");
-        let location = std::fs::read_to_string(self.state.join("location")).ok();
-        if let Some(loc) = location {
-            let _ = std::fs::remove_dir_all(loc.trim());
-        }
-        let _ = std::fs::remove_dir_all(&self.state);
-    }
-}
 
 /// A Kafka broker of the test's own (scripts/kafka.sh with KAFKA_STATE_DIR and
 /// ports), with a second listener reached through a [`FaultProxy`]

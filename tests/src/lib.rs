@@ -22,11 +22,13 @@ mod report;
 
 pub mod fake_walsender;
 pub mod faults;
+pub mod pg_cluster;
 pub mod proxy;
 pub mod secure_kafka;
 
 pub use db::{pg_connect, TestDb};
-pub use dedicated::{DedicatedKafka, DedicatedPg};
+pub use dedicated::DedicatedKafka;
+pub use pg_cluster::DedicatedPg;
 pub use env::{env_or, free_port, init_tracing, seed, services, unique_name, Services};
 pub use kafka::{
     consume_all, consume_until, consume_until_from, kafka_admin, require_kafka, ConsumedRecord,
