@@ -176,6 +176,11 @@ impl Outbox {
         RelayProcess::start(&self.binary, &self.env, name)
     }
 
+    /// Starts `outboxd` with the command line `args` (e.g. `run --accept-gap`).
+    pub fn start_with(&self, args: &[&str], name: &str) -> RelayProcess {
+        RelayProcess::start_args(&self.binary, args, &self.env, name)
+    }
+
     /// Restarts `relay` if it exits within `wait` (a delivery it could not complete),
     /// as a supervisor would; true if it had to.
     pub fn restart_if_exited(

@@ -19,12 +19,23 @@ impl RelayProcess {
     /// its package's tests) with `env` (OUTBOXD_… variables) on top of a clean
     /// environment for outboxd's settings.
     pub fn start(binary: &Path, env: &[(String, String)], log_name: &str) -> RelayProcess {
+        Self::start_args(binary, &["run"], env, log_name)
+    }
+
+    /// As [`start`](Self::start), with the command line `args` (e.g. `run
+    /// --accept-gap`).
+    pub fn start_args(
+        binary: &Path,
+        args: &[&str],
+        env: &[(String, String)],
+        log_name: &str,
+    ) -> RelayProcess {
         let dir = std::env::temp_dir().join("outboxd-test-logs");
         std::fs::create_dir_all(&dir).expect("log dir");
         let log = dir.join(format!("{}.log", unique_name(log_name)));
         let file = std::fs::File::create(&log).expect("log file");
         let mut cmd = std::process::Command::new(binary);
-        cmd.arg("run")
+        cmd.args(args)
             .env_remove("OUTBOXD_CONFIG")
             .env("RUST_LOG", "info,outboxd=debug")
             .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
