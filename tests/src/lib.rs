@@ -37,4 +37,4 @@ pub use load::{Load, LoadSpec};
 pub use outbox::{Endpoints, Outbox, AGGREGATE_TYPE};
 pub use pg_cluster::DedicatedPg;
 pub use relay_process::{http_get, metric, tail, wait_ready, RelayProcess};
-pub use report::{DeliveryReport, ScenarioResult};
+pub use report::{assert_no_holes, DeliveryReport, ScenarioResult};

@@ -4,12 +4,11 @@
 
 #![allow(clippy::unwrap_used, reason = "in tests an unwrap is an assertion")]
 
-use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
 use outboxd_tests::{
-    delete_topics, pg_connect, seed, tail, unique_name, ConsumedRecord, DedicatedPg, Endpoints,
-    Load, LoadSpec, Outbox, RelayProcess,
+    assert_no_holes, delete_topics, pg_connect, seed, tail, unique_name, ConsumedRecord,
+    DedicatedPg, Endpoints, Load, LoadSpec, Outbox, RelayProcess,
 };
 
 const OUTBOXD: &str = env!("CARGO_BIN_EXE_outboxd");
@@ -71,29 +70,6 @@ async fn delivered(outbox: &Outbox) -> Vec<ConsumedRecord> {
     outbox.read_events(usize::MAX, Duration::from_secs(8)).await
 }
 
-/// Per aggregate, the sequence numbers seen must be 1..=n without a hole: nothing
-/// committed before the last delivered event is missing. Returns the events seen.
-fn no_holes(records: &[ConsumedRecord], context: &str) -> usize {
-    let mut seen: HashMap<String, BTreeSet<i64>> = HashMap::new();
-    for r in records {
-        let v: serde_json::Value = serde_json::from_slice(r.value.as_deref().unwrap()).unwrap();
-        let agg = v["agg"].as_str().unwrap().to_owned();
-        seen.entry(agg)
-            .or_default()
-            .insert(v["seq"].as_i64().unwrap());
-    }
-    for (agg, seqs) in &seen {
-        let max = *seqs.iter().next_back().unwrap();
-        assert_eq!(
-            seqs.len() as i64,
-            max,
-            "aggregate {agg}: a hole below {max} ({} of them seen)\n{context}",
-            seqs.len()
-        );
-    }
-    seen.values().map(BTreeSet::len).sum()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_slot_dropped_under_load_stops_the_relay_and_is_never_recreated_silently() {
     for create_slot in ["true", "false"] {
@@ -116,7 +92,7 @@ async fn a_slot_dropped_under_load_stops_the_relay_and_is_never_recreated_silent
         assert!(log.contains("may be missing from Kafka"), "{}", tail(&log));
         assert!(!log.contains("replication slot created"), "{}", tail(&log));
         writers.stop().await;
-        let seen = no_holes(&delivered(&outbox).await, &tail(&log));
+        let seen = assert_no_holes(&delivered(&outbox).await, &tail(&log));
         assert!(seen > 0, "events were relayed before the drop");
 
         // A restart refuses too, naming the range, and creates nothing.
