@@ -8,6 +8,8 @@
 //!   PostgreSQL and Kafka implementations, so the logic above is testable with fakes.
 
 mod checkpoints;
+mod committer;
+mod connector;
 mod error;
 mod pipeline;
 mod resume;
@@ -33,12 +35,14 @@ pub use error::RelayError;
 pub use resume::Gap;
 pub use tracker::AckTracker;
 
-use crate::config::Config;
-use crate::http::{Health, Metrics};
+use crate::config::{Config, Delivery};
+use crate::health::Health;
+use crate::health::Role;
+use crate::metrics::Metrics;
 use crate::router::Router;
 use crate::settings;
-use pipeline::{RelayState, Routing};
-use source::PgConnector;
+use connector::PgConnector;
+use pipeline::{Mode, RelayState, Routing};
 use store::KafkaCheckpoints;
 use supervisor::Supervisor;
 
@@ -63,15 +67,17 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), RelayError> {
     let tables = settings::outbox_tables(config)?;
-    let connector = PgConnector {
-        connect: settings::connect_options(config)?,
-        tables: tables.clone(),
-        create_publication: config.postgres.create_publication,
-        create_slot: config.postgres.create_slot,
-        failover_slot: config.postgres.failover_slot,
-        spec: settings::source_spec(config),
-        reader: settings::reader_config(config),
-    };
+    let exactly_once = config.kafka.delivery == Delivery::ExactlyOnce;
+    let connector = PgConnector::new(
+        settings::connect_options(config)?,
+        tables.clone(),
+        config.postgres.create_publication,
+        config.postgres.create_slot,
+        config.postgres.failover_slot,
+        exactly_once,
+        settings::source_spec(config),
+        settings::reader_config(config),
+    );
     let sink_config = settings::sink_config(config);
     let store = KafkaCheckpoints {
         store: Arc::new(
@@ -96,16 +102,29 @@ pub async fn run(
         last_txn: 0,
         confirmed: Lsn::ZERO,
         drain_timeout: config.server.shutdown_timeout(),
-        checkpoint_interval: Duration::from_millis(config.kafka.checkpoint_interval_ms),
+        mode: if exactly_once {
+            Mode::ExactlyOnce {
+                checkpoint_topic: config.kafka.checkpoint_topic.clone(),
+                max_age: Duration::from_millis(config.kafka.transaction_max_ms),
+                max_bytes: config.kafka.transaction_max_bytes,
+            }
+        } else {
+            Mode::AtLeastOnce {
+                checkpoint_interval: Duration::from_millis(config.kafka.checkpoint_interval_ms),
+            }
+        },
     };
+    state.metrics.set_role(Role::Starting);
+    let exactly_once = exactly_once.then(|| config.kafka.transactional_id.clone());
     Supervisor::new(
         connector,
         sink_config,
+        exactly_once,
         store,
         state,
         shutdown,
         options.accept_gap,
-    )?
+    )
     .run()
     .await
 }

@@ -1,0 +1,234 @@
+//! Opening replication sessions on PostgreSQL: preflight, publication, the slot,
+//! the comparison of slot, server and checkpoint, and the stream.
+//!
+//! At least once, the checkpoint is read first and the stream starts where it says.
+//! Exactly once, the relay takes the slot first (starting at the slot's position),
+//! then fences the previous holder's producer, then reads the checkpoint: only the
+//! relay that holds the slot may fence, and the checkpoint can be read (with
+//! `read_committed`) only once no fenced producer holds a transaction open.
+
+use std::time::Duration;
+
+use outboxd_pgoutput::Lsn;
+use outboxd_replication::{
+    Admin, ConnectOptions, LogicalStream, ReaderConfig, ReplicationReader, SourceSession,
+    SourceSpec, Started, TableName,
+};
+
+use crate::checkpoint::{self, Checkpoint, RelayIdentity};
+use crate::relay::checkpoints::Checkpoints;
+use crate::relay::resume::{self, Plan, Situation, Stored};
+use crate::relay::source::{Connector, Fence, OpenRequest, Opened};
+use crate::relay::RelayError;
+
+/// How often a standby looks whether the slot is free.
+const STANDBY_POLL: Duration = Duration::from_millis(250);
+
+/// Opens replication sessions on PostgreSQL.
+#[derive(Debug)]
+pub(crate) struct PgConnector {
+    pub connect: ConnectOptions,
+    pub tables: Vec<TableName>,
+    pub create_publication: bool,
+    pub create_slot: bool,
+    /// Create the slot with failover enabled (PostgreSQL 17+).
+    pub failover_slot: bool,
+    /// Take the slot before fencing and reading the checkpoint (exactly-once).
+    pub slot_first: bool,
+    pub spec: SourceSpec,
+    pub reader: ReaderConfig,
+    /// The standby's connection for watching the slot.
+    watcher: Option<Admin>,
+}
+
+impl PgConnector {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        connect: ConnectOptions,
+        tables: Vec<TableName>,
+        create_publication: bool,
+        create_slot: bool,
+        failover_slot: bool,
+        slot_first: bool,
+        spec: SourceSpec,
+        reader: ReaderConfig,
+    ) -> Self {
+        PgConnector {
+            connect,
+            tables,
+            create_publication,
+            create_slot,
+            failover_slot,
+            slot_first,
+            spec,
+            reader,
+            watcher: None,
+        }
+    }
+
+    async fn start(
+        &self,
+        session: SourceSession,
+        admin: &Admin,
+        at: Lsn,
+    ) -> Result<(LogicalStream, Started), RelayError> {
+        let spec = &self.spec;
+        Ok(session
+            .start(
+                admin,
+                &spec.publications,
+                spec.messages,
+                at,
+                spec.settings.clone(),
+            )
+            .await?)
+    }
+}
+
+/// A session before or after it took the slot.
+enum Stage {
+    Connected(SourceSession),
+    Streaming(LogicalStream, Started),
+}
+
+impl Connector for PgConnector {
+    type Source = ReplicationReader;
+
+    async fn open(
+        &mut self,
+        request: OpenRequest,
+        store: &impl Checkpoints,
+        fence: &mut impl Fence,
+    ) -> Result<Opened<ReplicationReader>, RelayError> {
+        self.watcher = None;
+        let admin = Admin::connect(&self.connect).await?;
+        admin.check_wal_level().await?;
+        let publication = self.spec.publications.first().map_or("", String::as_str);
+        if !self.tables.is_empty() {
+            admin
+                .ensure_publication(publication, &self.tables, self.create_publication)
+                .await?;
+        }
+        let mut session = SourceSession::connect(&self.connect, &admin, &self.spec.slot).await?;
+        let server = session.identity.clone();
+        let slot = session.slot.clone();
+        let history = session.timeline_history().await?;
+        let identity = RelayIdentity {
+            system_identifier: server.system_id.clone(),
+            database: self.connect.database().to_owned(),
+            slot: self.spec.slot.clone(),
+        };
+        let mut stage = if self.slot_first && slot.is_some() {
+            let (stream, started) = self.start(session, &admin, Lsn::ZERO).await?;
+            Stage::Streaming(stream, started)
+        } else {
+            Stage::Connected(session)
+        };
+        fence.fence(&identity).await?;
+        let loaded = store.load(&identity).await?;
+        let stored = match (&loaded.ours, &loaded.foreign) {
+            _ if loaded.topic_missing => Stored::TopicMissing,
+            (Some(c), _) => Stored::Ours(c),
+            (None, Some(c)) => Stored::Foreign(c),
+            (None, None) => Stored::Nothing,
+        };
+        let situation = Situation {
+            slot_name: &self.spec.slot,
+            server: &server,
+            history: &history,
+            slot: slot.as_ref(),
+            stored,
+            this_run: request.this_run,
+        };
+        let (plan, accepted) = match resume::plan(&situation) {
+            Ok(plan) => (plan, false),
+            Err(gap) if request.accept_gap && gap.overridable() => {
+                tracing::error!(slot = %gap.slot, range = %gap.range(), reason = %gap, "accepting a possible gap in the events (--accept-gap): events committed in this range may be missing from Kafka");
+                (resume::accept(&gap, slot.as_ref()), true)
+            }
+            Err(gap) => return Err(RelayError::Gap(gap)),
+        };
+        if loaded.topic_missing && (accepted || plan == Plan::CreateSlot) {
+            store.create_topic().await?;
+        }
+        let mut checkpoint = Checkpoint {
+            format: checkpoint::FORMAT,
+            system_identifier: identity.system_identifier,
+            timeline: server.timeline,
+            database: identity.database,
+            slot: identity.slot,
+            publication: publication.to_owned(),
+            tables: self.tables.iter().map(ToString::to_string).collect(),
+            confirmed_lsn: Lsn::ZERO,
+            last_event: None,
+            outboxd_version: env!("CARGO_PKG_VERSION").to_owned(),
+            written_at: checkpoint::now_rfc3339(),
+        };
+        let (start, skip_through, first_checkpoint) = match plan {
+            Plan::CreateSlot if !self.create_slot && !accepted => {
+                return Err(outboxd_replication::Error::SlotMissing {
+                    slot: self.spec.slot.clone(),
+                }
+                .into())
+            }
+            Plan::CreateSlot => {
+                // Only a missing slot is created, and a stream starts only on an
+                // existing one.
+                let Stage::Connected(session) = &mut stage else {
+                    return Err(outboxd_replication::Error::Protocol(
+                        "asked to create a slot that is streaming".to_owned(),
+                    )
+                    .into());
+                };
+                let slot = session.create_slot(&admin, self.failover_slot).await?;
+                (slot.confirmed_flush_lsn.unwrap_or(Lsn::ZERO), None, true)
+            }
+            Plan::Resume {
+                start,
+                skip_through,
+                first_checkpoint,
+            } => (start, skip_through, first_checkpoint),
+        };
+        checkpoint.confirmed_lsn = start;
+        checkpoint.last_event = skip_through;
+        if first_checkpoint {
+            // From now on any loss of the slot is seen, even before the first event.
+            store.write(&checkpoint).await?;
+            tracing::info!(slot = %checkpoint.slot, confirmed = %start, "first checkpoint written");
+        }
+        let (stream, started) = match stage {
+            Stage::Streaming(stream, started) => (stream, started),
+            Stage::Connected(session) => self.start(session, &admin, start).await?,
+        };
+        tracing::info!(
+            slot = %self.spec.slot,
+            resume = %start,
+            stream_start = %started.resume_lsn,
+            created_slot = started.created_slot,
+            timeline = checkpoint.timeline,
+            server_version = started.server_major_version,
+            "relaying"
+        );
+        Ok(Opened {
+            source: ReplicationReader::spawn(stream, self.reader.clone()),
+            checkpoint,
+            skip_before: start,
+            skip_through,
+        })
+    }
+
+    async fn wait_until_free(&mut self) -> Result<(), RelayError> {
+        loop {
+            let admin = match self.watcher.take() {
+                Some(admin) => admin,
+                None => Admin::connect(&self.connect).await?,
+            };
+            let slot = admin.slot(&self.spec.slot).await?;
+            if slot.is_none_or(|s| s.active_pid.is_none()) {
+                return Ok(());
+            }
+            self.watcher = Some(admin);
+            tokio::time::sleep(STANDBY_POLL).await;
+        }
+    }
+}
