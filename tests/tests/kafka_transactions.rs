@@ -125,3 +125,50 @@ async fn a_newer_producer_with_the_same_id_fences_the_older_one() {
         "the old producer's open transaction was aborted"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_that_failed_delivery_forbids_the_commit() {
+    let topics = TestTopics::create("txnfail", 1, 1).await;
+    let topic = &topics.names()[0];
+    let (sink, _completions) = KafkaSink::new(SinkConfig {
+        brokers: services().kafka_brokers.clone(),
+        transactional_id: Some(unique_name("outboxd-test-txnfail")),
+        // The missing topic's record fails in librdkafka's queue, before any send.
+        properties: vec![
+            ("message.timeout.ms".into(), "2000".into()),
+            ("allow.auto.create.topics".into(), "false".into()),
+        ],
+        ..SinkConfig::default()
+    })
+    .expect("transactional sink");
+    sink.init_transactions(TIMEOUT).await.expect("init");
+    sink.send(TxnId(1), record(topic, "before"))
+        .await
+        .expect("send");
+    sink.send(TxnId(1), record(&unique_name("no-such-topic"), "lost"))
+        .await
+        .expect("send");
+    sink.send(TxnId(1), record(topic, "after"))
+        .await
+        .expect("send");
+    sink.end_transaction(TxnId(1), 3);
+    let err = sink
+        .commit_transaction(TIMEOUT)
+        .await
+        .expect_err("a transaction with a failed record must not commit");
+    assert!(
+        matches!(
+            err,
+            SinkError::Transaction {
+                kind: TransactionError::Abortable,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    sink.abort_transaction(TIMEOUT).await.expect("abort");
+    assert!(
+        values(topic, 1, "read_committed").is_empty(),
+        "nothing of the failed transaction is visible"
+    );
+}

@@ -1,7 +1,7 @@
 //! The sink: strictly ordered enqueue, in-flight caps, flush, cluster check.
 
 use std::fmt;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -51,8 +51,10 @@ pub struct KafkaSink {
     /// transactional mode, sends against commits and aborts.
     pub(crate) enqueue: tokio::sync::Mutex<()>,
     pub(crate) config: SinkConfig,
-    /// Transactional mode: whether a Kafka transaction is open.
+    /// Transactional mode: whether a Kafka transaction is open, and the count of
+    /// failed deliveries when it began (a failure since forbids its commit).
     pub(crate) in_transaction: AtomicBool,
+    pub(crate) errors_at_begin: AtomicU64,
     stop: Arc<AtomicBool>,
     poller: Option<JoinHandle<()>>,
 }
@@ -125,6 +127,7 @@ impl KafkaSink {
                 enqueue: tokio::sync::Mutex::new(()),
                 config,
                 in_transaction: AtomicBool::new(false),
+                errors_at_begin: AtomicU64::new(0),
                 stop,
                 poller: Some(poller),
             },

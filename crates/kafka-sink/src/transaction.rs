@@ -39,6 +39,16 @@ impl KafkaSink {
         }
         let started = Instant::now();
         self.flush(timeout).await?;
+        // librdkafka need not refuse the commit when a record failed before it was
+        // sent (a timeout in its queue): the sink's own count decides.
+        let failed = self.stats().delivery_errors - self.errors_at_begin.load(Ordering::Acquire);
+        if failed > 0 {
+            return Err(SinkError::Transaction {
+                call: "commit",
+                kind: TransactionError::Abortable,
+                reason: format!("{failed} record(s) of the transaction failed delivery"),
+            });
+        }
         let remaining = timeout.saturating_sub(started.elapsed());
         let result = self
             .blocking("commit", move |p| p.commit_transaction(remaining))
@@ -76,6 +86,8 @@ impl KafkaSink {
         self.producer
             .begin_transaction()
             .map_err(|e| transaction_error("begin", e))?;
+        self.errors_at_begin
+            .store(self.stats().delivery_errors, Ordering::Release);
         self.in_transaction.store(true, Ordering::Release);
         Ok(())
     }

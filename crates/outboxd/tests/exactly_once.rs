@@ -197,3 +197,61 @@ async fn a_paused_relay_is_fenced_when_it_resumes() {
     standby.stop_cleanly();
     paused.stop_cleanly();
 }
+
+/// One PostgreSQL transaction far larger than the in-flight caps spans many Kafka
+/// transactions; the relay is killed in the middle of it. The restart resumes after
+/// the last committed event of that transaction: nothing twice, memory bounded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_huge_transaction_killed_in_the_middle_gives_no_duplicate_in_bounded_memory() {
+    let outbox = Outbox::on_shared(
+        OUTBOXD,
+        None,
+        &[
+            EXACTLY_ONCE,
+            ("OUTBOXD_POSTGRES__MAX_BUFFERED_BYTES", "2097152"),
+            ("OUTBOXD_KAFKA__MAX_IN_FLIGHT_BYTES", "4194304"),
+            ("OUTBOXD_KAFKA__MAX_IN_FLIGHT_RECORDS", "10000"),
+        ],
+    )
+    .await;
+    // One transaction of 100k events with 1 kB payloads: ~100 MB of records.
+    outbox
+        .connect()
+        .await
+        .batch_execute(
+            "INSERT INTO aggregates SELECT 'agg-' || g, 1 FROM generate_series(1, 100000) g;
+             INSERT INTO outbox (aggregatetype, aggregateid, payload)
+             SELECT 'order', 'agg-' || g, jsonb_build_object('agg', 'agg-' || g, 'seq', 1, 'pad', repeat('m', 1000))
+             FROM generate_series(1, 100000) g;",
+        )
+        .await
+        .unwrap();
+    let first = outbox.start("eos-huge-1");
+    // Kill it once a good part of the transaction is committed to Kafka.
+    let seen = outbox
+        .read_events(30_000, Duration::from_secs(120))
+        .await
+        .len();
+    let peak_first = first.peak_rss();
+    first.signal("KILL");
+    drop(first);
+    println!("killed after a read_committed consumer saw {seen} of 100000 events");
+    assert!(seen < 100_000, "the kill must land in the middle");
+    let mut second = outbox.start("eos-huge-2");
+    exactly_once(
+        &outbox,
+        &second,
+        "100k-event transaction, killed in the middle",
+    )
+    .await;
+    let peak = peak_first.max(second.peak_rss());
+    println!("peak RSS {} MB", peak >> 20);
+    assert!(peak > 0 && peak < 100 << 20, "peak RSS {} MB", peak >> 20);
+    let log = second.log_text();
+    assert!(
+        log.contains("skip") || log.contains("relaying"),
+        "{}",
+        tail(&log)
+    );
+    second.stop_cleanly();
+}

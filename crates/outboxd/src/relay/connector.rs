@@ -191,6 +191,9 @@ impl Connector for PgConnector {
         };
         checkpoint.confirmed_lsn = start;
         checkpoint.last_event = skip_through;
+        if let Some(event) = skip_through.filter(|e| e.commit_lsn >= start) {
+            tracing::info!(after = %event, "resuming inside a partly delivered transaction: its events up to the last delivered one are left out");
+        }
         if first_checkpoint {
             // From now on any loss of the slot is seen, even before the first event.
             store.write(&checkpoint).await?;
