@@ -6,7 +6,7 @@
 #
 # 1. An engine: the one DOCKER_HOST (or the default socket) answers on, else a
 #    private one from scripts/containers/dockerd.sh (installs docker.io; needs root),
-#    stopped again at the end. An engine without a bridge network runs the stack on
+#    stopped again at the end if this script started it. An engine without a bridge network runs the stack on
 #    the host's network (compose.host-network.yml).
 # 2. Images: local stand-ins for public images the engine lacks (images.sh), then
 #    outboxd:local from the Dockerfile (BuildKit).
@@ -32,11 +32,15 @@ timing() { printf '[containers/test] %s: %d s\n' "$1" "$((SECONDS - $2))" >&2; }
 
 # --- 1. engine ---------------------------------------------------------------
 step "Docker engine"
-own_engine=0
+started_engine=0
+private_engine=0
 if ! docker version >/dev/null 2>&1; then
-    "$HERE/dockerd.sh" start
+    private_engine=1
+    if ! "$HERE/dockerd.sh" status >/dev/null; then
+        "$HERE/dockerd.sh" start
+        started_engine=1
+    fi
     eval "$("$HERE/dockerd.sh" env)"
-    own_engine=1
 fi
 files=(-f docker-compose.yml)
 build_network=()
@@ -61,7 +65,9 @@ if docker compose version >/dev/null 2>&1; then
 else
     if ! command -v docker-compose >/dev/null 2>&1; then
         [[ $(id -u) -eq 0 ]] || die "neither 'docker compose' nor docker-compose found"
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends docker-compose >&2
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update -qq >&2
+        apt-get install -y -qq --no-install-recommends docker-compose >&2
     fi
     compose=(docker-compose)
 fi
@@ -77,7 +83,7 @@ finish() {
         "${compose[@]}" --profile demo down -v --remove-orphans >/dev/null 2>&1 ||
             "${compose[@]}" down -v --remove-orphans >/dev/null 2>&1 || true
     fi
-    if ((own_engine == 1 && keep == 0)); then "$HERE/dockerd.sh" stop || true; fi
+    if ((started_engine == 1 && keep == 0)); then "$HERE/dockerd.sh" stop || true; fi
     printf '[containers/test] total: %d s\n' "$((SECONDS - t_start))" >&2
     exit "$rc"
 }
@@ -97,6 +103,8 @@ if ! "${build[@]}" "${build_network[@]}" --progress plain -t outboxd:local . >.l
     die "docker build failed (log: .local/containers/outboxd-build.log)"
 fi
 timing "outboxd image" "$t"
+# The engine's data root is a cache kept between runs: drop superseded images.
+if ((private_engine == 1)); then docker image prune -f >/dev/null; fi
 [[ $(docker run --rm --network none --entrypoint id outboxd:local -u) == 10001 ]] || die "the image does not run as uid 10001"
 
 # --- 3. stack ----------------------------------------------------------------
