@@ -86,6 +86,9 @@ cmd_stop() {
         ((SECONDS < deadline)) || die "dockerd (pid $pid) still running 60 s after SIGTERM"
         sleep 0.5
     done
+    # dockerd leaves a bind mount of the host's network namespace in its exec root.
+    awk -v dir="$RUN_DIR/" 'index($2, dir) == 1 { print $2 }' /proc/mounts | sort -r |
+        while read -r mount; do umount "$mount"; done
     log "stopped"
 }
 
