@@ -153,6 +153,7 @@ docker_build() {
     log "building $tag (log: $ctx.log)"
     docker build --network host --label "$LABEL=$want" -t "$tag" "$ctx" >"$ctx.log" 2>&1 ||
         { tail -n 30 "$ctx.log" >&2; die "building $tag failed (log: $ctx.log)"; }
+    rm -rf "$ctx"
 }
 
 debian_label=

@@ -153,6 +153,7 @@ check test "$(cut -f2 <<<"$all" | grep -c '^id:.*,outboxd\.lsn:[0-9A-F]*/[0-9A-F
 last_lsn=$(cut -f2 <<<"$orders" | tail -n 1 | grep -o 'outboxd\.lsn:[0-9A-F/]*' | cut -d: -f2)
 
 step "outboxd's /metrics"
+# shellcheck disable=SC2016 # expanded by the container's bash
 metrics=$("${compose[@]}" exec -T outboxd bash -c \
     'exec 3<>/dev/tcp/127.0.0.1/${OUTBOXD_SERVER__METRICS_ADDRESS##*:}
      printf "GET /metrics HTTP/1.0\r\n\r\n" >&3; cat <&3' | tr -d '\r' | sed '1,/^$/d')

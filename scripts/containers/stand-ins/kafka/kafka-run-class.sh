@@ -2,7 +2,7 @@
 # /opt/kafka/bin of the stand-in image: each kafka-*.sh is a link here and runs
 # its tool's main class; `kafka-run-class.sh CLASS ARGS…` runs any class.
 set -euo pipefail
-lib=/opt/kafka/libs/*
+lib='/opt/kafka/libs/*' # a class path wildcard, expanded by java
 tool_jvm=(-Xmx256m -XX:+UseSerialGC -XX:TieredStopAtLevel=1
     -Dlog4j2.configurationFile=/opt/kafka/tools-log4j2.properties)
 case $(basename "$0") in
