@@ -23,9 +23,6 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 DASHBOARD = ROOT / "deploy/grafana/outboxd-dashboard.json"
 RULES = ROOT / "deploy/prometheus/outboxd-alerts.yml"
 SOURCES = ROOT / "crates/outboxd/src"
-# Announced by the relay's roadmap, not yet registered in crates/outboxd/src;
-# remove a name here once the relay exports it.
-PENDING = {"outboxd_role"}
 BUILTINS = {"__rate_interval", "__interval", "__range"}
 # What a variable stands for when promtool parses a query.
 SUBSTITUTES = {"__rate_interval": "5m", "__interval": "1m", "__range": "1h"}
@@ -36,9 +33,11 @@ VARIABLE = re.compile(r"\$\{?(\w+)\}?")
 
 
 def exported_from_source():
-    """Names in the exposition: registered names, counters with _total."""
+    """Names in the exposition: registered names, counters with _total, histograms
+    with _bucket, _sum and _count. Field types come from `struct Metrics`."""
     text = "\n".join(p.read_text() for p in sorted(SOURCES.rglob("*.rs")))
-    fields = dict(re.findall(r"\b(\w+)\s*:\s*((?:Family<[^>]*>|\w+(?:<[^>]*>)?))\s*,", text))
+    struct = re.search(r"pub struct Metrics \{(.*?)\n\}", text, re.S)
+    fields = dict(re.findall(r"pub (\w+):\s*([^\n]*?),?\n", struct.group(1) + "\n")) if struct else {}
     names = set()
     for name, metric in re.findall(
         r'register\(\s*"(outboxd_\w+)",\s*"[^"]*",\s*([\w.]+?)\.clone\(\)', text
@@ -46,7 +45,9 @@ def exported_from_source():
         kind = fields.get(metric.rsplit(".", 1)[-1], "")
         if "Counter" in kind:
             names.add(name + "_total")
-        elif kind:
+        elif "Histogram" in kind:
+            names.update(name + suffix for suffix in ("_bucket", "_sum", "_count"))
+        elif "Gauge" in kind:
             names.add(name)
         else:  # type not found: accept either form rather than guess
             names.update({name, name + "_total"})
@@ -111,7 +112,7 @@ def main():
         if not expr.strip():
             problems.append(f"{where}: empty query")
         for name in METRIC.findall(expr):
-            if name not in exported and name not in PENDING:
+            if name not in exported:
                 problems.append(f"{where}: {name} is not a metric outboxd exports")
         for name in RECORDED.findall(expr):
             if name not in recorded:
@@ -120,7 +121,7 @@ def main():
             if name not in variables and name not in BUILTINS:
                 problems.append(f"{where}: ${name} is not a dashboard variable")
     for name in METRIC.findall(rules):
-        if name not in exported and name not in PENDING:
+        if name not in exported:
             problems.append(f"{RULES.name}: {name} is not a metric outboxd exports")
 
     if args.promql_out:
