@@ -23,16 +23,37 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 cd "$ROOT"
 HERE=scripts/containers
 keep=0
-[[ ${1:-} == --keep ]] && keep=1
+case ${1:-} in
+    --keep) keep=1 ;;
+    '') ;;
+    *) echo "usage: $0 [--keep]" >&2; exit 2 ;;
+esac
 
 step() { printf '\n==> %s\n' "$*" >&2; }
 die() { printf '[containers/test] FAIL: %s\n' "$*" >&2; exit 1; }
 t_start=$SECONDS
 timing() { printf '[containers/test] %s: %d s\n' "$1" "$((SECONDS - $2))" >&2; }
 
+compose=()
+started_engine=0
+finish() {
+    local rc=$?
+    if ((rc != 0 && ${#compose[@]} > 0)); then
+        printf '\n[containers/test] failed; the last log lines of the stack:\n' >&2
+        "${compose[@]}" logs --no-color --tail 40 >&2 2>&1 || true
+    fi
+    if ((keep == 0 && ${#compose[@]} > 0)); then
+        "${compose[@]}" --profile demo down -v --remove-orphans >/dev/null 2>&1 ||
+            "${compose[@]}" down -v --remove-orphans >/dev/null 2>&1 || true
+    fi
+    if ((started_engine == 1 && keep == 0)); then "$HERE/dockerd.sh" stop || true; fi
+    printf '[containers/test] total: %d s\n' "$((SECONDS - t_start))" >&2
+    exit "$rc"
+}
+trap finish EXIT
+
 # --- 1. engine ---------------------------------------------------------------
 step "Docker engine"
-started_engine=0
 private_engine=0
 if ! docker version >/dev/null 2>&1; then
     private_engine=1
@@ -61,7 +82,7 @@ else
 fi
 
 if docker compose version >/dev/null 2>&1; then
-    compose=(docker compose)
+    compose_cmd=(docker compose)
 else
     if ! command -v docker-compose >/dev/null 2>&1; then
         [[ $(id -u) -eq 0 ]] || die "neither 'docker compose' nor docker-compose found"
@@ -69,25 +90,10 @@ else
         apt-get update -qq >&2
         apt-get install -y -qq --no-install-recommends docker-compose >&2
     fi
-    compose=(docker-compose)
+    compose_cmd=(docker-compose)
 fi
-compose+=(-p outboxd-test "${files[@]}")
+compose=("${compose_cmd[@]}" -p outboxd-test "${files[@]}")
 
-finish() {
-    local rc=$?
-    if ((rc != 0)); then
-        printf '\n[containers/test] failed; the last log lines of the stack:\n' >&2
-        "${compose[@]}" logs --no-color --tail 40 >&2 2>&1 || true
-    fi
-    if ((keep == 0)); then
-        "${compose[@]}" --profile demo down -v --remove-orphans >/dev/null 2>&1 ||
-            "${compose[@]}" down -v --remove-orphans >/dev/null 2>&1 || true
-    fi
-    if ((started_engine == 1 && keep == 0)); then "$HERE/dockerd.sh" stop || true; fi
-    printf '[containers/test] total: %d s\n' "$((SECONDS - t_start))" >&2
-    exit "$rc"
-}
-trap finish EXIT
 
 # --- 2. images ---------------------------------------------------------------
 step "Stand-ins for the public images the engine lacks"
