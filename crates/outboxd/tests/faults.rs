@@ -9,6 +9,8 @@
 //! many faults a schedule has (CI default below); `OUTBOXD_FAULT_REPORT=file` collects
 //! the per-scenario figures as JSON lines.
 
+#![allow(clippy::unwrap_used, reason = "in tests an unwrap is an assertion")]
+
 use std::time::{Duration, Instant};
 
 use outboxd_tests::faults::{outbox_on_kafka, Fault, Gaps, Length, Order, Schedule, Targets};
