@@ -1,14 +1,19 @@
 #!/usr/bin/env bash
-# Side-by-side benchmark: the slot-read limit (pg_recvlogical), outboxd and
-# Debezium (Kafka Connect + Postgres connector + Outbox Event Router), in one run.
+# Side-by-side benchmark: the slot-read limit (pg_recvlogical), outboxd (at-least-once
+# and exactly-once) and Debezium (Kafka Connect + Postgres connector + Outbox Event
+# Router), in one run.
 #
 #   bench/run.sh                 full preset: 1M events for each of k = 1, 10, 100,
-#                                latency steps and ladder, outboxd also with
-#                                linger.ms=5; writes docs/benchmarks.md (its generated
-#                                section), docs/benchmarks.png, bench/results/ (~25 min)
-#   bench/run.sh --quick         50k events, k = 10, 10 s latency steps, no ladder
-#                                (~2 min); results only in bench/.work/runs/<run>/
-#                                (add --publish to write docs/ as well)
+#                                latency steps and ladder, outboxd also with 4x memory
+#                                caps and two runtime threads, a sweep of exactly-once's
+#                                transaction limits, SIGKILL takeovers of an active
+#                                relay by a standby; writes docs/benchmarks.md (its
+#                                generated section), docs/benchmarks.png,
+#                                bench/results/ (~45 min)
+#   bench/run.sh --quick         50k events, k = 10, 6 s latency steps, no ladder, a
+#                                small sweep, one takeover per mode (~3 min); results
+#                                only in bench/.work/runs/<run>/ (add --publish to
+#                                write docs/ as well)
 #   bench/run.sh --profile       also profile outboxd (perf + flame graphs): an extra
 #                                drain per k and an extra 10k events/s step
 #   bench/run.sh --help          every option (bench/bench.py)
