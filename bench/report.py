@@ -267,9 +267,11 @@ def write(results: dict, rundir: Path, publish: bool = False) -> None:
     DOC.write_text(text)
     out = ROOT / "bench" / "results"
     out.mkdir(exist_ok=True)
-    for old in out.glob(f"{results.get('preset')}-flamegraph-*.svg"):
-        old.unlink()
-    for name in results.get("flamegraphs", []):
-        shutil.copy(rundir / name, out / f"{results.get('preset')}-{name}")
+    if results.get("flamegraphs"):
+        # Only a --profile run replaces the flame graphs (docs may cite older ones).
+        for old in out.glob(f"{results.get('preset')}-flamegraph-*.svg"):
+            old.unlink()
+        for name in results["flamegraphs"]:
+            shutil.copy(rundir / name, out / f"{results.get('preset')}-{name}")
     (out / f"{results.get('preset')}.json").write_text(json.dumps(results, indent=1, default=str))
     print(f"published: {DOC}, {CHART}, {out / (results.get('preset') + '.json')}")

@@ -32,7 +32,8 @@ def chart(results: dict, path: Path) -> None:
     ax.set_xticks(range(len(ks)), [f"transactions of {k}" for k in ks])
     ax.set_ylabel("events/s")
     ax.set_title("Drain throughput (backlog, time until the slot is confirmed)")
-    ax.legend(fontsize=8)
+    if ks:
+        ax.legend(fontsize=8)
 
     ax = axes[0][1]
     pick = next((e for e in results.get("drain", []) if e["k"] == 10), None) or \

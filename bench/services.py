@@ -175,6 +175,16 @@ log.segment.bytes=268435456
                 prod.poll(0)
         if prod.flush(120) != 0:
             raise SystemExit("Kafka warm-up produce did not complete")
+        # And its transaction coordinator (the exactly-once relays' first
+        # InitProducerId, EndTxn and marker writes): 300 transactions of 100 records.
+        txn = Producer({"bootstrap.servers": self.bootstrap, "transactional.id": "bench-warmup",
+                        "linger.ms": 1, "log_level": 3})
+        txn.init_transactions(60)
+        for t in range(300):
+            txn.begin_transaction()
+            for i in range(100):
+                txn.produce("bench.warmup", value=value, key=str(i).encode())
+            txn.commit_transaction(60)
         # outboxd's checkpoint topic (its default name), as `outboxd init --apply` makes
         # it: a relay refuses a slot that exists when the topic does not.
         self.create_topics([CHECKPOINT_TOPIC], 1, {"cleanup.policy": "compact"})
