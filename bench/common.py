@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import math
 import os
 import re
@@ -162,3 +163,9 @@ def median(values: list[float]) -> float | None:
     v = sorted(values)
     mid = len(v) // 2
     return v[mid] if len(v) % 2 else (v[mid - 1] + v[mid]) / 2
+
+
+def between_measurements() -> None:
+    """The cyclic garbage collector runs only here (bench.py disables it), outside
+    any measured window."""
+    gc.collect()

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import relay_metrics
-from common import (CpuWindow, loadavg, log, lsn_int, lsn_str, proc_cpu_s, proc_mem_mb,
+from common import (CpuWindow, between_measurements, loadavg, log, lsn_int, lsn_str, proc_cpu_s, proc_mem_mb,
                     proc_threads_cpu, stop_process)
 from kafka_read import TopicCounter, committed_tally
 from relays import EXACTLY_ONCE, is_exactly_once
@@ -167,6 +167,7 @@ class DrainPhase:
                 "readers": readers, "_end": end, "_last": last_commit}
 
     def log_drain(self, what: str, res: dict) -> None:
+        between_measurements()
         res["loadavg"] = loadavg()
         rate = f"{res['events_per_s']:.0f} events/s" if res.get("ok") else f"FAILED: {res.get('error')}"
         extra = ""

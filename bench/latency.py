@@ -7,7 +7,8 @@ from __future__ import annotations
 import time
 
 import relay_metrics
-from common import CpuWindow, loadavg, log, percentile, proc_cpu_s, proc_mem_mb, stop_process
+from common import (CpuWindow, between_measurements, loadavg, log, percentile, proc_cpu_s, proc_mem_mb,
+                    stop_process)
 from kafka_read import LiveConsumer
 from relays import EXACTLY_ONCE, is_exactly_once
 
@@ -75,7 +76,6 @@ class LatencyPhase:
                 r["consumer"].start()
                 self.pgbench(r["db"], 10, rate_tps=200, seconds=max(5, o.step_seconds // 3))
                 caught_up = r["consumer"].wait_for(self.outbox_rows(r["db"]), 60)
-                r["consumer"].stop()
                 if caught_up is None:
                     raise RuntimeError(f"{system} did not relay the warm-up events")
             r0 = {s: (proc_cpu_s(r["proc"].pid) or 0.0) for s, r in relays.items()}
@@ -86,11 +86,9 @@ class LatencyPhase:
                 # measured one).
                 log("latency outboxd: profiling 10000 events/s (transactions of 10)")
                 perf_proc = self.perf_start(r["proc"].pid, "live-10000x10")
-                r["consumer"].start()
                 self.pgbench(r["db"], 10, rate_tps=1000, seconds=o.step_seconds)
                 self.perf_stop(perf_proc, "live-10000x10")
                 r["consumer"].wait_for(self.outbox_rows(r["db"]), 60)
-                r["consumer"].stop()
             for system, r in relays.items():
                 self.summarise_relay(r["result"])
                 r["result"]["relay_cpu_s_steps"] = round((proc_cpu_s(r["proc"].pid) or 0.0) - r0[system], 2)
@@ -176,16 +174,15 @@ class LatencyPhase:
     def latency_step(self, system: str, r: dict, rate: int, k: int) -> dict:
         o = self.o
         db, consumer, proc = r["db"], r["consumer"], r["proc"]
+        between_measurements()
         log(f"latency {system}: {rate} events/s in transactions of {k} for {o.step_seconds} s")
         metrics0 = relay_metrics.scrape(proc.metrics_address) if r["result"]["kind"] == "outboxd" else None
         cpu0 = proc_cpu_s(proc.pid) or 0.0
-        consumer.start()
         window = CpuWindow(self.kafka.proc.pid)
         w = self.pgbench(db, k, rate_tps=rate / k, seconds=o.step_seconds)
         cpu_window = window.result()
         relay_cpu = round((proc_cpu_s(proc.pid) or 0.0) - cpu0, 2)
         catch_up = consumer.wait_for(self.outbox_rows(db), max(30.0, o.step_seconds))
-        consumer.stop()
         kafka_txns = (relay_metrics.window(metrics0, relay_metrics.scrape(proc.metrics_address))
                       if metrics0 is not None else {})
         commit_times = r["commit_times"]

@@ -13,6 +13,7 @@ LE = re.compile(r'le="([^"]+)"')
 TRANSACTIONS = "outboxd_kafka_transactions_total"
 COMMIT = "outboxd_kafka_commit_seconds"
 EVENTS = "outboxd_events_published_total"
+SLOW_S = 0.064
 
 
 def scrape(address: str, timeout: float = 2.0) -> dict[str, float] | None:
@@ -81,4 +82,8 @@ def window(before: dict[str, float] | None, after: dict[str, float] | None) -> d
         "commit_mean_ms": ms(delta(COMMIT + "_sum") / commits) if commits else None,
         "commit_p50_ms": ms(_quantile(buckets, 0.5)),
         "commit_p99_ms": ms(_quantile(buckets, 0.99)),
+        "commit_p999_ms": ms(_quantile(buckets, 0.999)),
+        # Commits that took longer than 64 ms (a bucket bound): the pipeline waits for
+        # each commit, so these show up in the latency tail.
+        "slow_commits": int(commits - next((cum for le, cum in buckets if le >= SLOW_S), commits)),
     }

@@ -9,7 +9,7 @@ import signal
 import subprocess
 import time
 
-from common import log, median, stop_process
+from common import between_measurements, log, median, stop_process
 from kafka_read import LiveConsumer
 from relays import EXACTLY_ONCE, wait_log
 
@@ -71,6 +71,7 @@ class TakeoverPhase:
                 # started under load may refuse to start (see probe_standby).
                 self.stop_writer(writer)
                 consumer.wait_for(self.outbox_rows(db), 30)
+                between_measurements()
                 standby, seen, refusals = self.start_standby(db, f"{n}", env, relays)
                 writer = self.start_writer(db)
                 time.sleep(STEADY_S)
