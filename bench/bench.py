@@ -256,9 +256,9 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
 
     sys.path.insert(0, str(BENCH))
-    # Python's cyclic collector, walking millions of per-event entries, stopped the
-    # measuring consumer for up to ~0.5 s (visible p99 ~250 ms where the broker's
-    # append p99 was 7 ms). The harness makes few cycles: it collects between steps.
+    # Python's cyclic collector walks every tracked object, millions of per-event
+    # entries late in a run, and would pause the measuring consumers at random
+    # moments. The harness makes few cycles: it collects between measurements.
     gc.disable()
     if args.report_only:
         import report
