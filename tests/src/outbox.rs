@@ -152,18 +152,24 @@ impl Outbox {
 
     /// Runs `outboxd init --apply` with the relay's settings.
     pub fn init_apply(&self) {
-        let out = std::process::Command::new(&self.binary)
-            .args(["init", "--apply"])
-            .envs(self.env.iter().map(|(k, v)| (k, v)))
-            .env("NO_COLOR", "1")
-            .output()
-            .expect("running outboxd init --apply");
+        let out = self.command(&["init", "--apply"]);
         assert!(
             out.status.success(),
             "outboxd init --apply failed: {}{}",
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
+    }
+
+    /// Runs `outboxd` with `args` and the relay's settings, to completion.
+    pub fn command(&self, args: &[&str]) -> std::process::Output {
+        std::process::Command::new(&self.binary)
+            .args(args)
+            .env_remove("OUTBOXD_CONFIG")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .env("NO_COLOR", "1")
+            .output()
+            .unwrap_or_else(|e| panic!("running outboxd {args:?}: {e}"))
     }
 
     /// Sets (or replaces) one of the relay's settings.

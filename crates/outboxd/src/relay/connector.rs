@@ -11,12 +11,12 @@ use std::time::Duration;
 
 use outboxd_pgoutput::Lsn;
 use outboxd_replication::{
-    Admin, ConnectOptions, LogicalStream, ReaderConfig, ReplicationReader, SourceSession,
-    SourceSpec, Started, TableName,
+    Admin, ConnectOptions, LogicalStream, ReaderConfig, ReplicationReader, SlotInfo, SourceSession,
+    SourceSpec, Started, SystemIdentity, TableName, TimelineSwitch,
 };
 
 use crate::checkpoint::{self, Checkpoint, RelayIdentity};
-use crate::relay::checkpoints::Checkpoints;
+use crate::relay::checkpoints::{Checkpoints, Loaded};
 use crate::relay::resume::{self, Plan, Situation, Stored};
 use crate::relay::source::{Connector, Fence, OpenRequest, Opened};
 use crate::relay::RelayError;
@@ -85,6 +85,99 @@ impl PgConnector {
     }
 }
 
+/// What the comparison of slot, server and checkpoint decided.
+struct Compared {
+    plan: Plan,
+    /// The operator accepted a gap to get this plan.
+    accepted: bool,
+}
+
+/// Compares the slot, the server and the checkpoint (`resume::plan`); a gap is
+/// refused unless the operator accepted it for this start.
+fn compare(
+    slot_name: &str,
+    server: &SystemIdentity,
+    history: &[TimelineSwitch],
+    slot: Option<&SlotInfo>,
+    loaded: &Loaded,
+    request: OpenRequest,
+) -> Result<Compared, RelayError> {
+    let stored = match (&loaded.ours, &loaded.foreign) {
+        _ if loaded.topic_missing => Stored::TopicMissing,
+        (Some(c), _) => Stored::Ours(c),
+        (None, Some(c)) => Stored::Foreign(c),
+        (None, None) => Stored::Nothing,
+    };
+    let situation = Situation {
+        slot_name,
+        server,
+        history,
+        slot,
+        stored,
+        this_run: request.this_run,
+    };
+    match resume::plan(&situation) {
+        Ok(plan) => Ok(Compared {
+            plan,
+            accepted: false,
+        }),
+        Err(gap) if request.accept_gap && gap.overridable() => {
+            tracing::error!(slot = %gap.slot, range = %gap.range(), reason = %gap, "accepting a possible gap in the events (--accept-gap): events committed in this range may be missing from Kafka");
+            Ok(Compared {
+                plan: resume::accept(&gap, slot),
+                accepted: true,
+            })
+        }
+        Err(gap) => Err(RelayError::Gap(gap)),
+    }
+}
+
+/// What `outboxd check` shows about the slot and the checkpoint.
+#[derive(Debug)]
+pub struct Preview {
+    pub slot: Option<SlotInfo>,
+    pub checkpoint: Option<Checkpoint>,
+    /// Where `run` would resume (`None`: it would create the slot).
+    pub resume: Option<Lsn>,
+}
+
+impl PgConnector {
+    /// What a session would decide now, without taking the slot: the comparison of
+    /// slot, server and checkpoint, or the gap `run` would refuse.
+    pub async fn preview(&self, store: &impl Checkpoints) -> Result<Preview, RelayError> {
+        let admin = Admin::connect(&self.connect).await?;
+        let mut session = SourceSession::connect(&self.connect, &admin, &self.spec.slot).await?;
+        let history = session.timeline_history().await?;
+        let identity = RelayIdentity {
+            system_identifier: session.identity.system_id.clone(),
+            database: self.connect.database().to_owned(),
+            slot: self.spec.slot.clone(),
+        };
+        let loaded = store.load(&identity).await?;
+        let request = OpenRequest {
+            this_run: None,
+            accept_gap: false,
+        };
+        let slot = session.slot.clone();
+        let Compared { plan, .. } = compare(
+            &self.spec.slot,
+            &session.identity,
+            &history,
+            slot.as_ref(),
+            &loaded,
+            request,
+        )?;
+        Ok(Preview {
+            slot,
+            checkpoint: loaded.ours,
+            resume: match plan {
+                Plan::CreateSlot => None,
+                Plan::Resume { start, .. } => Some(start),
+            },
+        })
+    }
+}
+
 /// A session before or after it took the slot.
 enum Stage {
     Connected(SourceSession),
@@ -126,28 +219,14 @@ impl Connector for PgConnector {
         };
         fence.fence(&identity).await?;
         let loaded = store.load(&identity).await?;
-        let stored = match (&loaded.ours, &loaded.foreign) {
-            _ if loaded.topic_missing => Stored::TopicMissing,
-            (Some(c), _) => Stored::Ours(c),
-            (None, Some(c)) => Stored::Foreign(c),
-            (None, None) => Stored::Nothing,
-        };
-        let situation = Situation {
-            slot_name: &self.spec.slot,
-            server: &server,
-            history: &history,
-            slot: slot.as_ref(),
-            stored,
-            this_run: request.this_run,
-        };
-        let (plan, accepted) = match resume::plan(&situation) {
-            Ok(plan) => (plan, false),
-            Err(gap) if request.accept_gap && gap.overridable() => {
-                tracing::error!(slot = %gap.slot, range = %gap.range(), reason = %gap, "accepting a possible gap in the events (--accept-gap): events committed in this range may be missing from Kafka");
-                (resume::accept(&gap, slot.as_ref()), true)
-            }
-            Err(gap) => return Err(RelayError::Gap(gap)),
-        };
+        let Compared { plan, accepted } = compare(
+            &self.spec.slot,
+            &server,
+            &history,
+            slot.as_ref(),
+            &loaded,
+            request,
+        )?;
         if loaded.topic_missing && (accepted || plan == Plan::CreateSlot) {
             store.create_topic().await?;
         }

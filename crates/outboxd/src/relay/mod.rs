@@ -31,6 +31,7 @@ use outboxd_kafka_sink::checkpoint::CheckpointStore;
 use outboxd_pgoutput::Lsn;
 use tokio_util::sync::CancellationToken;
 
+pub use connector::Preview;
 pub use error::RelayError;
 pub use resume::Gap;
 pub use tracker::AckTracker;
@@ -57,6 +58,38 @@ pub struct RunOptions {
     pub accept_gap: bool,
 }
 
+/// What a session would decide now about the slot and the checkpoint (for `outboxd
+/// check`), without taking the slot.
+pub async fn preview(config: &Config) -> Result<Preview, RelayError> {
+    let (connector, store) = connector_and_store(config)?;
+    connector.preview(&store).await
+}
+
+/// The PostgreSQL side and the checkpoint store, as the configuration says.
+fn connector_and_store(config: &Config) -> Result<(PgConnector, KafkaCheckpoints), RelayError> {
+    let connector = PgConnector::new(
+        settings::connect_options(config)?,
+        settings::outbox_tables(config)?,
+        config.postgres.create_publication,
+        config.postgres.create_slot,
+        config.postgres.failover_slot,
+        config.kafka.delivery == Delivery::ExactlyOnce,
+        settings::source_spec(config),
+        settings::reader_config(config),
+    );
+    let store = CheckpointStore::new(
+        &settings::sink_config(config),
+        &config.kafka.checkpoint_topic,
+        CHECKPOINT_TIMEOUT,
+    )
+    .map_err(RelayError::Checkpoint)?;
+    let store = KafkaCheckpoints {
+        store: Arc::new(store),
+        replication_factor: config.kafka.checkpoint_replication_factor,
+    };
+    Ok((connector, store))
+}
+
 /// Relays until `shutdown` is cancelled (`Ok`, after a graceful drain) or a fatal
 /// error.
 pub async fn run(
@@ -68,28 +101,7 @@ pub async fn run(
 ) -> Result<(), RelayError> {
     let tables = settings::outbox_tables(config)?;
     let exactly_once = config.kafka.delivery == Delivery::ExactlyOnce;
-    let connector = PgConnector::new(
-        settings::connect_options(config)?,
-        tables.clone(),
-        config.postgres.create_publication,
-        config.postgres.create_slot,
-        config.postgres.failover_slot,
-        exactly_once,
-        settings::source_spec(config),
-        settings::reader_config(config),
-    );
-    let sink_config = settings::sink_config(config);
-    let store = KafkaCheckpoints {
-        store: Arc::new(
-            CheckpointStore::new(
-                &sink_config,
-                &config.kafka.checkpoint_topic,
-                CHECKPOINT_TIMEOUT,
-            )
-            .map_err(RelayError::Checkpoint)?,
-        ),
-        replication_factor: config.kafka.checkpoint_replication_factor,
-    };
+    let (connector, store) = connector_and_store(config)?;
     let state = RelayState {
         routing: Routing {
             router: Router::new(config.routing.clone()),
@@ -118,7 +130,7 @@ pub async fn run(
     let exactly_once = exactly_once.then(|| config.kafka.transactional_id.clone());
     Supervisor::new(
         connector,
-        sink_config,
+        settings::sink_config(config),
         exactly_once,
         store,
         state,
