@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use outboxd_kafka_sink::checkpoint::CheckpointStore;
-use outboxd_replication::{Admin, ConnectOptions};
+use outboxd_replication::{Admin, ConnectOptions, TargetSessionAttrs};
 
 use super::{explained, Report};
 use crate::config::Config;
@@ -109,6 +109,7 @@ pub(super) async fn check_failover(config: &Config, report: &mut Report) {
     for host in &opts.hosts {
         let one = ConnectOptions {
             hosts: vec![host.clone()],
+            target_session_attrs: TargetSessionAttrs::Any,
             ..opts.clone()
         };
         let Ok(admin) = Admin::connect(&one).await else {
