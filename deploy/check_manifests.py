@@ -183,7 +183,7 @@ def check_containers(binary, deployment, configmap, secret):
         with tempfile.TemporaryDirectory() as tmp:
             root = pathlib.Path(tmp)
             mounts = lay_out_mounts(pod, container, configmap, secret, root)
-            check_paths("outboxd.toml", toml_text, mounts, root)
+            check_paths(f"container {container['name']}: outboxd.toml", toml_text, mounts, root)
             for name, value in env.items():
                 check_paths(f"container {container['name']}: {name}", value, mounts, root)
             config_file = env.get("OUTBOXD_CONFIG")
@@ -199,14 +199,16 @@ def check_containers(binary, deployment, configmap, secret):
             if loaded.returncode != 0 or "pg_create_logical_replication_slot" not in loaded.stdout:
                 problem(f"container {container['name']}: outboxd did not load its configuration "
                         f"(exit {loaded.returncode}): {loaded.stderr.strip()}")
-            else:
-                print(f"container {container['name']}: outboxd loads its configuration "
-                      f"({', '.join(sorted(k for k in env if k.startswith('OUTBOXD_')))})", file=sys.stderr)
+                continue
             # The same with a misspelt variable must fail, or this check proves nothing.
             misspelt = run_outboxd(binary, {**env, "OUTBOXD_KAFKA__DELIVERYY": "exactly-once"})
             if misspelt.returncode != CONFIG_ERROR_EXIT or "OUTBOXD_KAFKA__DELIVERYY" not in misspelt.stderr:
-                problem(f"outboxd accepted a misspelt variable (exit {misspelt.returncode}); "
-                        "the configuration check above proves nothing")
+                problem(f"outboxd accepted a misspelt variable, OUTBOXD_KAFKA__DELIVERYY (exit "
+                        f"{misspelt.returncode}): loading the configuration proves nothing")
+                continue
+            variables = ", ".join(sorted(k for k in env if k.startswith("OUTBOXD_")))
+            print(f"container {container['name']}: outboxd loads outboxd.toml with {variables} "
+                  "(and refuses a misspelt variable)", file=sys.stderr)
     return config
 
 
