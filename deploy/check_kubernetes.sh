@@ -40,9 +40,11 @@ die() { log "error: $*"; exit 1; }
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
-# The directory of a Go module at VERSION, downloaded into Go's module cache.
+# The directory of a Go module at VERSION, downloaded into Go's module cache (from
+# outside any module, so that no go.mod is touched).
 go_module_dir() {
-    go mod download -json "$1@$2" | python3 -c 'import json, sys; print(json.load(sys.stdin)["Dir"])'
+    (cd "$work" && go mod download -json "$1@$2") |
+        python3 -c 'import json, sys; print(json.load(sys.stdin)["Dir"])'
 }
 
 # PyYAML for the Python steps: the interpreter's own, else a pinned copy in .cache.
