@@ -80,6 +80,11 @@ impl Producer {
                 }
                 () = stop.cancelled() => return Err(BatchError::Interrupted),
             }
+            // A record the producer refused at once has already failed the batch:
+            // send nothing after it.
+            if let Ok(completion) = self.completions.try_recv() {
+                Self::outcome(txn, completion)?;
+            }
         }
         self.sink.end_transaction(txn, count);
         loop {
@@ -88,21 +93,25 @@ impl Producer {
                 () = stop.cancelled() => return Err(BatchError::Interrupted),
             };
             match completion {
-                Some(Completion::Delivered { txn: done, .. }) if done == txn => return Ok(()),
-                Some(Completion::Failed {
-                    txn: failed,
-                    failure,
-                }) if failed == txn => {
-                    return Err(BatchError::Refused {
-                        event_id: failure.event_id,
-                        topic: failure.topic,
-                        reason: failure.reason,
-                    })
+                Some(c) => {
+                    if Self::outcome(txn, c)? {
+                        return Ok(());
+                    }
                 }
-                // Only this batch is in flight: no other transaction completes.
-                Some(_) => {}
                 None => return Err(BatchError::Sink("the producer stopped".to_owned())),
             }
+        }
+    }
+
+    /// Whether `completion` says batch `txn` is delivered; its failure as an error.
+    fn outcome(txn: TxnId, completion: Completion) -> Result<bool, BatchError> {
+        match completion {
+            Completion::Delivered { txn: done, .. } => Ok(done == txn),
+            Completion::Failed { failure, .. } => Err(BatchError::Refused {
+                event_id: failure.event_id,
+                topic: failure.topic,
+                reason: failure.reason,
+            }),
         }
     }
 }

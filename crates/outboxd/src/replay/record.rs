@@ -43,7 +43,8 @@ pub struct SourceRow {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RowError {
     pub id: Option<String>,
-    pub table: TableName,
+    /// `schema.table`.
+    pub table: String,
     pub ctid: String,
     pub xid: u32,
     pub reason: String,
@@ -96,11 +97,7 @@ impl RowRouter {
             table: self
                 .tables
                 .get(row.table)
-                .cloned()
-                .unwrap_or_else(|| TableName {
-                    schema: String::new(),
-                    name: format!("table #{}", row.table),
-                }),
+                .map_or_else(|| format!("table #{}", row.table), ToString::to_string),
             ctid: row.ctid.clone(),
             xid: row.xid,
             reason,
