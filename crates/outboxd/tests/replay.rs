@@ -539,6 +539,13 @@ async fn a_failure_names_the_row_and_how_far_the_replay_got() {
         "{}",
         unroutable.stderr
     );
+    assert!(
+        unroutable
+            .stderr
+            .contains("to go on from there, run the same replay with --since '"),
+        "{}",
+        unroutable.stderr
+    );
     let sent = read(&topics, 3, Duration::from_secs(5)).await;
     let sent_ids: Vec<String> = sent.iter().map(|r| r.header("id").unwrap()).collect();
     assert_eq!(

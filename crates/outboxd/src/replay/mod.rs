@@ -219,10 +219,9 @@ pub async fn run(
 /// `error`, with how far the replay got and what to do next.
 fn stopped(error: anyhow::Error, reached: &Reached, total: u64) -> anyhow::Error {
     anyhow::anyhow!(
-        "{error:#}\nreplay stopped: {}. Replayed records carry their event id, so running the \
-         same replay again is safe (consumers drop the ids they already have); to go on from \
-         where it stopped, select from there (--since or --from-id), and leave out an event \
-         that cannot be sent with --exclude-id",
+        "{error:#}\nreplay stopped: {}. Sending a record again is harmless: replayed records \
+         carry their event id, by which consumers drop what they already have. Leave out an \
+         event that cannot be sent with --exclude-id",
         reached.describe(total)
     )
 }

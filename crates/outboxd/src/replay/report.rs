@@ -118,16 +118,25 @@ pub struct Reached {
 }
 
 impl Reached {
-    /// For the error message of a replay that stopped, out of `total` rows.
+    /// For the error message of a replay that stopped, out of `total` rows: how far
+    /// it got and how to go on.
     pub fn describe(&self, total: u64) -> String {
-        match &self.last_id {
-            None => format!("none of the {total} selected rows was replayed"),
-            Some(id) => format!(
-                "{} of {total} rows were replayed, up to id {id}{}",
+        match (&self.last_id, self.last_us) {
+            (None, _) => format!(
+                "none of the {total} selected rows was replayed; run it again once the cause \
+                 is fixed"
+            ),
+            (Some(id), Some(us)) => format!(
+                "{} of {total} rows were replayed, up to id {id} (time {t}); to go on from \
+                 there, run the same replay with --since '{t}' (the rows of that time come \
+                 again)",
                 self.rows,
-                self.last_us
-                    .map(|us| format!(" (time {})", time(us)))
-                    .unwrap_or_default()
+                t = time(us)
+            ),
+            (Some(id), None) => format!(
+                "{} of {total} rows were replayed, up to id {id} (a row without time); run \
+                 the same replay again",
+                self.rows
             ),
         }
     }
@@ -295,7 +304,7 @@ mod tests {
         let mut s = Summary::default();
         assert_eq!(
             s.reached().describe(3),
-            "none of the 3 selected rows was replayed"
+            "none of the 3 selected rows was replayed; run it again once the cause is fixed"
         );
         s.add(&record("t.order", "a"), Some(0));
         s.add(&record("t.invoice", "b"), Some(1_000_000));
@@ -308,7 +317,9 @@ mod tests {
         );
         assert_eq!(
             s.reached().describe(5),
-            "3 of 5 rows were replayed, up to id c (time 1970-01-01T00:00:02.000000Z)"
+            "3 of 5 rows were replayed, up to id c (time 1970-01-01T00:00:02.000000Z); to go on \
+             from there, run the same replay with --since '1970-01-01T00:00:02.000000Z' (the \
+             rows of that time come again)"
         );
     }
 
