@@ -484,10 +484,14 @@ async fn an_empty_selection_exits_3_and_explains_what_can_still_be_done() {
     .await;
     assert!(nothing.is_empty(), "nothing produced: {nothing:?}");
 
-    let unselected = replay(&outbox, &[]);
-    assert_eq!(unselected.code, Some(1));
+    // Replaying everything must be asked for.
+    let unselected = replay(&outbox, &["--dry-run"]);
+    assert_eq!(unselected.code, Some(2));
     assert!(
-        unselected.stderr.contains("say which rows to replay"),
+        unselected
+            .stderr
+            .contains("required arguments were not provided")
+            && unselected.stderr.contains("|--all>"),
         "{}",
         unselected.stderr
     );

@@ -31,31 +31,33 @@ use record::RowRouter;
 use report::{describe, Progress, Reached, Summary};
 use source::Source;
 
-/// Which rows to replay and how.
+/// Which rows to replay and how. Something must select rows (`--all` for every row):
+/// clap refuses the command line otherwise.
 #[derive(Debug, Clone, Args)]
+#[command(group = clap::ArgGroup::new("selection").required(true).multiple(true))]
 pub struct ReplayOptions {
     /// Rows whose time is at or after this: a PostgreSQL timestamptz literal, e.g.
     /// 2024-05-01T10:00:00Z (without a zone: the server's TimeZone).
-    #[arg(long)]
+    #[arg(long, group = "selection")]
     pub since: Option<String>,
     /// Rows whose time is before this (exclusive).
-    #[arg(long)]
+    #[arg(long, group = "selection")]
     pub until: Option<String>,
     /// Rows whose id is at or above this (compared as the id column's type).
-    #[arg(long)]
+    #[arg(long, group = "selection")]
     pub from_id: Option<String>,
     /// Rows whose id is at or below this.
-    #[arg(long)]
+    #[arg(long, group = "selection")]
     pub to_id: Option<String>,
     /// Only these ids (comma-separated or repeated); each must be selected, or
     /// nothing is replayed.
-    #[arg(long = "id", value_delimiter = ',')]
+    #[arg(long = "id", value_delimiter = ',', group = "selection")]
     pub ids: Vec<String>,
     /// Leave these ids out (comma-separated or repeated), e.g. an event Kafka refuses.
     #[arg(long = "exclude-id", value_delimiter = ',')]
     pub exclude_ids: Vec<String>,
-    /// Replay every row of the table(s); needed when nothing else selects.
-    #[arg(long)]
+    /// Replay every row of the table(s).
+    #[arg(long, group = "selection", conflicts_with_all = ["since", "until", "from_id", "to_id", "ids"])]
     pub all: bool,
     /// The timestamp column that --since/--until compare and rows are ordered by
     /// [default: commit timestamps when track_commit_timestamp is on, else the
@@ -76,30 +78,14 @@ pub struct ReplayOptions {
 }
 
 impl ReplayOptions {
-    /// The selection; a replay of everything must be asked for with `--all`.
-    pub fn selection(&self) -> anyhow::Result<Selection> {
-        let selection = Selection {
+    pub fn selection(&self) -> Selection {
+        Selection {
             since: self.since.clone(),
             until: self.until.clone(),
             from_id: self.from_id.clone(),
             to_id: self.to_id.clone(),
             ids: self.ids.clone(),
             exclude_ids: self.exclude_ids.clone(),
-        };
-        let narrowed = !Selection {
-            exclude_ids: Vec::new(),
-            ..selection.clone()
-        }
-        .is_everything();
-        match (narrowed, self.all) {
-            (false, false) => anyhow::bail!(
-                "say which rows to replay: --since/--until (times), --from-id/--to-id or --id; \
-                 or --all for every row of the table"
-            ),
-            (true, true) => {
-                anyhow::bail!("--all replays every row: leave out the other selection flags")
-            }
-            _ => Ok(selection),
         }
     }
 }
@@ -111,7 +97,7 @@ pub async fn run(
     options: &ReplayOptions,
     stop: CancellationToken,
 ) -> anyhow::Result<()> {
-    let selection = options.selection()?;
+    let selection = options.selection();
     let described = describe(&selection);
     let mut source = Source::open(config, selection, options.time_column.as_deref()).await?;
     let time = source.statements.time.clone();

@@ -1,9 +1,10 @@
 //! The SQL of a replay, built from the outbox tables, the time source and the
 //! selection. Pure, so the statements are unit-tested; `source.rs` runs them.
 //!
-//! Rows are ordered by (time, `cmin`, `ctid`): the time source, then the command
-//! within the inserting transaction, then the physical position (see
-//! docs/operations.md, "Replaying events", for what that guarantees).
+//! Rows are ordered by (time, `cmin`, `ctid`): the time source, then the statement
+//! within the inserting transaction, then the place in the table (what that
+//! guarantees: docs/operations.md, "Replaying events"; the facts behind it:
+//! docs/architecture.md, "Replay").
 
 use std::fmt;
 
@@ -61,11 +62,6 @@ pub struct Selection {
 }
 
 impl Selection {
-    /// Whether nothing narrows the selection (the whole table).
-    pub fn is_everything(&self) -> bool {
-        self == &Selection::default()
-    }
-
     fn has_time_bounds(&self) -> bool {
         self.since.is_some() || self.until.is_some()
     }
@@ -144,10 +140,8 @@ fn micros(expr: &str) -> String {
     format!("(extract(epoch FROM {expr}) * 1000000)::bigint")
 }
 
-/// A column's value as PostgreSQL's output function writes it (what pgoutput sends
-/// for it), or NULL. `format('%s', …)` calls the type's output function; a cast to
-/// text would not (`true::text` is `true`, the output is `t`). `num_nulls` rather
-/// than `IS NULL`, which is also true for a composite whose fields are all NULL.
+/// A column's value as its type's output function writes it — the text pgoutput
+/// sends — or NULL (docs/architecture.md, "Replay").
 fn output_text(column: &str) -> String {
     let c = quote(column);
     format!("CASE WHEN num_nulls({c}) = 0 THEN format('%s', {c}) END")

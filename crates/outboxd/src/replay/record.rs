@@ -6,8 +6,9 @@
 //! left out (a made-up position would break their promise: unique, and ordered as
 //! committed). `outboxd.xid` is the row's `xmin`; `outboxd.commit_time` and the
 //! record timestamp are the commit timestamp when the server records them
-//! (`track_commit_timestamp`), which is the time the live relay uses too; without
-//! them the header is left out and the timestamp is the row's time column.
+//! (`track_commit_timestamp`), the time the live relay uses too (docs/architecture.md,
+//! "Replay"); without them the header is left out and the timestamp is the row's
+//! time column.
 
 use std::fmt;
 
