@@ -99,51 +99,12 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let selection = options.selection();
     let described = describe(&selection);
-    let mut source = Source::open(config, selection, options.time_column.as_deref()).await?;
+    // Counting may scan a big table: a signal must end that too.
+    let (mut source, total) = tokio::select! {
+        prepared = prepare(config, options, selection, &described) => prepared?,
+        () = stop.cancelled() => anyhow::bail!("stopped by a signal before anything was sent"),
+    };
     let time = source.statements.time.clone();
-    let extent = source.extent().await?;
-    if extent.rows == 0 {
-        return Err(NothingToReplay {
-            selection: described,
-            time,
-            untimed: source.untimed_rows().await?,
-            tables: source.tables().await?,
-        }
-        .into());
-    }
-    let missing = source.missing_ids().await?;
-    if !missing.is_empty() {
-        let shown: Vec<&str> = missing.iter().take(10).map(String::as_str).collect();
-        anyhow::bail!(
-            "{} of the ids given with --id are not selected (not in the table, or outside \
-             --since/--until/--from-id/--to-id, or excluded): {}{}; nothing was replayed. Leave \
-             them out to replay the others",
-            missing.len(),
-            shown.join(", "),
-            if missing.len() > shown.len() {
-                ", …"
-            } else {
-                ""
-            }
-        );
-    }
-    let untimed = source.untimed_rows().await?;
-    if untimed > 0 {
-        tracing::warn!(
-            rows = untimed,
-            "{untimed} rows match the rest of the selection but have no time ({time}): no time \
-             bound selects them; select them by id to replay them"
-        );
-    }
-    tracing::info!(
-        rows = extent.rows,
-        time_source = %time,
-        first = extent.first_us.map(report::time),
-        last = extent.last_us.map(report::time),
-        dry_run = options.dry_run,
-        "replaying {} rows ({described}), in the order of their {time}",
-        extent.rows
-    );
     let mut producer = match options.dry_run {
         true => None,
         false => Some(
@@ -160,8 +121,7 @@ pub async fn run(
     source.open_cursor(options.batch_size as usize).await?;
     let mut summary = Summary::default();
     let mut reached = Reached::default();
-    let mut progress = Progress::new(extent.rows);
-    let total = extent.rows;
+    let mut progress = Progress::new(total);
     loop {
         let rows = tokio::select! {
             rows = source.next_batch() => rows.map_err(|e| stopped(e, &reached, total))?,
@@ -200,6 +160,62 @@ pub async fn run(
         progress.rate()
     );
     Ok(())
+}
+
+/// Opens the snapshot and checks the selection: not empty, every `--id` in it.
+/// Returns the source and the number of selected rows.
+async fn prepare(
+    config: &Config,
+    options: &ReplayOptions,
+    selection: Selection,
+    described: &str,
+) -> anyhow::Result<(Source, u64)> {
+    let source = Source::open(config, selection, options.time_column.as_deref()).await?;
+    let time = &source.statements.time;
+    let extent = source.extent().await?;
+    if extent.rows == 0 {
+        return Err(NothingToReplay {
+            selection: described.to_owned(),
+            time: time.clone(),
+            untimed: source.untimed_rows().await?,
+            tables: source.tables().await?,
+        }
+        .into());
+    }
+    let missing = source.missing_ids().await?;
+    if !missing.is_empty() {
+        let shown: Vec<&str> = missing.iter().take(10).map(String::as_str).collect();
+        let more = if missing.len() > shown.len() {
+            ", …"
+        } else {
+            ""
+        };
+        anyhow::bail!(
+            "{} of the ids given with --id are not selected (not in the table, or outside \
+             --since/--until/--from-id/--to-id, or excluded): {}{more}; nothing was replayed. \
+             Leave them out to replay the others",
+            missing.len(),
+            shown.join(", "),
+        );
+    }
+    let untimed = source.untimed_rows().await?;
+    if untimed > 0 {
+        tracing::warn!(
+            rows = untimed,
+            "{untimed} rows match the rest of the selection but have no time ({time}): no time \
+             bound selects them; select them by id to replay them"
+        );
+    }
+    tracing::info!(
+        rows = extent.rows,
+        time_source = %time,
+        first = extent.first_us.map(report::time),
+        last = extent.last_us.map(report::time),
+        dry_run = options.dry_run,
+        "replaying {} rows ({described}), in the order of their {time}",
+        extent.rows
+    );
+    Ok((source, extent.rows))
 }
 
 /// `error`, with how far the replay got and what to do next.
