@@ -109,6 +109,8 @@ pub struct ConsumedRecord {
     pub key: Option<Vec<u8>>,
     pub value: Option<Vec<u8>>,
     pub headers: Vec<(String, Option<Vec<u8>>)>,
+    /// The record's timestamp (ms since the Unix epoch), when it has one.
+    pub timestamp_ms: Option<i64>,
 }
 
 impl ConsumedRecord {
@@ -128,6 +130,7 @@ impl ConsumedRecord {
             key: m.key().map(<[u8]>::to_vec),
             value: m.payload().map(<[u8]>::to_vec),
             headers,
+            timestamp_ms: m.timestamp().to_millis(),
         }
     }
 

@@ -57,7 +57,8 @@ pub fn statements(config: &Config) -> anyhow::Result<Vec<String>> {
     Ok(out)
 }
 
-fn quote(ident: &str) -> String {
+/// A quoted SQL identifier.
+pub(crate) fn quote(ident: &str) -> String {
     format!("\"{}\"", ident.replace('"', "\"\""))
 }
 

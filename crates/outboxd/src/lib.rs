@@ -5,7 +5,7 @@
 //! ack tracker deciding which LSN may be confirmed; [`config`] layers file,
 //! environment and flags, and [`settings`] turns it into the components'
 //! settings; [`http`] serves health and metrics; [`shutdown`] is the one stop
-//! signal. [`check`], [`init`] and [`tail`] are the other commands.
+//! signal. [`check`], [`init`], [`tail`] and [`replay`] are the other commands.
 
 pub mod advice;
 pub mod check;
@@ -16,6 +16,7 @@ pub mod http;
 pub mod init;
 pub mod metrics;
 pub mod relay;
+pub mod replay;
 pub mod router;
 pub mod settings;
 pub mod shutdown;

@@ -9,7 +9,7 @@ use outboxd::config::{Config, LogFormat, Overrides};
 use outboxd::health::Health;
 use outboxd::http;
 use outboxd::metrics::Metrics;
-use outboxd::{advice, check, init, relay, shutdown, tail};
+use outboxd::{advice, check, init, relay, replay, shutdown, tail};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -40,6 +40,10 @@ enum Command {
     Init(InitArgs),
     /// Print the transactions the slot delivers, decoded (debugging aid).
     Tail(TailArgs),
+    /// Re-publish outbox rows still in the table (after a gap), through the same
+    /// routing, in order per aggregate, marked with the header `outboxd.replay: true`.
+    /// Exits 3 when no row is selected.
+    Replay(ReplayArgs),
 }
 
 /// Options every command shares; each overrides the file and the environment.
@@ -113,6 +117,18 @@ struct TailArgs {
     tail: tail::TailOptions,
 }
 
+#[derive(Debug, Args)]
+struct ReplayArgs {
+    #[command(flatten)]
+    common: Common,
+    #[command(flatten)]
+    replay: replay::ReplayOptions,
+}
+
+/// `outboxd replay`'s status when the selection holds no row: distinct from a
+/// failure, so that a runbook script can tell "nothing there" from "broken".
+const EXIT_NOTHING_TO_REPLAY: u8 = 3;
+
 /// Colour only for a terminal, and never when `NO_COLOR` is set (no-color.org).
 fn use_colour() -> bool {
     use std::io::IsTerminal;
@@ -139,6 +155,7 @@ fn main() -> ExitCode {
         Command::Check(c) => c,
         Command::Init(a) => &a.common,
         Command::Tail(a) => &a.common,
+        Command::Replay(a) => &a.common,
     };
     let config = match common.load() {
         Ok(c) => c,
@@ -179,6 +196,7 @@ fn main() -> ExitCode {
             Command::Check(_) => check::run(&config).await,
             Command::Init(a) => init::run(&config, a.apply).await,
             Command::Tail(a) => tail::run(&config, &a.tail, shutdown::on_signal()).await,
+            Command::Replay(a) => replay::run(&config, &a.replay, shutdown::on_signal()).await,
         }
     });
     match result {
@@ -194,6 +212,9 @@ fn main() -> ExitCode {
                 tracing::error!("{message}");
             } else {
                 eprintln!("error: {message}");
+            }
+            if e.is::<replay::NothingToReplay>() {
+                return ExitCode::from(EXIT_NOTHING_TO_REPLAY);
             }
             ExitCode::FAILURE
         }
