@@ -425,13 +425,17 @@ impl Admin {
         Ok(())
     }
 
-    /// `pg_current_wal_lsn()`.
-    pub async fn current_wal_lsn(&self) -> Result<Lsn, Error> {
+    /// The end of WAL the server has made durable (on a standby: replayed), as
+    /// `IDENTIFY_SYSTEM`'s position but read now.
+    pub async fn wal_end(&self) -> Result<Lsn, Error> {
         let row = self
             .prompt(
-                "the current WAL position",
-                self.client
-                    .query_one("SELECT pg_current_wal_lsn()::text", &[]),
+                "the WAL end",
+                self.client.query_one(
+                    "SELECT (CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() \
+                            ELSE pg_current_wal_flush_lsn() END)::text",
+                    &[],
+                ),
             )
             .await?;
         parse_lsn(&row.get::<_, String>(0))

@@ -154,6 +154,8 @@ impl PgConnector {
             slot: self.spec.slot.clone(),
         };
         let loaded = store.load(&identity).await?;
+        let mut server = session.identity.clone();
+        server.xlog_pos = server.xlog_pos.max(admin.wal_end().await?);
         let request = OpenRequest {
             this_run: None,
             accept_gap: false,
@@ -161,7 +163,7 @@ impl PgConnector {
         let slot = session.slot.clone();
         let Compared { plan, .. } = compare(
             &self.spec.slot,
-            &session.identity,
+            &server,
             &history,
             slot.as_ref(),
             &loaded,
@@ -203,8 +205,18 @@ impl Connector for PgConnector {
                 .await?;
         }
         let mut session = SourceSession::connect(&self.connect, &admin, &self.spec.slot).await?;
-        let server = session.identity.clone();
+        let mut server = session.identity.clone();
         let slot = session.slot.clone();
+        if let Some(pid) = slot.as_ref().and_then(|s| s.active_pid) {
+            if !self.slot_first {
+                // A standby: nothing to compare while another relay holds the slot.
+                return Err(outboxd_replication::Error::SlotInUse {
+                    slot: self.spec.slot.clone(),
+                    pid: Some(pid),
+                }
+                .into());
+            }
+        }
         let history = session.timeline_history().await?;
         let identity = RelayIdentity {
             system_identifier: server.system_id.clone(),
@@ -219,6 +231,9 @@ impl Connector for PgConnector {
         };
         fence.fence(&identity).await?;
         let loaded = store.load(&identity).await?;
+        // Read after the checkpoint: a relay that held the slot until just now may
+        // have recorded a WAL end newer than the one IDENTIFY_SYSTEM reported.
+        server.xlog_pos = server.xlog_pos.max(admin.wal_end().await?);
         let Compared { plan, accepted } = compare(
             &self.spec.slot,
             &server,
