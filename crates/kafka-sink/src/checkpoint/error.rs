@@ -65,6 +65,21 @@ pub enum CheckpointError {
         position: i64,
         end: i64,
     },
+    /// A transaction left open (by a producer that died or hangs) holds back the
+    /// partition: the newest checkpoint may lie behind it.
+    #[error(
+        "the checkpoint topic {topic} (partition {partition}) has a Kafka transaction open \
+         that was not settled within {waited:?} (last stable offset {stable}, end {end}): \
+         its producer died or hangs; the broker aborts it after that producer's \
+         transaction.timeout.ms, and outboxd tries again"
+    )]
+    Unsettled {
+        topic: String,
+        partition: i32,
+        waited: Duration,
+        stable: i64,
+        end: i64,
+    },
     /// Kafka refused a request for another reason.
     #[error("cannot {operation} the checkpoint topic {topic}: {source}")]
     Kafka {

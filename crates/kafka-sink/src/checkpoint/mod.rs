@@ -180,6 +180,15 @@ impl CheckpointStore {
         match answered.await {
             Ok((Ok(latest), _)) => Ok(latest),
             Ok((Err(read::ReadError::Kafka(err)), last)) => Err(self.failure("read", err, last)),
+            Ok((Err(read::ReadError::Unsettled { stable, end }), _)) => {
+                Err(CheckpointError::Unsettled {
+                    topic: self.topic.clone(),
+                    partition,
+                    waited: self.timeout,
+                    stable,
+                    end,
+                })
+            }
             Ok((Err(read::ReadError::Timeout { position, end }), _)) => {
                 Err(CheckpointError::ReadTimeout {
                     topic: self.topic.clone(),

@@ -61,7 +61,9 @@ impl RelayError {
             | RelayError::TransactionFailed(_) => true,
             RelayError::Checkpoint(e) => matches!(
                 e,
-                CheckpointError::Unreachable { .. } | CheckpointError::ReadTimeout { .. }
+                CheckpointError::Unreachable { .. }
+                    | CheckpointError::ReadTimeout { .. }
+                    | CheckpointError::Unsettled { .. }
             ),
             RelayError::Delivery { .. }
             | RelayError::Unroutable(_)
