@@ -85,8 +85,17 @@ pub(crate) fn run<H: Handler>(
             last_commit = Instant::now();
         }
     };
-    let all: Vec<Partition> = consumer.context().lock().partitions.keys().cloned().collect();
-    consumer.context().lock().drain(&consumer, &all, "shutting down");
+    let all: Vec<Partition> = consumer
+        .context()
+        .lock()
+        .partitions
+        .keys()
+        .cloned()
+        .collect();
+    consumer
+        .context()
+        .lock()
+        .drain(&consumer, &all, "shutting down");
     consumer.unsubscribe();
     drop(consumer);
     tracing::info!("inbox consumer stopped");
@@ -121,10 +130,7 @@ impl<H: Handler> ConsumerContext for InboxContext<H> {
         match rebalance {
             Rebalance::Assign(tpl) => {
                 let assigned = partitions(tpl);
-                self.lock()
-                    .shared
-                    .metrics
-                    .rebalance(assigned.len() as i64);
+                self.lock().shared.metrics.rebalance(assigned.len() as i64);
                 tracing::info!(partitions = ?assigned, "partitions assigned");
             }
             Rebalance::Revoke(_) => {}

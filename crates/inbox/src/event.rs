@@ -339,7 +339,8 @@ mod tests {
             assert!(reason.contains(expected), "{headers:?}: {reason}");
             assert_eq!(at.offset, 41);
         }
-        let (at, reason) = Event::from_message(&message(&[("id", "e")], Some(&[0xff]))).unwrap_err();
+        let (at, reason) =
+            Event::from_message(&message(&[("id", "e")], Some(&[0xff]))).unwrap_err();
         assert!(reason.contains("not UTF-8"), "{reason}");
         assert_eq!(at.id.as_deref(), Some("e"));
     }
