@@ -200,8 +200,7 @@ impl<H: Handler> Owned<H> {
                     p.paused = set_paused(consumer, &key, true);
                 }
             }
-            // The worker stopped on a fatal error, which ends the loop next.
-            Err(TrySendError::Closed(_)) => {}
+            Err(TrySendError::Closed(_)) => self.worker_gone(&key),
         }
     }
 
@@ -209,6 +208,7 @@ impl<H: Handler> Owned<H> {
     /// queue emptied. True while any records are still queued here.
     fn flush_pending<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>) -> bool {
         let mut backlog = false;
+        let mut gone = Vec::new();
         for (key, p) in &mut self.partitions {
             while let Some(record) = p.pending.pop_front() {
                 match p.worker.queue.try_send(record) {
@@ -217,7 +217,10 @@ impl<H: Handler> Owned<H> {
                         p.pending.push_front(record);
                         break;
                     }
-                    Err(TrySendError::Closed(_)) => p.pending.clear(),
+                    Err(TrySendError::Closed(_)) => {
+                        p.pending.clear();
+                        gone.push(key.clone());
+                    }
                 }
             }
             if p.pending.is_empty() && p.paused {
@@ -225,7 +228,19 @@ impl<H: Handler> Owned<H> {
             }
             backlog |= !p.pending.is_empty();
         }
+        for key in gone {
+            self.worker_gone(&key);
+        }
         backlog
+    }
+
+    /// A worker ends early only on an error it reported, or a panic in the
+    /// handler, which must stop the consumer too: its partition would stall.
+    fn worker_gone(&self, (topic, partition): &Partition) {
+        self.shared.fail(Error::WorkerPanicked {
+            topic: topic.clone(),
+            partition: *partition,
+        });
     }
 
     /// Commits, asynchronously, the offsets workers have finished since the last

@@ -97,6 +97,11 @@ pub enum Error {
         attempts: u32,
         reason: String,
     },
+    #[error(
+        "the worker of {topic}[{partition}] ended unexpectedly (a panic in the handler? see \
+         the log above); nothing after its last committed offset is lost"
+    )]
+    WorkerPanicked { topic: String, partition: i32 },
     #[error("the inbox consumer thread ended unexpectedly (a panic; see the log above)")]
     ThreadDied,
 }

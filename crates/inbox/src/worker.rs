@@ -28,10 +28,13 @@ pub(crate) struct Shared<H> {
 }
 
 impl<H> Shared<H> {
-    fn fail(&self, error: Error) {
-        tracing::error!(%error, "the inbox consumer stops");
+    /// Stops the consumer with `error`, unless it is stopping for another one.
+    pub fn fail(&self, error: Error) {
         let mut fatal = self.fatal.lock().unwrap_or_else(|p| p.into_inner());
-        fatal.get_or_insert(error);
+        if fatal.is_none() {
+            tracing::error!(%error, "the inbox consumer stops");
+            *fatal = Some(error);
+        }
     }
 
     pub fn take_fatal(&self) -> Option<Error> {

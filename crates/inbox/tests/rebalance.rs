@@ -67,6 +67,12 @@ async fn instances_joining_and_leaving_apply_each_event_once_in_order() {
         delay: Duration::from_millis(3),
         ..Recorder::default()
     };
+    // Small queues: partitions pause and resume too.
+    let config = |topic: &str, group: &str| {
+        let mut c = config(topic, group);
+        c.queue_per_partition = 8;
+        c
+    };
     let writer = tokio::spawn(write_events(topic.clone()));
     let a = start(config(&topic, &group), pool.clone(), slow.clone()).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
