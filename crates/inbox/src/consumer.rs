@@ -245,8 +245,14 @@ impl<H: Handler> Owned<H> {
 
     /// Commits, asynchronously, the offsets workers have finished since the last
     /// commit. Only applied (or skipped) events are ever behind a committed offset.
+    /// Also notices workers that ended.
     fn commit_done<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>) {
         let mut tpl = TopicPartitionList::new();
+        for (key, p) in &self.partitions {
+            if p.worker.has_ended() {
+                self.worker_gone(key);
+            }
+        }
         for ((topic, partition), p) in &mut self.partitions {
             if let Some(done) = p.worker.done().filter(|d| *d > p.committed) {
                 if tpl

@@ -80,6 +80,12 @@ impl Worker {
         Some(self.done.load(Ordering::SeqCst)).filter(|o| *o >= 0)
     }
 
+    /// True once the task ended: only on an error it reported or a panic, since
+    /// a stopped worker is no longer asked.
+    pub fn has_ended(&self) -> bool {
+        self.task.is_finished()
+    }
+
     /// Asks the worker to stop after the event it is applying (queued records are
     /// dropped: they come again to whoever owns the partition next). The task is
     /// returned so that the caller can wait for it.

@@ -285,6 +285,45 @@ async fn a_record_without_an_id_stops_the_consumer_naming_it() {
     assert_eq!(committed(topic, &group), Offset::Offset(1));
 }
 
+/// A handler that panics stops the consumer too (its partition would stall),
+/// with the events before it committed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_handler_stops_the_consumer() {
+    let (_db, pool) = database().await;
+    let topics = TestTopics::create("inbox_panic", 1, 1).await;
+    let topic = &topics.names()[0];
+    let (a, b) = ([("id", "k0")], [("id", "k1")]);
+    produce(
+        &producer(),
+        topic,
+        &[
+            Rec {
+                aggregate: "x",
+                seq: 1,
+                headers: &a,
+            },
+            Rec {
+                aggregate: "x",
+                seq: 2,
+                headers: &b,
+            },
+        ],
+    )
+    .await;
+    let panicky = Recorder {
+        panic_id: Some("k1".to_owned()),
+        ..Recorder::default()
+    };
+    let group = unique_name("inbox_panic");
+    let running = start(config(topic, &group), pool.clone(), panicky).await;
+    let error = running.ended(WAIT).await.expect_err("the consumer stops");
+    assert!(
+        matches!(&error, Error::WorkerPanicked { partition: 0, .. }),
+        "{error}"
+    );
+    assert_eq!(committed(topic, &group), Offset::Offset(1));
+}
+
 /// docs/consumers.md shows the inbox DDL exactly as the crate creates it.
 #[test]
 fn the_documented_ddl_is_the_crates() {

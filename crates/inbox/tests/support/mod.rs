@@ -46,10 +46,13 @@ pub struct Recorder {
     pub fail_first: u32,
     pub attempts: Arc<AtomicU32>,
     pub delay: Duration,
+    /// Panics on the event with this id.
+    pub panic_id: Option<String>,
 }
 
 impl Handler for Recorder {
     async fn handle(&self, tx: &Transaction<'_>, event: &Event) -> Result<(), BoxError> {
+        assert_ne!(self.panic_id.as_deref(), Some(event.id()), "injected panic");
         if self.fail_id.as_deref() == Some(event.id()) {
             let attempt = self.attempts.fetch_add(1, Ordering::SeqCst) + 1;
             if attempt <= self.fail_first {
