@@ -44,7 +44,7 @@ PY
 
 python_env() {
     if [[ ! -x $CACHE/venv/bin/python ]] || ! cmp -s "$HERE/python/requirements.txt" "$CACHE/venv/requirements.txt"; then
-        log "installing confluent-kafka and psycopg into .cache/snippets/venv"
+        log "installing confluent-kafka and psycopg into $CACHE/venv"
         rm -rf "$CACHE/venv"
         python3 -m venv "$CACHE/venv"
         "$CACHE/venv/bin/pip" install -q --disable-pip-version-check -r "$HERE/python/requirements.txt"
