@@ -16,7 +16,11 @@ fn repo_root() -> PathBuf {
     PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
 }
 
-pub(crate) fn run_script(script: &str, args: &[&str], env: &[(&str, String)]) -> Result<(), String> {
+pub(crate) fn run_script(
+    script: &str,
+    args: &[&str],
+    env: &[(&str, String)],
+) -> Result<(), String> {
     let out = std::process::Command::new(repo_root().join("scripts").join(script))
         .args(args)
         .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
@@ -47,7 +51,6 @@ pub(crate) fn kafka_script(
     ]);
     run_script("kafka.sh", &[cmd], &env)
 }
-
 
 /// A Kafka broker of the test's own (scripts/kafka.sh with KAFKA_STATE_DIR and
 /// ports), with a second listener reached through a [`FaultProxy`]

@@ -17,7 +17,7 @@ mod env;
 mod kafka;
 mod load;
 mod outbox;
-mod relay_process;
+mod process;
 mod report;
 
 pub mod fake_walsender;
@@ -28,7 +28,6 @@ pub mod secure_kafka;
 
 pub use db::{pg_connect, TestDb};
 pub use dedicated::DedicatedKafka;
-pub use pg_cluster::DedicatedPg;
 pub use env::{env_or, free_port, init_tracing, seed, services, unique_name, Services};
 pub use kafka::{
     consume_all, consume_until, consume_until_from, kafka_admin, require_kafka, ConsumedRecord,
@@ -36,5 +35,6 @@ pub use kafka::{
 };
 pub use load::{Load, LoadSpec};
 pub use outbox::{Endpoints, Outbox, AGGREGATE_TYPE};
-pub use relay_process::{http_get, metric, tail, wait_ready, RelayProcess};
+pub use pg_cluster::DedicatedPg;
+pub use process::{http_get, metric, tail, wait_ready, workspace_binary, Process};
 pub use report::{DeliveryReport, ScenarioResult};

@@ -3,12 +3,13 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::Duration;
 
 use crate::db::{pg_connect, TestDb};
 use crate::env::{services, unique_name};
 use crate::kafka::{consume_until_from, ConsumedRecord, TestTopics};
-use crate::relay_process::{tail, RelayProcess};
+use crate::process::{tail, Process};
 use crate::report::DeliveryReport;
 
 /// The aggregate type the writers use: events go to `<prefix>.order`.
@@ -152,7 +153,7 @@ impl Outbox {
 
     /// Runs `outboxd init --apply` with the relay's settings.
     pub fn init_apply(&self) {
-        let out = std::process::Command::new(&self.binary)
+        let out = Command::new(&self.binary)
             .args(["init", "--apply"])
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .env("NO_COLOR", "1")
@@ -172,15 +173,23 @@ impl Outbox {
         self.env.push((key.to_owned(), value.to_owned()));
     }
 
-    pub fn start(&self, name: &str) -> RelayProcess {
-        RelayProcess::start(&self.binary, &self.env, name)
+    /// Starts `outboxd run` with the relay's settings on top of a clean environment
+    /// for outboxd's settings; its log is named after `name`.
+    pub fn start(&self, name: &str) -> Process {
+        let mut command = Command::new(&self.binary);
+        command
+            .arg("run")
+            .env_remove("OUTBOXD_CONFIG")
+            .env("RUST_LOG", "info,outboxd=debug")
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        Process::start(command, name)
     }
 
     /// Restarts `relay` if it exits within `wait` (a delivery it could not complete),
     /// as a supervisor would; true if it had to.
     pub fn restart_if_exited(
         &self,
-        relay: &mut RelayProcess,
+        relay: &mut Process,
         wait: Duration,
         after: &dyn std::fmt::Display,
     ) -> bool {
