@@ -8,9 +8,12 @@
 #   examples/snippets/check.sh [java] [go] [python]      (default: all three)
 #
 # Uses OUTBOXD_TEST_PG_URL and OUTBOXD_TEST_KAFKA_BROKERS when set, else the local
-# services of scripts/pg.sh and scripts/kafka.sh (which must be running). Libraries
-# come from PyPI, the Go module proxy and Maven Central into .cache/snippets
-# ($SNIPPETS_CACHE to put them elsewhere).
+# services of scripts/pg.sh and scripts/kafka.sh (which must be running; kafka.sh
+# installs the JDK and Maven). Libraries come from PyPI, the Go module proxy and
+# Maven Central into .cache/snippets ($SNIPPETS_CACHE to put them elsewhere). Without
+# a Go as new as go/go.mod asks, the pinned toolchain (the module golang.org/toolchain)
+# is fetched by a bootstrap Go (Debian's, installed as root when there is none) into
+# the same cache; python3-venv is installed as root when missing.
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(cd "$HERE/../.." && pwd)"
@@ -42,7 +45,51 @@ for path in sys.argv[2:]:
 PY
 }
 
+# Debian's package $1, as root, for what $2 says is missing.
+apt_install() {
+    if [[ $(id -u) -ne 0 ]] || ! command -v apt-get >/dev/null; then
+        fail "$2; install $1 (e.g. 'sudo apt-get install $1')"
+    fi
+    log "$2: installing $1 with apt-get"
+    apt-get update -qq >&2
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$1" >&2
+}
+
+# The Go toolchain used when the installed Go is older than go.mod's `go` line.
+GO_TOOLCHAIN=go1.26.8
+
+# Sets GO to a Go at least as new as go/go.mod asks for.
+ensure_go() {
+    local wanted have dir arch tmp module
+    wanted=go$(awk '$1 == "go" {print $2}' "$HERE/go/go.mod")
+    if command -v go >/dev/null; then
+        have=$(GOTOOLCHAIN=local go env GOVERSION)
+        if [[ $(printf '%s\n' "$wanted" "$have" | sort -V | head -1) == "$wanted" ]]; then
+            GO=go
+            return
+        fi
+    fi
+    dir=$CACHE/$GO_TOOLCHAIN
+    GO=$dir/bin/go
+    [[ -x $GO ]] && return
+    command -v go >/dev/null || apt_install golang-go "go not found"
+    arch=$(GOTOOLCHAIN=local go env GOARCH)
+    module=golang.org/toolchain@v0.0.1-$GO_TOOLCHAIN.linux-$arch
+    log "Go ${have:-not found}, go.mod wants $wanted: fetching $module"
+    # As the go command does when it switches toolchains: the module (checked against
+    # the checksum database), unpacked with its programs made executable again.
+    tmp=$(mktemp -d "$CACHE/.go-toolchain.XXXXXX")
+    (cd "$tmp" && GOMODCACHE=$tmp GOFLAGS=-modcacherw GOTOOLCHAIN=local go mod download "$module" >&2) \
+        || fail "go mod download $module failed (is the Go module proxy reachable?)"
+    rm -rf "$dir"
+    mv "$tmp/golang.org/toolchain@v0.0.1-$GO_TOOLCHAIN.linux-$arch" "$dir"
+    rm -rf "$tmp"
+    chmod +x "$dir"/bin/* "$dir"/pkg/tool/*/*
+    "$GO" version >/dev/null || fail "the fetched toolchain in $dir does not run"
+}
+
 python_env() {
+    python3 -c 'import ensurepip' 2>/dev/null || apt_install python3-venv "python3 cannot make a venv"
     if [[ ! -x $CACHE/venv/bin/python ]] || ! cmp -s "$HERE/python/requirements.txt" "$CACHE/venv/requirements.txt"; then
         log "installing confluent-kafka and psycopg into $CACHE/venv"
         rm -rf "$CACHE/venv"
@@ -56,8 +103,8 @@ build() {
     case $1 in
     python) ;;
     go)
-        command -v go >/dev/null || fail "go not found (install Go 1.26+)"
-        (cd "$HERE/go" && GOFLAGS=-mod=mod go build -o "$CACHE/inbox-consumer-go" .) ;;
+        ensure_go
+        (cd "$HERE/go" && GOTOOLCHAIN=local GOFLAGS=-mod=mod "$GO" build -o "$CACHE/inbox-consumer-go" .) ;;
     java)
         command -v mvn >/dev/null || fail "mvn not found (scripts/kafka.sh installs it)"
         mvn -B -q -f "$HERE/java/pom.xml" dependency:copy-dependencies -DincludeScope=runtime \
