@@ -64,7 +64,7 @@ pub use apply::{BoxError, Handler};
 pub use config::Config;
 pub use event::{Event, RecordRef, Version, ID_HEADER, INDEX_HEADER, LSN_HEADER, REPLAY_HEADER};
 pub use metrics::{Metrics, Outcome};
-pub use schema::Tables;
+pub use schema::{Tables, SCHEMA_LOCK};
 /// The versions the inbox is built with, for handlers and pools.
 pub use {deadpool_postgres, rdkafka, tokio_postgres};
 
@@ -137,8 +137,9 @@ impl Inbox {
         &self.tables
     }
 
-    /// Creates the inbox tables if they do not exist ([`Tables::ddl`]). Services
-    /// with their own migrations put that DDL there instead.
+    /// Creates the inbox tables if they do not exist ([`Tables::ddl`]), one
+    /// instance at a time ([`SCHEMA_LOCK`]). Services with their own migrations put
+    /// that DDL there instead.
     pub async fn create_tables(&self) -> Result<(), Error> {
         let client = self
             .pool
@@ -146,7 +147,7 @@ impl Inbox {
             .await
             .map_err(|e| Error::Schema(e.to_string()))?;
         client
-            .batch_execute(&self.tables.ddl())
+            .batch_execute(&self.tables.create())
             .await
             .map_err(|e| Error::Schema(e.to_string()))
     }

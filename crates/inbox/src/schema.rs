@@ -3,6 +3,12 @@
 /// The DDL template; `{inbox}` and `{inbox_versions}` are the table names.
 const DDL_TEMPLATE: &str = include_str!("../sql/inbox.sql");
 
+/// The transaction-level advisory lock [`Tables::create`] holds: concurrent
+/// `CREATE TABLE IF NOT EXISTS` of one table is not safe in PostgreSQL (all but one
+/// fail on `pg_type_typname_nsp_index`), so instances starting together take turns.
+/// Take it around your own startup DDL too.
+pub const SCHEMA_LOCK: i64 = i64::from_be_bytes(*b"inboxddl");
+
 /// The inbox table's name and the versions table's (`<inbox>_versions`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Tables {
@@ -47,6 +53,14 @@ impl Tables {
         DDL_TEMPLATE
             .replace("{inbox_versions}", &self.versions)
             .replace("{inbox}", &self.inbox)
+    }
+
+    /// [`Tables::ddl`] in one transaction under [`SCHEMA_LOCK`].
+    pub(crate) fn create(&self) -> String {
+        format!(
+            "BEGIN; SELECT pg_advisory_xact_lock({SCHEMA_LOCK}); {} COMMIT;",
+            self.ddl()
+        )
     }
 
     /// Records an event id; 0 rows when it is there already (a duplicate). Waits

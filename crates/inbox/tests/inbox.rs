@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use outboxd_inbox::rdkafka::consumer::{BaseConsumer, Consumer};
 use outboxd_inbox::rdkafka::{ClientConfig, Offset};
-use outboxd_inbox::{Error, Tables};
+use outboxd_inbox::{Error, Inbox, Tables};
 use outboxd_tests::{services, unique_name, TestTopics};
 use support::{applied, config, database, produce, producer, start, wait_for, Rec, Recorder};
 
@@ -336,4 +336,24 @@ fn the_documented_ddl_is_the_crates() {
         doc.contains(&Tables::default().ddl()),
         "docs/consumers.md must contain the DDL of crates/inbox/sql/inbox.sql with the default names"
     );
+}
+
+/// Instances starting together all create the tables: concurrent `CREATE TABLE IF
+/// NOT EXISTS` of one table fails in all but one of them unless serialized.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn instances_starting_together_all_create_the_tables() {
+    let (_db, pool) = database().await;
+    let topic = unique_name("inbox_ddl");
+    let starts: Vec<_> = (0..8)
+        .map(|_| {
+            let inbox = Inbox::new(config(&topic, "ddl"), pool.clone()).expect("inbox");
+            tokio::spawn(async move { inbox.create_tables().await })
+        })
+        .collect();
+    for start in starts {
+        start
+            .await
+            .expect("task")
+            .expect("create_tables succeeds in every instance");
+    }
 }

@@ -17,7 +17,7 @@ use axum::routing::get;
 use clap::Parser;
 use outboxd_inbox::deadpool_postgres::{self, Runtime};
 use outboxd_inbox::tokio_postgres::NoTls;
-use outboxd_inbox::{Config, Inbox, Metrics};
+use outboxd_inbox::{Config, Inbox, Metrics, SCHEMA_LOCK};
 use prometheus_client::registry::Registry;
 
 use projection::{OrderProjection, SCHEMA};
@@ -96,8 +96,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .get()
         .await
         .context("cannot connect to the database (ORDER_SERVICE_DATABASE_URL)")?;
+    // One instance at a time, as the inbox creates its tables.
     client
-        .batch_execute(SCHEMA)
+        .batch_execute(&format!(
+            "BEGIN; SELECT pg_advisory_xact_lock({SCHEMA_LOCK}); {SCHEMA} COMMIT;"
+        ))
         .await
         .context("creating the order service's tables")?;
     drop(client);

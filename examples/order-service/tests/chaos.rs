@@ -232,6 +232,9 @@ async fn chaos(delivery: Option<&str>) {
         "no faults injected"
     );
     assert!(rebalances >= 2, "the group rebalanced ({rebalances})");
+    // None of these faults is a reason for the service to give up (the exits and
+    // their logs are printed above).
+    assert_eq!(faults.consumer_exits, 0, "order-service exited by itself");
 }
 
 /// Restarts the relay or a consumer that exited by itself (a supervisor's job),
