@@ -13,7 +13,7 @@ CREATE TABLE IF NOT EXISTS {inbox} (
 );
 
 -- The newest version (commit LSN, index) applied per aggregate (topic + key): an
--- event with an unknown id that is older than this is stale and not applied,
+-- event with an unknown id that is not newer than this is stale and not applied,
 -- unless it is a replay.
 CREATE TABLE IF NOT EXISTS {inbox_versions} (
     topic        text        NOT NULL,

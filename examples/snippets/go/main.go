@@ -105,7 +105,6 @@ func consume(ctx context.Context, cl *kgo.Client, db *pgx.Conn, count int) error
 	}
 	return nil
 }
-
 // docs:end
 
 func main() {
