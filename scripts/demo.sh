@@ -28,8 +28,10 @@ step "Creating database outboxd_demo with an orders table and an outbox table"
 "${PSQL[@]}" "$ADMIN_URL" -c "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = 'outboxd_demo'" >/dev/null
 "${PSQL[@]}" "$ADMIN_URL" -c "DROP DATABASE IF EXISTS outboxd_demo WITH (FORCE)" -c "CREATE DATABASE outboxd_demo" \
     -c "DROP DATABASE IF EXISTS order_service_demo WITH (FORCE)" -c "CREATE DATABASE order_service_demo"
+# The demo's topics and its checkpoint topic go with its slot: a new slot starts from no
+# checkpoint (an old one behind the new slot would make outboxd refuse, rightly).
 scripts/kafka.sh tool org.apache.kafka.tools.TopicCommand --bootstrap-server "$OUTBOXD_TEST_KAFKA_BROKERS" \
-    --delete --if-exists --topic 'demo\.outbox\.event\..*' >/dev/null 2>&1 || true
+    --delete --if-exists --topic 'demo\.(outbox\.event\..*|outboxd\.checkpoints)' >/dev/null 2>&1 || true
 "${PSQL[@]}" "$DEMO_URL" <<'SQL'
 CREATE TABLE orders (id text PRIMARY KEY, total numeric NOT NULL);
 CREATE TABLE outbox (
@@ -53,6 +55,7 @@ tables = ["public.outbox"]
 
 [kafka]
 brokers = "$OUTBOXD_TEST_KAFKA_BROKERS"
+checkpoint_topic = "demo.outboxd.checkpoints"
 
 [routing]
 topic = "demo.outbox.event.\${routedByValue}"
