@@ -94,6 +94,11 @@ started=$(date +%s)
 result=passed
 cargo test --workspace --all-features --locked --test pg_standby -- --ignored \
     || { result=FAILED; failed=1; }
+# outboxd itself through a failover, with and without the synchronized slot.
+for major in "${FAILOVER_MAJORS[@]}"; do
+    OUTBOXD_TEST_PG_MAJOR=$major cargo test --workspace --all-features --locked --test failover \
+        -- --ignored || { result=FAILED; failed=1; }
+done
 summary+=("standby and failover (PostgreSQL ${FAILOVER_MAJORS[*]}): $result in $(($(date +%s) - started)) s")
 
 step "summary"

@@ -19,6 +19,18 @@ pub fn kafka_admin() -> AdminClient<DefaultClientContext> {
         .expect("Kafka admin client")
 }
 
+/// Deletes topics of the test broker (a missing one is not an error).
+pub async fn delete_topics(names: &[&str]) {
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    if let Ok(results) = kafka_admin().delete_topics(names, &opts).await {
+        for r in results {
+            if let Err((topic, code)) = r {
+                tracing::debug!(%topic, %code, "topic not deleted");
+            }
+        }
+    }
+}
+
 /// Fails with what to do when the broker does not answer a metadata request.
 pub fn require_kafka() {
     let consumer: BaseConsumer = ClientConfig::new()

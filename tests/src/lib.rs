@@ -30,11 +30,11 @@ pub use db::{pg_connect, TestDb};
 pub use dedicated::DedicatedKafka;
 pub use env::{env_or, free_port, init_tracing, seed, services, unique_name, Services};
 pub use kafka::{
-    consume_all, consume_until, consume_until_from, kafka_admin, require_kafka, ConsumedRecord,
-    TestTopics,
+    consume_all, consume_until, consume_until_from, delete_topics, kafka_admin, require_kafka,
+    ConsumedRecord, TestTopics,
 };
 pub use load::{Load, LoadSpec};
 pub use outbox::{Endpoints, Outbox, AGGREGATE_TYPE};
 pub use pg_cluster::DedicatedPg;
 pub use process::{http_get, metric, tail, wait_ready, workspace_binary, Process};
-pub use report::{DeliveryReport, ScenarioResult};
+pub use report::{assert_no_holes, DeliveryReport, ScenarioResult};

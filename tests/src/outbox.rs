@@ -153,12 +153,7 @@ impl Outbox {
 
     /// Runs `outboxd init --apply` with the relay's settings.
     pub fn init_apply(&self) {
-        let out = Command::new(&self.binary)
-            .args(["init", "--apply"])
-            .envs(self.env.iter().map(|(k, v)| (k, v)))
-            .env("NO_COLOR", "1")
-            .output()
-            .expect("running outboxd init --apply");
+        let out = self.command(&["init", "--apply"]);
         assert!(
             out.status.success(),
             "outboxd init --apply failed: {}{}",
@@ -167,18 +162,34 @@ impl Outbox {
         );
     }
 
+    /// Runs `outboxd` with `args` and the relay's settings, to completion.
+    pub fn command(&self, args: &[&str]) -> std::process::Output {
+        Command::new(&self.binary)
+            .args(args)
+            .env_remove("OUTBOXD_CONFIG")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .env("NO_COLOR", "1")
+            .output()
+            .unwrap_or_else(|e| panic!("running outboxd {args:?}: {e}"))
+    }
+
     /// Sets (or replaces) one of the relay's settings.
     pub fn set_env(&mut self, key: &str, value: &str) {
         self.env.retain(|(k, _)| k != key);
         self.env.push((key.to_owned(), value.to_owned()));
     }
 
-    /// Starts `outboxd run` with the relay's settings on top of a clean environment
-    /// for outboxd's settings; its log is named after `name`.
+    /// Starts `outboxd run`; its log is named after `name`.
     pub fn start(&self, name: &str) -> Process {
+        self.start_with(&["run"], name)
+    }
+
+    /// Starts `outboxd` with the command line `args` (e.g. `run --accept-gap`) and
+    /// the relay's settings on top of a clean environment for outboxd's settings.
+    pub fn start_with(&self, args: &[&str], name: &str) -> Process {
         let mut command = Command::new(&self.binary);
         command
-            .arg("run")
+            .args(args)
             .env_remove("OUTBOXD_CONFIG")
             .env("RUST_LOG", "info,outboxd=debug")
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));

@@ -113,6 +113,17 @@ impl Process {
         self.child.id()
     }
 
+    /// The process's peak resident memory so far (`VmHWM`), in bytes; 0 if unknown.
+    pub fn peak_rss(&self) -> u64 {
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .map_or(0, |kb| kb * 1024)
+    }
+
     /// Sends a signal (`KILL`, `TERM`, `INT`).
     pub fn signal(&self, name: &str) {
         let _ = Command::new("kill")

@@ -22,6 +22,35 @@ pub struct DeliveryReport {
     pub examples: Vec<String>,
 }
 
+/// Per aggregate, the sequence numbers in `records` must be 1..=n without a hole:
+/// nothing committed before the newest delivered event of an aggregate is missing
+/// (for runs that stop early, where `DeliveryReport`'s "missing" does not apply).
+/// Returns how many distinct events were seen.
+pub fn assert_no_holes(records: &[ConsumedRecord], context: &str) -> usize {
+    let mut seen: HashMap<String, std::collections::BTreeSet<i64>> = HashMap::new();
+    for r in records {
+        let value: serde_json::Value = r
+            .value
+            .as_deref()
+            .and_then(|v| serde_json::from_slice(v).ok())
+            .unwrap_or_else(|| panic!("unparsable record {r:?}"));
+        let (Some(agg), Some(seq)) = (value["agg"].as_str(), value["seq"].as_i64()) else {
+            panic!("record without agg and seq: {r:?}");
+        };
+        seen.entry(agg.to_owned()).or_default().insert(seq);
+    }
+    for (agg, seqs) in &seen {
+        let newest = seqs.iter().next_back().copied().unwrap_or(0);
+        assert_eq!(
+            seqs.len() as i64,
+            newest,
+            "aggregate {agg}: a hole below {newest} ({} seen)\n{context}",
+            seqs.len()
+        );
+    }
+    seen.values().map(|s| s.len()).sum()
+}
+
 impl DeliveryReport {
     /// Zero missing, zero order violations and `expected` events delivered;
     /// `context` (what ran, a log) goes into the failure message.

@@ -62,8 +62,15 @@ pub struct SinkConfig {
     /// [`Record::in_flight_size`]: crate::Record::in_flight_size
     pub max_in_flight_bytes: usize,
     /// Where records go that the broker refuses for good (too large, invalid, unknown
-    /// topic…). `None`: such a record fails its transaction.
+    /// topic…). `None`: such a record fails its transaction. Not used with
+    /// `transactional_id`: a refusal there aborts the Kafka transaction.
     pub dead_letter_topic: Option<String>,
+    /// Makes the sink transactional (exactly-once): records become visible to
+    /// `read_committed` consumers only when [`KafkaSink::commit_transaction`] commits
+    /// them. Producers with the same id fence each other.
+    ///
+    /// [`KafkaSink::commit_transaction`]: crate::KafkaSink::commit_transaction
+    pub transactional_id: Option<String>,
 }
 
 /// librdkafka's producer-only properties (scope `P` in its CONFIGURATION.md) that can
@@ -105,6 +112,7 @@ impl Default for SinkConfig {
             max_in_flight_records: 100_000,
             max_in_flight_bytes: 8 * 1024 * 1024,
             dead_letter_topic: None,
+            transactional_id: None,
         }
     }
 }
@@ -158,6 +166,7 @@ impl fmt::Debug for SinkConfig {
             .field("max_in_flight_records", &self.max_in_flight_records)
             .field("max_in_flight_bytes", &self.max_in_flight_bytes)
             .field("dead_letter_topic", &self.dead_letter_topic)
+            .field("transactional_id", &self.transactional_id)
             .finish()
     }
 }
@@ -191,19 +200,36 @@ impl SinkConfig {
         }
         for (k, _) in &self.properties {
             if k == "transactional.id" {
-                // A transactional producer needs begin/commit calls this sink does not
-                // make; every send would fail with a state error.
+                // The sink makes the begin/commit calls a transactional producer needs
+                // only when it knows it is one.
                 return Err(SinkError::Config(
-                    "transactional.id is not supported by this sink".into(),
+                    "set the transactional id through the sink's transactional_id, not the \
+                     transactional.id property"
+                        .into(),
                 ));
             }
+        }
+        if self.transactional_id.as_deref() == Some("") {
+            return Err(SinkError::Config(
+                "transactional_id must not be empty".into(),
+            ));
         }
         Ok(())
     }
 
-    /// The librdkafka configuration: our defaults, then the user's properties.
+    /// The librdkafka configuration: our defaults, then the user's properties. A
+    /// transactional producer gets its id, and no `message.timeout.ms` of ours:
+    /// librdkafka then bounds it by `transaction.timeout.ms`, as it must be.
     pub(crate) fn client_config(&self) -> ClientConfig {
-        self.producer_config(&[])
+        let mut c = self.producer_config(&[]);
+        if let Some(id) = &self.transactional_id {
+            c.set("transactional.id", id);
+            let user_set = |name: &str| self.properties.iter().any(|(k, _)| k == name);
+            if !user_set("message.timeout.ms") && !user_set("delivery.timeout.ms") {
+                c.remove("message.timeout.ms");
+            }
+        }
+        c
     }
 
     /// [`client_config`](Self::client_config), then `overrides`, which win over the

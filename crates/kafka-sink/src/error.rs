@@ -40,8 +40,40 @@ pub enum SinkError {
     /// already ended).
     #[error("Kafka sink misuse: {0}")]
     Usage(String),
+    /// A transaction call failed; `kind` says what the caller must do next.
+    #[error("Kafka transaction {call} failed ({kind}): {reason}")]
+    Transaction {
+        call: &'static str,
+        kind: TransactionError,
+        reason: String,
+    },
     /// Something that should not happen did (a helper thread or task could not start
     /// or panicked).
     #[error("Kafka sink internal error: {0}")]
     Internal(String),
+}
+
+/// What a failed transaction call leaves the caller to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TransactionError {
+    /// Abort the transaction, then resend its records in a new one.
+    Abortable,
+    /// The call may simply be tried again (e.g. a timeout).
+    Retriable,
+    /// Another producer with the same transactional id took over: this one must never
+    /// write again.
+    Fenced,
+    /// The producer cannot go on: create a new one.
+    Fatal,
+}
+
+impl std::fmt::Display for TransactionError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            TransactionError::Abortable => "the transaction must be aborted",
+            TransactionError::Retriable => "retriable",
+            TransactionError::Fenced => "fenced by another producer with the same transactional id",
+            TransactionError::Fatal => "the producer cannot go on",
+        })
+    }
 }

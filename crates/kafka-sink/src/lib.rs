@@ -77,13 +77,14 @@ mod log_limiter;
 mod murmur2;
 mod record;
 mod sink;
+mod transaction;
 
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 pub use accounting::SinkStats;
 pub use cluster_check::{BrokerInfo, ClusterCheck, TopicCheck};
 pub use config::{is_secret, SinkConfig, DEFAULT_PROPERTIES};
-pub use error::SinkError;
+pub use error::{SinkError, TransactionError};
 pub use murmur2::{murmur2, partition_for_key};
 pub use rdkafka::error::KafkaError;
 pub use record::{Completion, DeliveryFailure, HeaderName, PgLsn, Record, RecordMeta, TxnId};

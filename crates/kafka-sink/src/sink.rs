@@ -1,7 +1,7 @@
 //! The sink: strictly ordered enqueue, in-flight caps, flush, cluster check.
 
 use std::fmt;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -44,12 +44,17 @@ const WAIT_SLICE: Duration = Duration::from_millis(100);
 /// shutdown. The drop blocks briefly (the poll thread's round, then up to 500 ms of
 /// librdkafka cleanup).
 pub struct KafkaSink {
-    producer: Arc<BaseProducer<SinkContext>>,
+    pub(crate) producer: Arc<BaseProducer<SinkContext>>,
     shared: Arc<Shared>,
-    /// Serializes `send`: librdkafka keeps per-partition order only for what is
-    /// enqueued in order, so concurrent sends must not overtake each other.
-    enqueue: tokio::sync::Mutex<()>,
-    config: SinkConfig,
+    /// Serializes `send` (librdkafka keeps per-partition order only for what is
+    /// enqueued in order, so concurrent sends must not overtake each other) and, in
+    /// transactional mode, sends against commits and aborts.
+    pub(crate) enqueue: tokio::sync::Mutex<()>,
+    pub(crate) config: SinkConfig,
+    /// Transactional mode: whether a Kafka transaction is open, and the count of
+    /// failed deliveries when it began (a failure since forbids its commit).
+    pub(crate) in_transaction: AtomicBool,
+    pub(crate) errors_at_begin: AtomicU64,
     stop: Arc<AtomicBool>,
     poller: Option<JoinHandle<()>>,
 }
@@ -85,7 +90,18 @@ impl KafkaSink {
     ) -> Result<(KafkaSink, UnboundedReceiver<Completion>), SinkError> {
         config.validate()?;
         let (tx, rx) = unbounded_channel();
-        let shared = Arc::new(Shared::new(tx, &config));
+        // A refusal inside a Kafka transaction aborts it: nothing to divert then.
+        let shared = match config.transactional_id {
+            Some(_) => Shared::new(
+                tx,
+                &SinkConfig {
+                    dead_letter_topic: None,
+                    ..config.clone()
+                },
+            ),
+            None => Shared::new(tx, &config),
+        };
+        let shared = Arc::new(shared);
         let context = SinkContext {
             shared: Arc::clone(&shared),
             logs: ClientLogs::default(),
@@ -110,6 +126,8 @@ impl KafkaSink {
                 shared,
                 enqueue: tokio::sync::Mutex::new(()),
                 config,
+                in_transaction: AtomicBool::new(false),
+                errors_at_begin: AtomicU64::new(0),
                 stop,
                 poller: Some(poller),
             },
@@ -142,6 +160,7 @@ impl KafkaSink {
                 return Err(SinkError::Fatal(fatal));
             }
             if !queue_full && has_room() {
+                self.begin_if_needed()?;
                 match self.try_enqueue(txn, &record, bytes)? {
                     Enqueued::Accounted => return Ok(()),
                     Enqueued::QueueFull => {

@@ -10,6 +10,8 @@ use crate::advice;
 use crate::config::Config;
 use crate::settings::{connect_options, sink_config};
 
+mod recovery;
+
 #[derive(Debug, Default)]
 struct Report {
     failures: usize,
@@ -42,7 +44,11 @@ fn explained(e: &Error) -> String {
 pub async fn run(config: &Config) -> anyhow::Result<()> {
     let mut report = Report::default();
     check_postgres(config, &mut report).await;
+    recovery::check_failover(config, &mut report).await;
     check_kafka(config, &mut report).await;
+    if !config.kafka.brokers.is_empty() {
+        recovery::check_checkpoint(config, &mut report).await;
+    }
     if report.failures > 0 {
         anyhow::bail!("{} check(s) failed", report.failures);
     }

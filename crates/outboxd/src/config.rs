@@ -121,6 +121,30 @@ pub struct KafkaConfig {
     /// Replication factor of the checkpoint topic when outboxd creates it; -1: the
     /// broker's default.
     pub checkpoint_replication_factor: i32,
+    /// `at-least-once` (the default) or `exactly-once` (Kafka transactions; consumers
+    /// read with `isolation.level=read_committed`).
+    pub delivery: Delivery,
+    /// Exactly-once: the producer's `transactional.id`; unset, it is derived from the
+    /// relay's identity (system identifier, database, slot).
+    pub transactional_id: Option<String>,
+    /// Exactly-once: a Kafka transaction is committed at the latest this many
+    /// milliseconds after its first record...
+    pub transaction_max_ms: u64,
+    /// ... or once its records reach this many bytes.
+    pub transaction_max_bytes: usize,
+}
+
+/// How records reach Kafka (docs/delivery.md).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Delivery {
+    /// Idempotent produce; after a crash events may come again (same id and
+    /// `outboxd.lsn` + `outboxd.index`).
+    #[default]
+    AtLeastOnce,
+    /// Transactional produce with the checkpoint in the same Kafka transaction: a
+    /// `read_committed` consumer sees every event exactly once.
+    ExactlyOnce,
 }
 
 impl std::fmt::Debug for KafkaConfig {
@@ -151,6 +175,10 @@ impl std::fmt::Debug for KafkaConfig {
                 "checkpoint_replication_factor",
                 &self.checkpoint_replication_factor,
             )
+            .field("delivery", &self.delivery)
+            .field("transactional_id", &self.transactional_id)
+            .field("transaction_max_ms", &self.transaction_max_ms)
+            .field("transaction_max_bytes", &self.transaction_max_bytes)
             .finish()
     }
 }
@@ -166,6 +194,10 @@ impl Default for KafkaConfig {
             checkpoint_topic: "outboxd.checkpoints".to_owned(),
             checkpoint_interval_ms: 20,
             checkpoint_replication_factor: -1,
+            delivery: Delivery::AtLeastOnce,
+            transactional_id: None,
+            transaction_max_ms: 20,
+            transaction_max_bytes: 1 << 20,
         }
     }
 }

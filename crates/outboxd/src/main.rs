@@ -6,7 +6,9 @@ use std::sync::Arc;
 
 use clap::{Args, Parser, Subcommand};
 use outboxd::config::{Config, LogFormat, Overrides};
-use outboxd::http::{self, Health, Metrics};
+use outboxd::health::Health;
+use outboxd::http;
+use outboxd::metrics::Metrics;
 use outboxd::{advice, check, init, relay, shutdown, tail};
 
 #[derive(Debug, Parser)]

@@ -9,6 +9,7 @@ use outboxd_replication::{
     ConnectOptions, Lsn, ReaderConfig, SourceSpec, StreamSettings, TableName,
 };
 
+use crate::checkpoint::RelayIdentity;
 use crate::config::Config;
 
 /// Status updates go out at least this often, whatever the configuration says.
@@ -81,7 +82,19 @@ pub fn sink_config(config: &Config) -> SinkConfig {
         max_in_flight_records: config.kafka.max_in_flight_records,
         max_in_flight_bytes: config.kafka.max_in_flight_bytes,
         dead_letter_topic: config.kafka.dead_letter_topic.clone(),
+        // Set per session in exactly-once mode, when the relay's identity is known.
+        transactional_id: None,
     }
+}
+
+/// Exactly-once: the producer's transactional id, the configured one
+/// (`kafka.transactional_id`) or one derived from the relay's identity, so that two
+/// relays of one slot fence each other and relays of different slots never do.
+pub fn transactional_id(configured: Option<&str>, identity: &RelayIdentity) -> String {
+    configured.map_or_else(
+        || format!("outboxd-{}", identity.key().replace('/', "-")),
+        str::to_owned,
+    )
 }
 
 #[cfg(test)]

@@ -9,6 +9,8 @@
 //! many faults a schedule has (CI default below); `OUTBOXD_FAULT_REPORT=file` collects
 //! the per-scenario figures as JSON lines.
 
+#![allow(clippy::unwrap_used, reason = "in tests an unwrap is an assertion")]
+
 use std::time::{Duration, Instant};
 
 use outboxd_tests::faults::{outbox_on_kafka, Fault, Gaps, Length, Order, Schedule, Targets};
@@ -16,7 +18,7 @@ use outboxd_tests::proxy::{FaultProxy, Mode};
 use outboxd_tests::{
     consume_until, env_or, free_port, http_get, metric, pg_connect, seed, services, tail,
     unique_name, wait_ready, DedicatedKafka, DedicatedPg, Endpoints, Load, LoadSpec, Outbox,
-    ScenarioResult, TestDb, TestTopics,
+    Process, ScenarioResult, TestDb, TestTopics,
 };
 
 const OUTBOXD: &str = env!("CARGO_BIN_EXE_outboxd");
@@ -176,7 +178,10 @@ async fn a_standby_relay_waits_for_the_slot_and_takes_over() {
     }
     let mut standby = outbox.start("standby");
     let deadline = Instant::now() + Duration::from_secs(30);
-    while !standby.log_text().contains("is in use by another process") {
+    while !standby
+        .log_text()
+        .contains("standing by: another process holds the slot")
+    {
         assert!(
             Instant::now() < deadline,
             "the standby says why it waits\n{}",
@@ -283,12 +288,24 @@ async fn a_refused_record_under_load_goes_to_the_dead_letter_topic() {
 /// on a seeded schedule under 4 writers.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn kafka_restarts_kills_and_partitions_lose_nothing() {
+    kafka_faults(None).await;
+}
+
+/// The same faults in exactly-once mode: not a single duplicate either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kafka_restarts_kills_and_partitions_lose_nothing_and_duplicate_nothing_exactly_once() {
+    kafka_faults(Some("exactly-once")).await;
+}
+
+/// Broker restarts, kills, partitions and resets under load; `delivery` is
+/// `kafka.delivery` (the default when `None`).
+async fn kafka_faults(delivery: Option<&str>) {
     let seed = seed("kafka_faults");
     let kafka = tokio::task::spawn_blocking(DedicatedKafka::start)
         .await
         .unwrap();
     let db = TestDb::create().await;
-    let outbox = outbox_on_kafka(
+    let mut outbox = outbox_on_kafka(
         OUTBOXD,
         &kafka,
         db.url.clone(),
@@ -296,6 +313,9 @@ async fn kafka_restarts_kills_and_partitions_lose_nothing() {
         "kfaults",
     )
     .await;
+    if let Some(delivery) = delivery {
+        outbox.set_env("OUTBOXD_KAFKA__DELIVERY", delivery);
+    }
     let started = Instant::now();
     let load = Load::start(
         &outbox.endpoints.pg_url,
@@ -334,7 +354,11 @@ async fn kafka_restarts_kills_and_partitions_lose_nothing() {
     applied.supervise_after_the_last_fault(&outbox, &mut relay);
     let (report, events) = outbox.check(Duration::from_secs(180)).await;
     let result = ScenarioResult {
-        name: "kafka restart / SIGKILL / partition / reset",
+        name: if delivery.is_some() {
+            "kafka restart / SIGKILL / partition / reset, exactly-once"
+        } else {
+            "kafka restart / SIGKILL / partition / reset"
+        },
         seed,
         events,
         faults: applied.faults.len(),
@@ -351,6 +375,9 @@ async fn kafka_restarts_kills_and_partitions_lose_nothing() {
             .load(std::sync::atomic::Ordering::Relaxed)
     );
     result.assert_complete(&relay.log_text());
+    if delivery.is_some() {
+        assert_eq!(report.duplicates, 0, "{}", tail(&relay.log_text()));
+    }
     // A delivery timeout makes the relay purge its producer and reconnect in-process
     // (docs/reliability.md); the supervisor loop above stays as a safety net, and
     // how often it was needed is reported.
@@ -363,13 +390,28 @@ async fn kafka_restarts_kills_and_partitions_lose_nothing() {
 /// while the relay is down: it must stop with the runbook, non-zero, and not resume.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn postgres_crashes_lose_nothing_and_an_invalidated_slot_stops_the_relay() {
+    let (pg, outbox, mut relay, _topics) = postgres_crashes(None).await;
+    invalidated_slot_stops_the_relay(&pg, &outbox, &mut relay).await;
+}
+
+/// PostgreSQL crashes in exactly-once mode: the slot may go back to its last
+/// checkpoint, and the relay resumes from its own: not a single duplicate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_crashes_lose_nothing_and_duplicate_nothing_exactly_once() {
+    let (_pg, _outbox, mut relay, _topics) = postgres_crashes(Some("exactly-once")).await;
+    relay.stop_cleanly();
+}
+
+/// `-m immediate` stops and restarts of a dedicated cluster under load; checks
+/// that every event arrived in order (and, exactly once, no more than once).
+async fn postgres_crashes(delivery: Option<&str>) -> (DedicatedPg, Outbox, Process, TestTopics) {
     let seed = seed("postgres_crash");
     let pg = tokio::task::spawn_blocking(DedicatedPg::start)
         .await
         .unwrap();
     let prefix = unique_name("pgcrash");
     let topics = TestTopics::create_named(&[format!("{prefix}.order")], 3).await;
-    let outbox = Outbox::on(
+    let mut outbox = Outbox::on(
         OUTBOXD,
         Endpoints {
             pg_url: pg.url(),
@@ -381,6 +423,9 @@ async fn postgres_crashes_lose_nothing_and_an_invalidated_slot_stops_the_relay()
         &[],
     )
     .await;
+    if let Some(delivery) = delivery {
+        outbox.set_env("OUTBOXD_KAFKA__DELIVERY", delivery);
+    }
     let started = Instant::now();
     let load = Load::start(
         &outbox.endpoints.pg_url,
@@ -413,7 +458,11 @@ async fn postgres_crashes_lose_nothing_and_an_invalidated_slot_stops_the_relay()
     let load = load.stop().await;
     let (report, events) = outbox.check(Duration::from_secs(120)).await;
     let result = ScenarioResult {
-        name: "postgres -m immediate + restart",
+        name: if delivery.is_some() {
+            "postgres -m immediate + restart, exactly-once"
+        } else {
+            "postgres -m immediate + restart"
+        },
         seed,
         events,
         faults: applied.faults.len(),
@@ -433,8 +482,15 @@ async fn postgres_crashes_lose_nothing_and_an_invalidated_slot_stops_the_relay()
         "{}",
         tail(&relay.log_text())
     );
+    if delivery.is_some() {
+        assert_eq!(report.duplicates, 0, "{}", tail(&relay.log_text()));
+    }
+    (pg, outbox, relay, topics)
+}
 
-    // The slot invalidated while the relay is down.
+/// The slot invalidated (`max_slot_wal_keep_size`) while the relay is down: it must
+/// stop with the runbook, non-zero, and not resume.
+async fn invalidated_slot_stops_the_relay(pg: &DedicatedPg, outbox: &Outbox, relay: &mut Process) {
     relay.stop_cleanly();
     let c = pg_connect(&pg.url()).await;
     c.batch_execute("ALTER SYSTEM SET max_slot_wal_keep_size = '1MB'")
@@ -488,5 +544,4 @@ async fn postgres_crashes_lose_nothing_and_an_invalidated_slot_stops_the_relay()
         .get(0);
     assert_eq!(still, "lost", "the slot is not recreated silently");
     println!("SCENARIO {{\"scenario\":\"slot invalidated\",\"exit\":\"{exit:?}\"}}");
-    drop(topics);
 }

@@ -410,15 +410,6 @@ async fn health_metrics_and_no_secrets_in_logs() {
 }
 
 /// Peak resident memory of a process (VmHWM), in bytes.
-fn peak_rss(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .map_or(0, |kb| kb * 1024)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_transaction_far_larger_than_the_caps_streams_through_in_bounded_memory() {
     let outbox = Outbox::on_shared(
@@ -445,7 +436,7 @@ async fn a_transaction_far_larger_than_the_caps_streams_through_in_bounded_memor
         .unwrap();
     let mut relay = outbox.start("bigtxn");
     let records = outbox.read_events(200_000, Duration::from_secs(300)).await;
-    let peak = peak_rss(relay.pid());
+    let peak = relay.peak_rss();
     let report = DeliveryReport::check(&records, &outbox.committed().await);
     report.assert_complete(200_000, &tail(&relay.log_text()));
     println!(

@@ -40,6 +40,15 @@ pub enum RelayError {
     /// A stored checkpoint cannot be read (corrupt, or from a newer outboxd).
     #[error("{0}")]
     CheckpointUnreadable(String),
+    /// Exactly-once: another relay registered the same transactional id.
+    #[error("the exactly-once producer was fenced by another relay")]
+    Fenced(#[source] SinkError),
+    /// Exactly-once: a Kafka transaction failed; its records come again in a new one.
+    #[error("a Kafka transaction failed; resending from the last committed checkpoint")]
+    TransactionFailed(#[source] SinkError),
+    /// A session opened without a producer to relay to (a bug).
+    #[error("a session opened without a Kafka producer")]
+    NoProducer,
 }
 
 impl RelayError {
@@ -47,7 +56,9 @@ impl RelayError {
     pub fn is_retryable(&self) -> bool {
         match self {
             RelayError::Replication(e) => e.is_retryable(),
-            RelayError::KafkaUnavailable(_) => true,
+            RelayError::KafkaUnavailable(_)
+            | RelayError::Fenced(_)
+            | RelayError::TransactionFailed(_) => true,
             RelayError::Checkpoint(e) => matches!(
                 e,
                 CheckpointError::Unreachable { .. } | CheckpointError::ReadTimeout { .. }
@@ -56,7 +67,8 @@ impl RelayError {
             | RelayError::Unroutable(_)
             | RelayError::Producer(_)
             | RelayError::Gap(_)
-            | RelayError::CheckpointUnreadable(_) => false,
+            | RelayError::CheckpointUnreadable(_)
+            | RelayError::NoProducer => false,
         }
     }
 

@@ -21,7 +21,7 @@ use crate::checkpoint::tests::checkpoint;
 use crate::checkpoint::{Checkpoint, EventPosition, RelayIdentity};
 use crate::relay::checkpoints::{Checkpoints, Loaded, Write};
 use crate::relay::sink::{Sink, SinkFactory};
-use crate::relay::source::{Connector, OpenRequest, Opened, Source};
+use crate::relay::source::{Connector, Fence, OpenRequest, Opened, Source};
 use crate::relay::RelayError;
 
 /// One step of a scripted session.
@@ -32,6 +32,8 @@ pub enum Step {
     Shutdown,
     /// From here on, the server's WAL end may be confirmed: nothing is in flight.
     Idle(Lsn),
+    /// Nothing arrives for this long.
+    Pause(Duration),
 }
 
 /// How a scripted session ends once its steps are used up.
@@ -65,6 +67,10 @@ pub struct Observed {
     pub sent: Vec<(usize, TxnId, Record)>,
     pub sinks_created: usize,
     pub purges: usize,
+    /// Exactly-once: transactional ids registered, and commits and aborts made.
+    pub transactional_ids: Vec<String>,
+    pub commits: usize,
+    pub aborts: usize,
 }
 
 pub type Shared = Rc<RefCell<Observed>>;
@@ -81,12 +87,18 @@ pub struct FakeConnector {
 impl Connector for FakeConnector {
     type Source = FakeSource;
 
+    async fn wait_until_free(&mut self) -> Result<(), RelayError> {
+        Ok(())
+    }
+
     async fn open(
         &mut self,
         request: OpenRequest,
         _store: &impl Checkpoints,
+        fence: &mut impl Fence,
     ) -> Result<Opened<FakeSource>, RelayError> {
         let already_delivered = request.this_run.unwrap_or(Lsn::ZERO);
+        fence.fence(&checkpoint(0, None).identity()).await?;
         self.observed
             .borrow_mut()
             .opened_after
@@ -105,8 +117,10 @@ impl Connector for FakeConnector {
                     shutdown: self.shutdown.clone(),
                     acknowledged: RefCell::new(already_delivered),
                     idle_wal_end: None,
+                    paused_until: None,
                 },
                 checkpoint: checkpoint(already_delivered.0, None),
+                skip_before: already_delivered,
                 skip_through: self.skip_through.take(),
             }),
         }
@@ -124,6 +138,7 @@ pub struct FakeSource {
     shutdown: CancellationToken,
     acknowledged: RefCell<Lsn>,
     idle_wal_end: Option<Lsn>,
+    paused_until: Option<tokio::time::Instant>,
 }
 
 impl Source for FakeSource {
@@ -135,6 +150,16 @@ impl Source for FakeSource {
             match self.steps.pop_front() {
                 Some(Step::Shutdown) => self.shutdown.cancel(),
                 Some(Step::Idle(wal_end)) => self.idle_wal_end = Some(wal_end),
+                Some(Step::Pause(pause)) => {
+                    // Cancellation-safe: the step stays until its time has passed.
+                    let until = *self
+                        .paused_until
+                        .get_or_insert_with(|| tokio::time::Instant::now() + pause);
+                    self.steps.push_front(Step::Pause(pause));
+                    tokio::time::sleep_until(until).await;
+                    self.steps.pop_front();
+                    self.paused_until = None;
+                }
                 Some(Step::Event(event)) => {
                     match event.message {
                         LogicalMessage::Begin(_) => self.in_transaction = true,
@@ -240,10 +265,12 @@ pub struct FakeSinks {
 impl SinkFactory for FakeSinks {
     type Sink = FakeSink;
 
-    fn create(&self) -> Result<FakeSink, SinkError> {
+    fn create(&self, transactional_id: Option<&str>) -> Result<FakeSink, SinkError> {
         let generation = {
             let mut o = self.observed.borrow_mut();
             o.sinks_created += 1;
+            o.transactional_ids
+                .extend(transactional_id.map(str::to_owned));
             o.sinks_created
         };
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
@@ -378,6 +405,21 @@ impl Sink for FakeSink {
         let new = state.bytes_delivered - state.bytes_taken;
         state.bytes_taken = state.bytes_delivered;
         new
+    }
+
+    async fn init_transactions(&self, _timeout: Duration) -> Result<(), SinkError> {
+        Ok(())
+    }
+
+    async fn commit_transaction(&self, _timeout: Duration) -> Result<(), SinkError> {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        self.observed.borrow_mut().commits += 1;
+        Ok(())
+    }
+
+    async fn abort_transaction(&self, _timeout: Duration) -> Result<(), SinkError> {
+        self.observed.borrow_mut().aborts += 1;
+        Ok(())
     }
 }
 

@@ -8,6 +8,8 @@
 //!   PostgreSQL and Kafka implementations, so the logic above is testable with fakes.
 
 mod checkpoints;
+mod committer;
+mod connector;
 mod error;
 mod pipeline;
 mod resume;
@@ -29,16 +31,19 @@ use outboxd_kafka_sink::checkpoint::CheckpointStore;
 use outboxd_pgoutput::Lsn;
 use tokio_util::sync::CancellationToken;
 
+pub use connector::Preview;
 pub use error::RelayError;
 pub use resume::Gap;
 pub use tracker::AckTracker;
 
-use crate::config::Config;
-use crate::http::{Health, Metrics};
+use crate::config::{Config, Delivery};
+use crate::health::Health;
+use crate::health::Role;
+use crate::metrics::Metrics;
 use crate::router::Router;
 use crate::settings;
-use pipeline::{RelayState, Routing};
-use source::PgConnector;
+use connector::PgConnector;
+use pipeline::{Mode, RelayState, Routing};
 use store::KafkaCheckpoints;
 use supervisor::Supervisor;
 
@@ -53,6 +58,38 @@ pub struct RunOptions {
     pub accept_gap: bool,
 }
 
+/// What a session would decide now about the slot and the checkpoint (for `outboxd
+/// check`), without taking the slot.
+pub async fn preview(config: &Config) -> Result<Preview, RelayError> {
+    let (connector, store) = connector_and_store(config)?;
+    connector.preview(&store).await
+}
+
+/// The PostgreSQL side and the checkpoint store, as the configuration says.
+fn connector_and_store(config: &Config) -> Result<(PgConnector, KafkaCheckpoints), RelayError> {
+    let connector = PgConnector::new(
+        settings::connect_options(config)?,
+        settings::outbox_tables(config)?,
+        config.postgres.create_publication,
+        config.postgres.create_slot,
+        config.postgres.failover_slot,
+        config.kafka.delivery == Delivery::ExactlyOnce,
+        settings::source_spec(config),
+        settings::reader_config(config),
+    );
+    let store = CheckpointStore::new(
+        &settings::sink_config(config),
+        &config.kafka.checkpoint_topic,
+        CHECKPOINT_TIMEOUT,
+    )
+    .map_err(RelayError::Checkpoint)?;
+    let store = KafkaCheckpoints {
+        store: Arc::new(store),
+        replication_factor: config.kafka.checkpoint_replication_factor,
+    };
+    Ok((connector, store))
+}
+
 /// Relays until `shutdown` is cancelled (`Ok`, after a graceful drain) or a fatal
 /// error.
 pub async fn run(
@@ -63,27 +100,8 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), RelayError> {
     let tables = settings::outbox_tables(config)?;
-    let connector = PgConnector {
-        connect: settings::connect_options(config)?,
-        tables: tables.clone(),
-        create_publication: config.postgres.create_publication,
-        create_slot: config.postgres.create_slot,
-        failover_slot: config.postgres.failover_slot,
-        spec: settings::source_spec(config),
-        reader: settings::reader_config(config),
-    };
-    let sink_config = settings::sink_config(config);
-    let store = KafkaCheckpoints {
-        store: Arc::new(
-            CheckpointStore::new(
-                &sink_config,
-                &config.kafka.checkpoint_topic,
-                CHECKPOINT_TIMEOUT,
-            )
-            .map_err(RelayError::Checkpoint)?,
-        ),
-        replication_factor: config.kafka.checkpoint_replication_factor,
-    };
+    let exactly_once = config.kafka.delivery == Delivery::ExactlyOnce;
+    let (connector, store) = connector_and_store(config)?;
     let state = RelayState {
         routing: Routing {
             router: Router::new(config.routing.clone()),
@@ -96,16 +114,29 @@ pub async fn run(
         last_txn: 0,
         confirmed: Lsn::ZERO,
         drain_timeout: config.server.shutdown_timeout(),
-        checkpoint_interval: Duration::from_millis(config.kafka.checkpoint_interval_ms),
+        mode: if exactly_once {
+            Mode::ExactlyOnce {
+                checkpoint_topic: config.kafka.checkpoint_topic.clone(),
+                max_age: Duration::from_millis(config.kafka.transaction_max_ms),
+                max_bytes: config.kafka.transaction_max_bytes,
+            }
+        } else {
+            Mode::AtLeastOnce {
+                checkpoint_interval: Duration::from_millis(config.kafka.checkpoint_interval_ms),
+            }
+        },
     };
+    state.metrics.set_role(Role::Starting);
+    let exactly_once = exactly_once.then(|| config.kafka.transactional_id.clone());
     Supervisor::new(
         connector,
-        sink_config,
+        settings::sink_config(config),
+        exactly_once,
         store,
         state,
         shutdown,
         options.accept_gap,
-    )?
+    )
     .run()
     .await
 }

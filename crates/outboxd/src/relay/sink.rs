@@ -26,12 +26,19 @@ pub(crate) trait Sink {
     fn in_flight_records(&self) -> usize;
     /// Payload bytes acknowledged since the previous call.
     fn take_bytes_delivered(&mut self) -> u64;
+    /// Exactly-once: fences older producers with the same transactional id.
+    async fn init_transactions(&self, timeout: Duration) -> Result<(), SinkError>;
+    /// Exactly-once: makes everything sent since the last commit visible at once.
+    async fn commit_transaction(&self, timeout: Duration) -> Result<(), SinkError>;
+    /// Exactly-once: discards everything sent since the last commit.
+    async fn abort_transaction(&self, timeout: Duration) -> Result<(), SinkError>;
 }
 
-/// Makes a fresh sink, at start and whenever one must be replaced.
+/// Makes a fresh sink, at start and whenever one must be replaced; transactional
+/// (exactly-once) with a `transactional_id`.
 pub(crate) trait SinkFactory {
     type Sink: Sink;
-    fn create(&self) -> Result<Self::Sink, SinkError>;
+    fn create(&self, transactional_id: Option<&str>) -> Result<Self::Sink, SinkError>;
 }
 
 /// A [`KafkaSink`] and its completion channel.
@@ -47,8 +54,11 @@ pub(crate) struct KafkaPort {
 impl SinkFactory for SinkConfig {
     type Sink = KafkaPort;
 
-    fn create(&self) -> Result<KafkaPort, SinkError> {
-        let (sink, completions) = KafkaSink::new(self.clone())?;
+    fn create(&self, transactional_id: Option<&str>) -> Result<KafkaPort, SinkError> {
+        let (sink, completions) = KafkaSink::new(SinkConfig {
+            transactional_id: transactional_id.map(str::to_owned),
+            ..self.clone()
+        })?;
         Ok(KafkaPort {
             sink,
             completions,
@@ -95,5 +105,17 @@ impl Sink for KafkaPort {
         let new = total.saturating_sub(self.bytes_counted);
         self.bytes_counted = total;
         new
+    }
+
+    async fn init_transactions(&self, timeout: Duration) -> Result<(), SinkError> {
+        self.sink.init_transactions(timeout).await
+    }
+
+    async fn commit_transaction(&self, timeout: Duration) -> Result<(), SinkError> {
+        self.sink.commit_transaction(timeout).await
+    }
+
+    async fn abort_transaction(&self, timeout: Duration) -> Result<(), SinkError> {
+        self.sink.abort_transaction(timeout).await
     }
 }

@@ -1,30 +1,45 @@
 //! The supervisor: runs one session after another until shutdown or a fatal error,
-//! with backoff between them, and replaces the producer when it cannot go on.
+//! with backoff between them, replaces the producer when it cannot go on, and
+//! stands by while another relay holds the slot.
 //!
 //! A session ends cleanly (shutdown), with a retryable error (the network, a
-//! restarting server, a slot held by another relay, a delivery timeout: reconnect
-//! with backoff) or with a fatal one (a record Kafka refused, an unroutable row
-//! without a dead-letter topic, an invalidated slot: stop, and the process exits
-//! non-zero). Whatever ends it, the confirmed position is the acknowledged prefix.
+//! restarting server, a delivery timeout: reconnect with backoff), because another
+//! relay holds the slot or fenced this one's producer (stand by, watch the slot and
+//! take over when it is free) or with a fatal error (a record Kafka refused, an
+//! unroutable row without a dead-letter topic, an invalidated slot, a gap: stop, and
+//! the process exits non-zero). Whatever ends it, the confirmed position is the
+//! durable prefix.
 
 use std::time::Duration;
 
 use rand::Rng;
 use tokio_util::sync::CancellationToken;
 
+use crate::checkpoint::RelayIdentity;
+use crate::health::Role;
 use crate::relay::checkpoints::Checkpoints;
 use crate::relay::pipeline::{Pipeline, RelayState};
 use crate::relay::sink::{Sink, SinkFactory};
-use crate::relay::source::{Connector, OpenRequest};
+use crate::relay::source::{Connector, Fence, OpenRequest};
 use crate::relay::RelayError;
+use crate::settings;
 
 /// How long a retryable failure waits for in-flight records before the next session.
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long registering an exactly-once producer (and fencing older ones) may take.
+const INIT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Exactly-once: the configured transactional id, if any (else derived from the
+/// relay's identity). `None`: at least once.
+pub(crate) type ExactlyOnce = Option<Option<String>>;
+
 pub(crate) struct Supervisor<C: Connector, F: SinkFactory, W: Checkpoints> {
     connector: C,
     sinks: F,
-    sink: F::Sink,
+    /// The producer; exactly once, a new one per session, made when it fences.
+    sink: Option<F::Sink>,
+    exactly_once: ExactlyOnce,
     store: W,
     state: RelayState,
     shutdown: CancellationToken,
@@ -38,22 +53,23 @@ impl<C: Connector, F: SinkFactory, W: Checkpoints> Supervisor<C, F, W> {
     pub fn new(
         connector: C,
         sinks: F,
+        exactly_once: ExactlyOnce,
         store: W,
         state: RelayState,
         shutdown: CancellationToken,
         accept_gap: bool,
-    ) -> Result<Self, RelayError> {
-        let sink = sinks.create().map_err(RelayError::Producer)?;
-        Ok(Supervisor {
+    ) -> Self {
+        Supervisor {
             connector,
             sinks,
-            sink,
+            sink: None,
+            exactly_once,
             store,
             state,
             shutdown,
             accept_gap,
             streamed: false,
-        })
+        }
     }
 
     /// Runs sessions until shutdown (`Ok`) or a fatal error.
@@ -64,31 +80,52 @@ impl<C: Connector, F: SinkFactory, W: Checkpoints> Supervisor<C, F, W> {
             self.state.health.set_stream_attached(false);
             match result {
                 Ok(()) => {
-                    self.sink
-                        .flush(self.state.drain_timeout)
-                        .await
-                        .map_err(RelayError::Producer)?;
+                    if let Some(sink) = &self.sink {
+                        sink.flush(self.state.drain_timeout)
+                            .await
+                            .map_err(RelayError::Producer)?;
+                    }
                     tracing::info!(confirmed = %self.state.confirmed, "outboxd stopped cleanly");
                     return Ok(());
                 }
-                Err(e) if e.is_retryable() && !self.shutdown.is_cancelled() => {
+                Err(_) if self.shutdown.is_cancelled() => return Ok(()),
+                Err(RelayError::Replication(outboxd_replication::Error::SlotInUse {
+                    slot,
+                    pid,
+                })) => {
+                    if self.role() != Role::Standby {
+                        let pid = pid.map_or("unknown".to_owned(), |p| p.to_string());
+                        tracing::info!(%slot, holder_pid = %pid, "standing by: another process holds the slot; taking over as soon as it is free");
+                        self.set_role(Role::Standby);
+                    }
+                    self.stand_by(&mut backoff).await;
+                }
+                Err(e @ RelayError::Fenced(_)) => {
+                    tracing::warn!(error = %e, "another relay took over this slot; this one writes nothing more with its producer and stands by");
+                    self.sink = None;
+                    self.set_role(Role::Standby);
+                }
+                Err(e) if e.is_retryable() => {
                     // A session that streamed was a success: the next failure starts
                     // the backoff afresh, so isolated faults days apart do not each
                     // wait the maximum.
                     if streamed {
                         backoff.reset();
                     }
+                    self.set_role(Role::Starting);
                     let delay = backoff.next_delay();
                     self.state.metrics.reconnects.inc();
                     tracing::warn!(error = %e, attempt = backoff.attempt, retry_in_ms = delay.as_millis() as u64, "replication session ended; reconnecting");
-                    self.prepare_next_session(&e).await?;
+                    self.prepare_next_session(&e).await;
                     tokio::select! {
                         () = tokio::time::sleep(delay) => {}
                         () = self.shutdown.cancelled() => return Ok(()),
                     }
                 }
                 Err(e) => {
-                    let _ = self.sink.flush(SETTLE_TIMEOUT).await;
+                    if let Some(sink) = &self.sink {
+                        let _ = sink.flush(SETTLE_TIMEOUT).await;
+                    }
                     return Err(e);
                 }
             }
@@ -97,35 +134,107 @@ impl<C: Connector, F: SinkFactory, W: Checkpoints> Supervisor<C, F, W> {
 
     /// One session; the flag says whether it got as far as streaming.
     async fn session(&mut self) -> (Result<(), RelayError>, bool) {
+        if self.exactly_once.is_none() && self.sink.is_none() {
+            match self.sinks.create(None) {
+                Ok(sink) => self.sink = Some(sink),
+                Err(e) => return (Err(RelayError::Producer(e)), false),
+            }
+        }
         let request = OpenRequest {
             this_run: self.streamed.then_some(self.state.confirmed),
             accept_gap: self.accept_gap && !self.streamed,
         };
-        let opened = match self.connector.open(request, &self.store).await {
+        let mut fencer = Fencer {
+            sinks: &self.sinks,
+            sink: &mut self.sink,
+            exactly_once: &self.exactly_once,
+        };
+        let opened = match self.connector.open(request, &self.store, &mut fencer).await {
             Ok(opened) => opened,
             Err(e) => return (Err(e), false),
+        };
+        let Some(sink) = self.sink.as_mut() else {
+            return (Err(RelayError::NoProducer), false);
         };
         self.streamed = true;
         // The plan took what this run confirmed into account; after a failover to a
         // later timeline it may resume earlier, at the fork.
         self.state.confirmed = opened.checkpoint.confirmed_lsn;
         self.state.health.set_stream_attached(true);
-        let pipeline = Pipeline::new(opened, &mut self.sink, &self.store, &mut self.state);
+        self.state.health.set_role(Role::Active);
+        self.state.metrics.set_role(Role::Active);
+        let pipeline = Pipeline::new(opened, sink, &self.store, &mut self.state);
         (pipeline.run(&self.shutdown).await, true)
     }
 
+    /// Watches the slot until it is free (or shutdown).
+    async fn stand_by(&mut self, backoff: &mut Backoff) {
+        tokio::select! {
+            freed = self.connector.wait_until_free() => {
+                if let Err(e) = freed {
+                    let delay = backoff.next_delay();
+                    tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "standby cannot watch the slot");
+                    tokio::select! {
+                        () = tokio::time::sleep(delay) => {}
+                        () = self.shutdown.cancelled() => {}
+                    }
+                }
+            }
+            () = self.shutdown.cancelled() => {}
+        }
+    }
+
+    fn role(&self) -> Role {
+        self.state.health.role()
+    }
+
+    fn set_role(&self, role: Role) {
+        self.state.health.set_role(role);
+        self.state.metrics.set_role(role);
+    }
+
     /// Makes the sink ready for a session that resends everything unconfirmed.
-    async fn prepare_next_session(&mut self, error: &RelayError) -> Result<(), RelayError> {
-        if error.needs_new_producer() || self.sink.fatal_error().is_some() {
+    async fn prepare_next_session(&mut self, error: &RelayError) {
+        let Some(sink) = self.sink.as_mut() else {
+            return;
+        };
+        if self.exactly_once.is_some() || error.needs_new_producer() || sink.fatal_error().is_some()
+        {
             // Dropping the old producer purges its queue: nothing queued behind a
-            // timed-out record reaches Kafka before that record's replay.
-            self.sink = self.sinks.create().map_err(RelayError::Producer)?;
+            // timed-out record reaches Kafka before that record's replay. Exactly
+            // once, the next session's producer fences this one anyway.
+            self.sink = None;
         } else {
             // What is in flight is unconfirmed and will be re-sent by the next
             // session; let it finish so its completions do not linger.
-            let _ = self.sink.flush(SETTLE_TIMEOUT).await;
-            self.sink.discard_completions();
+            let _ = sink.flush(SETTLE_TIMEOUT).await;
+            sink.discard_completions();
         }
+    }
+}
+
+/// Exactly-once: a fresh transactional producer per session, registered (which
+/// fences every older producer of the relay's transactional id) after the session
+/// took the slot.
+struct Fencer<'a, F: SinkFactory> {
+    sinks: &'a F,
+    sink: &'a mut Option<F::Sink>,
+    exactly_once: &'a ExactlyOnce,
+}
+
+impl<F: SinkFactory> Fence for Fencer<'_, F> {
+    async fn fence(&mut self, identity: &RelayIdentity) -> Result<(), RelayError> {
+        let Some(configured) = self.exactly_once else {
+            return Ok(());
+        };
+        let id = settings::transactional_id(configured.as_deref(), identity);
+        *self.sink = None;
+        let sink = self.sinks.create(Some(&id)).map_err(RelayError::Producer)?;
+        sink.init_transactions(INIT_TIMEOUT)
+            .await
+            .map_err(RelayError::TransactionFailed)?;
+        tracing::info!(transactional_id = %id, "exactly-once producer registered; older producers with this id are fenced");
+        *self.sink = Some(sink);
         Ok(())
     }
 }

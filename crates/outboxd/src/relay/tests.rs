@@ -12,12 +12,13 @@ use super::fakes::{
     Change, Completing, End, FakeConnector, FakeSinks, FakeStore, Observed, Script, Shared, Step,
     Wal,
 };
-use super::pipeline::{RelayState, Routing};
+use super::pipeline::{Mode, RelayState, Routing};
 use super::supervisor::Supervisor;
 use super::RelayError;
 use crate::checkpoint::EventPosition;
 use crate::config::RoutingConfig;
-use crate::http::{Health, Metrics};
+use crate::health::Health;
+use crate::metrics::Metrics;
 use crate::router::Router;
 
 use Change::{Message, Other, Outbox};
@@ -30,6 +31,7 @@ struct Run {
 
 struct Setup {
     scripts: Vec<Script>,
+    mode: Mode,
     skip_through: Option<EventPosition>,
     completing: Completing,
     fail: Vec<(&'static str, bool)>,
@@ -40,6 +42,9 @@ impl Setup {
     fn new(scripts: Vec<Script>) -> Self {
         Setup {
             scripts,
+            mode: Mode::AtLeastOnce {
+                checkpoint_interval: Duration::from_millis(20),
+            },
             skip_through: None,
             completing: Completing::AtOnce,
             fail: Vec::new(),
@@ -69,7 +74,7 @@ impl Setup {
             last_txn: 0,
             confirmed: Lsn::ZERO,
             drain_timeout: Duration::from_secs(5),
-            checkpoint_interval: Duration::from_millis(20),
+            mode: self.mode,
         };
         let connector = FakeConnector {
             scripts: self.scripts.into(),
@@ -86,8 +91,16 @@ impl Setup {
             observed: Rc::clone(&observed),
             delay: Duration::from_millis(3),
         };
-        let supervisor =
-            Supervisor::new(connector, sinks, store, state, shutdown, false).expect("supervisor");
+        let exactly_once = matches!(state.mode, Mode::ExactlyOnce { .. }).then_some(None);
+        let supervisor = Supervisor::new(
+            connector,
+            sinks,
+            exactly_once,
+            store,
+            state,
+            shutdown,
+            false,
+        );
         let stop = shutdown_after(shutdown_handle, limit);
         let result = tokio::select! {
             r = supervisor.run() => r,
@@ -455,4 +468,77 @@ fn shutdown_after(token: CancellationToken, limit: Duration) -> tokio::task::Joi
             token.cancel();
         }
     })
+}
+
+fn exactly_once(scripts: Vec<Script>) -> Setup {
+    let mut setup = Setup::new(scripts);
+    setup.mode = Mode::ExactlyOnce {
+        checkpoint_topic: "checkpoints".to_owned(),
+        max_age: Duration::from_millis(20),
+        max_bytes: 1 << 20,
+    };
+    setup
+}
+
+#[tokio::test(start_paused = true)]
+async fn exactly_once_confirms_only_what_a_committed_kafka_transaction_holds() {
+    let mut wal = Wal::default();
+    let (a, _) = wal.transaction(&[Outbox("e1", Some("t"), "k"), Outbox("e2", Some("t"), "k")]);
+    let (b, b_end) = wal.transaction(&[Outbox("e3", Some("t"), "k")]);
+    let run = exactly_once(vec![session(vec![a, b, vec![Step::Shutdown]], End::Quiet)])
+        .run()
+        .await;
+    run.result.expect("a clean stop");
+    assert_eq!(
+        run.observed.transactional_ids.len(),
+        1,
+        "one producer, fenced in"
+    );
+    assert!(run.observed.commits >= 1);
+    assert_eq!(run.observed.aborts, 0);
+    // The last record of the last commit is the checkpoint, naming the last event.
+    let (_, _, last) = run.observed.sent.last().expect("records");
+    assert_eq!(last.topic, "checkpoints");
+    let cp: crate::checkpoint::Checkpoint =
+        serde_json::from_slice(last.value.as_deref().expect("a value")).expect("json");
+    assert_eq!(cp.confirmed_lsn, b_end);
+    assert_eq!(cp.last_event.map(|e| e.index), Some(0));
+    assert_eq!(run.observed.acknowledged.last(), Some(&b_end));
+    assert_eq!(
+        run.metrics.events_published.get(),
+        3,
+        "the checkpoint is no event"
+    );
+    assert_eq!(
+        run.metrics.kafka_transactions.get(),
+        run.observed.commits as u64
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn exactly_once_aborts_after_a_failure_and_resends_from_the_commit() {
+    let mut wal = Wal::default();
+    let (a, a_end) = wal.transaction(&[Outbox("e1", Some("t"), "k")]);
+    let (b, _) = wal.transaction(&[Outbox("e2", Some("t"), "k")]);
+    let mut setup = exactly_once(vec![
+        session(
+            vec![a, vec![Step::Pause(Duration::from_millis(50))], b],
+            End::Quiet,
+        ),
+        session(vec![vec![Step::Shutdown]], End::Quiet),
+    ]);
+    setup.fail = vec![("e2", true)];
+    let run = setup.run().await;
+    run.result.expect("a clean stop after the retry");
+    assert_eq!(run.observed.aborts, 1, "the failed transaction was aborted");
+    assert_eq!(
+        run.observed.transactional_ids.len(),
+        2,
+        "a new producer per session"
+    );
+    assert!(
+        run.observed.acknowledged.iter().all(|l| *l <= a_end),
+        "b was never confirmed"
+    );
+    assert_eq!(run.observed.opened_after, [Lsn::ZERO, a_end]);
 }

@@ -15,13 +15,19 @@ use outboxd_replication::{ReplicationEvent, TableName};
 use tokio_util::sync::CancellationToken;
 
 use crate::checkpoint::EventPosition;
-use crate::http::{Health, Metrics};
-use crate::relay::checkpoints::{Checkpointer, Checkpoints};
+use crate::health::Health;
+use crate::metrics::Metrics;
+use crate::relay::checkpoints::Checkpoints;
 use crate::relay::sink::Sink;
 use crate::relay::source::{Opened, Source};
 use crate::relay::tracker::AckTracker;
 use crate::relay::RelayError;
 use crate::router::{RouteError, Router, SourcePosition};
+
+mod durability;
+
+use durability::Durability;
+pub(crate) use durability::Mode;
 
 /// How often gauges are refreshed.
 const GAUGE_INTERVAL: Duration = Duration::from_secs(1);
@@ -64,8 +70,8 @@ pub(crate) struct RelayState {
     pub confirmed: Lsn,
     /// How long to wait for in-flight transactions when a session ends.
     pub drain_timeout: Duration,
-    /// The shortest time between two checkpoint writes.
-    pub checkpoint_interval: Duration,
+    /// At least once or exactly once, with the mode's settings.
+    pub mode: Mode,
 }
 
 /// The transaction being received.
@@ -86,7 +92,9 @@ pub(crate) struct Pipeline<'a, S: Source, K: Sink, W: Checkpoints> {
     store: &'a W,
     state: &'a mut RelayState,
     tracker: AckTracker,
-    checkpointer: Checkpointer,
+    durability: Durability,
+    /// Transactions that committed before this were delivered before.
+    skip_before: Lsn,
     /// Events up to here were delivered before (a partly delivered transaction).
     skip_through: Option<EventPosition>,
     current: Option<OpenTxn>,
@@ -103,9 +111,10 @@ impl<'a, S: Source, K: Sink, W: Checkpoints> Pipeline<'a, S, K, W> {
             source: opened.source,
             sink,
             store,
-            checkpointer: Checkpointer::new(opened.checkpoint, state.checkpoint_interval),
+            durability: Durability::new(&state.mode, opened.checkpoint),
             state,
             tracker: AckTracker::new(),
+            skip_before: opened.skip_before,
             skip_through: opened.skip_through,
             current: None,
         }
@@ -134,10 +143,15 @@ impl<'a, S: Source, K: Sink, W: Checkpoints> Pipeline<'a, S, K, W> {
                         break Err(e);
                     }
                 }
-                durable = self.checkpointer.next_durable(self.store) => match durable {
-                    Ok(lsn) => self.confirm(lsn),
-                    Err(e) => break Err(e),
-                },
+                next = self.durability.next(self.store) => {
+                    let done = match next {
+                        Ok(next) => self.on_durability(next).await,
+                        Err(e) => Err(e),
+                    };
+                    if let Err(e) = done {
+                        break Err(e);
+                    }
+                }
                 event = self.source.recv() => match event {
                     Some(event) => {
                         if let Err(e) = self.on_event(event).await {
@@ -152,7 +166,7 @@ impl<'a, S: Source, K: Sink, W: Checkpoints> Pipeline<'a, S, K, W> {
                 }
             }
         };
-        self.drain().await;
+        self.drain(outcome.is_ok()).await;
         self.update_gauges();
         // The drain may have confirmed more than when the error happened.
         let outcome = outcome.map_err(|e| match e {
@@ -242,6 +256,7 @@ impl<'a, S: Source, K: Sink, W: Checkpoints> Pipeline<'a, S, K, W> {
                 });
                 self.tracker.commit(open.txn, commit.end_lsn, last_event);
                 self.sink.end_transaction(open.txn, open.records);
+                self.transaction_ended(open.txn, commit.end_lsn);
             }
             LogicalMessage::Relation(_) | LogicalMessage::Type(_) | LogicalMessage::Origin(_) => {}
         }
@@ -267,7 +282,9 @@ impl<'a, S: Source, K: Sink, W: Checkpoints> Pipeline<'a, S, K, W> {
             commit_lsn: position.commit_lsn,
             index: position.index,
         };
-        if self.skip_through.is_some_and(|done| at <= done) {
+        let delivered_before =
+            at.commit_lsn < self.skip_before || self.skip_through.is_some_and(|done| at <= done);
+        if delivered_before {
             self.state.metrics.skipped_events.inc();
             return Ok(None);
         }
@@ -303,6 +320,7 @@ impl<'a, S: Source, K: Sink, W: Checkpoints> Pipeline<'a, S, K, W> {
                 }
             },
         };
+        let bytes = record.payload_size();
         self.sink
             .send(txn, record)
             .await
@@ -310,6 +328,11 @@ impl<'a, S: Source, K: Sink, W: Checkpoints> Pipeline<'a, S, K, W> {
         if let Some(open) = self.current.as_mut() {
             open.records += 1;
         }
+        let at = EventPosition {
+            commit_lsn: position.commit_lsn,
+            index: position.index,
+        };
+        self.record_sent(bytes, at);
         Ok(())
     }
 
@@ -321,14 +344,8 @@ impl<'a, S: Source, K: Sink, W: Checkpoints> Pipeline<'a, S, K, W> {
                 records,
                 dead_lettered,
             } => {
-                metrics
-                    .events_published
-                    .inc_by((records - dead_lettered) as u64);
                 metrics.dead_lettered.inc_by(dead_lettered as u64);
-                self.tracker.complete(txn);
-                if let Some(lsn) = self.tracker.confirmed() {
-                    self.checkpointer.want(lsn, self.tracker.last_event());
-                }
+                self.transaction_acknowledged(txn, (records - dead_lettered) as u64);
                 Ok(())
             }
             Completion::Failed { txn, failure } if failure.transient => {
@@ -351,32 +368,12 @@ impl<'a, S: Source, K: Sink, W: Checkpoints> Pipeline<'a, S, K, W> {
         }
     }
 
-    /// A checkpoint is durable: the source may confirm up to it.
-    fn confirm(&mut self, lsn: Lsn) {
-        if lsn > self.state.confirmed {
-            self.state.metrics.transactions_confirmed.inc();
-            self.state.metrics.checkpoint_writes.inc();
-            self.state.confirmed = lsn;
-            self.source.acknowledge(lsn);
-        }
-    }
-
-    /// When nothing is in flight the server's WAL end may be confirmed (so an idle
-    /// outbox on a busy database holds back no WAL); it goes through the checkpoint
-    /// like any other position.
-    fn follow_idle_wal_end(&mut self) {
-        if let Some(wal_end) = self.source.positions().idle_wal_end {
-            if self.tracker.in_flight() == 0 {
-                self.checkpointer.want(wal_end, None);
-            }
-        }
-    }
-
-    /// Waits (bounded) for in-flight transactions, records what completed in a
-    /// checkpoint and confirms it.
-    async fn drain(&mut self) {
+    /// Waits (bounded) for in-flight transactions, makes what completed durable and
+    /// confirms it; `ok`: the session ended without an error.
+    async fn drain(&mut self, ok: bool) {
         let deadline = tokio::time::Instant::now() + self.state.drain_timeout;
-        while self.tracker.awaiting_sink() {
+        while self.tracker.awaiting_sink() && matches!(self.durability, Durability::AtLeastOnce(_))
+        {
             let completion = tokio::select! {
                 c = self.sink.next_completion() => c,
                 () = tokio::time::sleep_until(deadline) => {
@@ -390,19 +387,14 @@ impl<'a, S: Source, K: Sink, W: Checkpoints> Pipeline<'a, S, K, W> {
                 break;
             }
         }
-        let flushed = tokio::time::timeout_at(deadline, self.checkpointer.flush(self.store)).await;
-        match flushed {
-            Ok(Ok(lsn)) => self.confirm(lsn),
-            Ok(Err(e)) => tracing::error!(error = %e, "the last checkpoint could not be written; what it covers will be re-sent after restart"),
-            Err(_) => tracing::warn!("the last checkpoint was not acknowledged in time; what it covers will be re-sent after restart"),
-        }
+        self.make_durable(ok, deadline).await;
     }
 
     fn update_gauges(&mut self) {
         let positions = self.source.positions();
         let m = &self.state.metrics;
         m.confirmed_lsn.set(self.state.confirmed.0 as i64);
-        m.checkpoint_lsn.set(self.checkpointer.durable().0 as i64);
+        m.checkpoint_lsn.set(self.state.confirmed.0 as i64);
         m.server_wal_end.set(positions.server_wal_end.0 as i64);
         m.lag_bytes.set(
             positions

@@ -1,0 +1,136 @@
+//! The transactional (exactly-once) mode of the sink: Kafka transactions around the
+//! records sent, committed or aborted by the caller.
+//!
+//! A transaction begins with the first record sent after the previous one ended
+//! (`send` calls [`KafkaSink::begin_if_needed`]). librdkafka's blocking calls run off
+//! the async runtime. Before committing, the sink waits for its own delivery reports:
+//! librdkafka's commit flushes first, and a flush with anything outstanding costs at
+//! least 100 ms.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::producer::{BaseProducer, Producer};
+
+use crate::context::SinkContext;
+use crate::error::{SinkError, TransactionError};
+use crate::sink::KafkaSink;
+
+impl KafkaSink {
+    /// Registers this producer's transactional id with the broker: any older producer
+    /// with the same id is fenced (its open transaction aborted; it can never write
+    /// again). Call once, before the first `send`.
+    pub async fn init_transactions(&self, timeout: Duration) -> Result<(), SinkError> {
+        self.transactional_id()?;
+        self.blocking("init", move |p| p.init_transactions(timeout))
+            .await
+    }
+
+    /// Commits the open transaction (everything sent since it began) once every
+    /// record is acknowledged; `Ok` also when none is open. On
+    /// [`TransactionError::Abortable`] call [`abort_transaction`](Self::abort_transaction).
+    pub async fn commit_transaction(&self, timeout: Duration) -> Result<(), SinkError> {
+        self.transactional_id()?;
+        let _no_sends = self.enqueue.lock().await;
+        if !self.in_transaction.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let started = Instant::now();
+        self.flush(timeout).await?;
+        // librdkafka need not refuse the commit when a record failed before it was
+        // sent (a timeout in its queue): the sink's own count decides.
+        let failed = self.stats().delivery_errors - self.errors_at_begin.load(Ordering::Acquire);
+        if failed > 0 {
+            return Err(SinkError::Transaction {
+                call: "commit",
+                kind: TransactionError::Abortable,
+                reason: format!("{failed} record(s) of the transaction failed delivery"),
+            });
+        }
+        let remaining = timeout.saturating_sub(started.elapsed());
+        let result = self
+            .blocking("commit", move |p| p.commit_transaction(remaining))
+            .await;
+        if result.is_ok() {
+            self.in_transaction.store(false, Ordering::Release);
+        }
+        result
+    }
+
+    /// Aborts the open transaction: its records are never visible to `read_committed`
+    /// consumers. Records still queued are purged (their transactions complete as
+    /// failed).
+    pub async fn abort_transaction(&self, timeout: Duration) -> Result<(), SinkError> {
+        self.transactional_id()?;
+        let _no_sends = self.enqueue.lock().await;
+        if !self.in_transaction.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let result = self
+            .blocking("abort", move |p| p.abort_transaction(timeout))
+            .await;
+        if result.is_ok() {
+            self.in_transaction.store(false, Ordering::Release);
+        }
+        result
+    }
+
+    /// Begins a transaction if the sink is transactional and none is open. Called
+    /// with the enqueue lock held.
+    pub(crate) fn begin_if_needed(&self) -> Result<(), SinkError> {
+        if self.config.transactional_id.is_none() || self.in_transaction.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        self.producer
+            .begin_transaction()
+            .map_err(|e| transaction_error("begin", e))?;
+        self.errors_at_begin
+            .store(self.stats().delivery_errors, Ordering::Release);
+        self.in_transaction.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    fn transactional_id(&self) -> Result<&str, SinkError> {
+        self.config.transactional_id.as_deref().ok_or_else(|| {
+            SinkError::Usage("a transaction call on a sink without a transactional id".into())
+        })
+    }
+
+    /// Runs a blocking librdkafka transaction call on a thread of the blocking pool.
+    async fn blocking(
+        &self,
+        call: &'static str,
+        f: impl FnOnce(&BaseProducer<SinkContext>) -> Result<(), KafkaError> + Send + 'static,
+    ) -> Result<(), SinkError> {
+        let producer: Arc<BaseProducer<SinkContext>> = Arc::clone(&self.producer);
+        tokio::task::spawn_blocking(move || f(&producer))
+            .await
+            .map_err(|e| SinkError::Internal(format!("transaction {call} task: {e}")))?
+            .map_err(|e| transaction_error(call, e))
+    }
+}
+
+/// Sorts a failed transaction call into what the caller must do next.
+fn transaction_error(call: &'static str, error: KafkaError) -> SinkError {
+    let reason = error.to_string();
+    let kind = match &error {
+        KafkaError::Transaction(e) if fenced(e.code()) => TransactionError::Fenced,
+        KafkaError::Transaction(e) if e.is_fatal() => TransactionError::Fatal,
+        KafkaError::Transaction(e) if e.txn_requires_abort() => TransactionError::Abortable,
+        KafkaError::Transaction(e) if e.is_retriable() => TransactionError::Retriable,
+        _ => TransactionError::Fatal,
+    };
+    SinkError::Transaction { call, kind, reason }
+}
+
+/// Another producer with the same transactional id took over.
+fn fenced(code: RDKafkaErrorCode) -> bool {
+    matches!(
+        code,
+        RDKafkaErrorCode::ProducerFenced
+            | RDKafkaErrorCode::Fenced
+            | RDKafkaErrorCode::InvalidProducerEpoch
+    )
+}

@@ -1,0 +1,192 @@
+//! Exactly-once: when to commit the open Kafka transaction, and the checkpoint that
+//! goes into it. A Kafka transaction holds the records of one or more whole or
+//! partial PostgreSQL transactions and, last, the checkpoint of its last event, so a
+//! `read_committed` consumer sees the events and the record of their delivery
+//! together or not at all (docs/architecture.md, "Exactly-once").
+
+use std::time::Duration;
+
+use outboxd_kafka_sink::{Record, RecordMeta, TxnId};
+use outboxd_pgoutput::Lsn;
+use tokio::time::Instant;
+
+use crate::checkpoint::{Checkpoint, EventPosition};
+
+/// The state of the open Kafka transaction.
+#[derive(Debug)]
+pub(crate) struct Committer {
+    /// The newest committed checkpoint.
+    committed: Checkpoint,
+    /// The checkpoint topic.
+    topic: String,
+    max_age: Duration,
+    max_bytes: usize,
+    /// When the open Kafka transaction got its first record, if one is open.
+    opened_at: Option<Instant>,
+    bytes: usize,
+    /// Event records sent since the last commit.
+    records: u64,
+    /// PostgreSQL transactions ended since the last commit.
+    ended: Vec<TxnId>,
+    /// Everything before this is sent: the end LSN of the last ended transaction, or
+    /// an idle WAL end.
+    confirmed: Lsn,
+    /// The last event sent.
+    last_event: Option<EventPosition>,
+}
+
+/// What a commit made durable.
+#[derive(Debug)]
+pub(crate) struct Committed {
+    /// The PostgreSQL transactions now complete.
+    pub ended: Vec<TxnId>,
+    pub confirmed: Lsn,
+    pub records: u64,
+}
+
+impl Committer {
+    pub fn new(committed: Checkpoint, topic: String, max_age: Duration, max_bytes: usize) -> Self {
+        Committer {
+            confirmed: committed.confirmed_lsn,
+            last_event: committed.last_event,
+            committed,
+            topic,
+            max_age,
+            max_bytes,
+            opened_at: None,
+            bytes: 0,
+            records: 0,
+            ended: Vec::new(),
+        }
+    }
+
+    /// An event record of `bytes` went into the open transaction.
+    pub fn sent(&mut self, bytes: usize, event: EventPosition) {
+        self.opened_at.get_or_insert_with(Instant::now);
+        self.bytes += bytes;
+        self.records += 1;
+        self.last_event = Some(event);
+    }
+
+    /// A PostgreSQL transaction ended at `end_lsn`; all its records were sent.
+    pub fn ended(&mut self, txn: TxnId, end_lsn: Lsn) {
+        self.ended.push(txn);
+        self.confirmed = self.confirmed.max(end_lsn);
+    }
+
+    /// Nothing is in flight and the server's WAL end is `wal_end`: record it too.
+    pub fn idle(&mut self, wal_end: Lsn) {
+        self.confirmed = self.confirmed.max(wal_end);
+    }
+
+    /// When the open transaction must be committed; `None` while there is nothing
+    /// to commit.
+    pub fn due(&self) -> Option<Instant> {
+        match self.opened_at {
+            Some(_) if self.bytes >= self.max_bytes => Some(Instant::now()),
+            Some(at) => Some(at + self.max_age),
+            // Only a position to record (an idle WAL end, or transactions without
+            // events): a commit with just the checkpoint.
+            None if self.confirmed > self.committed.confirmed_lsn => Some(Instant::now()),
+            None => None,
+        }
+    }
+
+    /// Whether records or a position wait to be committed.
+    pub fn pending(&self) -> bool {
+        self.opened_at.is_some() || self.confirmed > self.committed.confirmed_lsn
+    }
+
+    /// The checkpoint record that closes the open transaction.
+    pub fn checkpoint_record(&self) -> (Checkpoint, Record) {
+        let checkpoint = self.committed.advanced(self.confirmed, self.last_event);
+        let key = checkpoint.identity().key();
+        let record = Record {
+            topic: self.topic.clone(),
+            key: Some(key.into_bytes().into()),
+            value: Some(checkpoint.to_json().into()),
+            meta: RecordMeta {
+                event_id: "checkpoint".to_owned(),
+                lsn: checkpoint.confirmed_lsn.0,
+                index: 0,
+            },
+            ..Record::default()
+        };
+        (checkpoint, record)
+    }
+
+    /// The transaction with `checkpoint` committed.
+    pub fn committed(&mut self, checkpoint: Checkpoint) -> Committed {
+        self.committed = checkpoint;
+        self.opened_at = None;
+        self.bytes = 0;
+        Committed {
+            ended: std::mem::take(&mut self.ended),
+            confirmed: self.committed.confirmed_lsn,
+            records: std::mem::take(&mut self.records),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::checkpoint::tests::checkpoint;
+
+    fn committer() -> Committer {
+        Committer::new(
+            checkpoint(0x100, None),
+            "cp".to_owned(),
+            Duration::from_millis(20),
+            1_000,
+        )
+    }
+
+    fn at(lsn: u64, index: u32) -> EventPosition {
+        EventPosition {
+            commit_lsn: Lsn(lsn),
+            index,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn commits_by_age_or_size_and_records_a_partial_transaction() {
+        let mut c = committer();
+        assert_eq!(c.due(), None, "nothing to commit");
+        c.sent(100, at(0x200, 0));
+        let due = c.due().expect("a transaction is open");
+        assert_eq!(due, Instant::now() + Duration::from_millis(20));
+        c.sent(900, at(0x200, 1));
+        assert_eq!(c.due(), Some(Instant::now()), "big enough: at once");
+        // The PostgreSQL transaction is not over: the checkpoint keeps the last end
+        // LSN and names the last event inside it.
+        let (cp, record) = c.checkpoint_record();
+        assert_eq!(cp.confirmed_lsn, Lsn(0x100));
+        assert_eq!(cp.last_event, Some(at(0x200, 1)));
+        assert_eq!(record.topic, "cp");
+        let done = c.committed(cp);
+        assert!(done.ended.is_empty());
+        assert_eq!(done.records, 2);
+        assert_eq!(c.due(), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn ended_transactions_and_idle_wal_ends_are_committed_with_the_checkpoint() {
+        let mut c = committer();
+        c.sent(10, at(0x200, 0));
+        c.ended(TxnId(7), Lsn(0x208));
+        c.idle(Lsn(0x150));
+        let (cp, _) = c.checkpoint_record();
+        assert_eq!(cp.confirmed_lsn, Lsn(0x208));
+        let done = c.committed(cp);
+        assert_eq!(done.ended, [TxnId(7)]);
+        assert_eq!(done.confirmed, Lsn(0x208));
+        c.idle(Lsn(0x900));
+        assert_eq!(c.due(), Some(Instant::now()), "a checkpoint-only commit");
+        let (cp, _) = c.checkpoint_record();
+        assert_eq!(
+            (cp.confirmed_lsn, cp.last_event),
+            (Lsn(0x900), Some(at(0x200, 0)))
+        );
+    }
+}

@@ -1,0 +1,253 @@
+//! How a session makes what it sent durable before confirming it to PostgreSQL.
+//!
+//! - At least once: the broker acknowledges records per PostgreSQL transaction; the
+//!   tracker turns that into a completed prefix; a checkpoint write records it; then
+//!   the source may confirm it.
+//! - Exactly once: records go into a Kafka transaction; a commit, with the
+//!   checkpoint inside, makes them and their record visible together; then the
+//!   source may confirm it.
+
+use std::time::Duration;
+
+use outboxd_kafka_sink::{SinkError, TransactionError, TxnId};
+use outboxd_pgoutput::Lsn;
+use tokio::time::Instant;
+
+use super::Pipeline;
+use crate::checkpoint::{Checkpoint, EventPosition};
+use crate::relay::checkpoints::{Checkpointer, Checkpoints};
+use crate::relay::committer::Committer;
+use crate::relay::sink::Sink;
+use crate::relay::source::Source;
+use crate::relay::RelayError;
+
+/// How long one Kafka transaction call may take.
+const TRANSACTION_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The delivery mode and its settings.
+#[derive(Debug, Clone)]
+pub(crate) enum Mode {
+    AtLeastOnce {
+        /// The shortest time between two checkpoint writes.
+        checkpoint_interval: Duration,
+    },
+    ExactlyOnce {
+        checkpoint_topic: String,
+        /// A Kafka transaction is committed at the latest this long after its first
+        /// record, or once its records reach `max_bytes`.
+        max_age: Duration,
+        max_bytes: usize,
+    },
+}
+
+pub(super) enum Durability {
+    AtLeastOnce(Checkpointer),
+    ExactlyOnce(Committer),
+}
+
+/// What the durability side has to say.
+pub(super) enum Next {
+    /// A checkpoint write finished: up to here is durable.
+    Durable(Lsn),
+    /// The open Kafka transaction is due for its commit.
+    CommitDue,
+}
+
+impl Durability {
+    pub fn new(mode: &Mode, from: Checkpoint) -> Self {
+        match mode {
+            Mode::AtLeastOnce {
+                checkpoint_interval,
+            } => Durability::AtLeastOnce(Checkpointer::new(from, *checkpoint_interval)),
+            Mode::ExactlyOnce {
+                checkpoint_topic,
+                max_age,
+                max_bytes,
+            } => Durability::ExactlyOnce(Committer::new(
+                from,
+                checkpoint_topic.clone(),
+                *max_age,
+                *max_bytes,
+            )),
+        }
+    }
+
+    /// Waits until there is something to do. Cancellation-safe.
+    pub async fn next(&mut self, store: &impl Checkpoints) -> Result<Next, RelayError> {
+        match self {
+            Durability::AtLeastOnce(c) => c.next_durable(store).await.map(Next::Durable),
+            Durability::ExactlyOnce(c) => match c.due() {
+                Some(at) => {
+                    tokio::time::sleep_until(at).await;
+                    Ok(Next::CommitDue)
+                }
+                None => std::future::pending().await,
+            },
+        }
+    }
+}
+
+impl<S: Source, K: Sink, W: Checkpoints> Pipeline<'_, S, K, W> {
+    /// An event record of `bytes` was sent.
+    pub(super) fn record_sent(&mut self, bytes: usize, at: EventPosition) {
+        if let Durability::ExactlyOnce(c) = &mut self.durability {
+            c.sent(bytes, at);
+        }
+    }
+
+    /// A PostgreSQL transaction's records were all sent; it ended at `end_lsn`.
+    pub(super) fn transaction_ended(&mut self, txn: TxnId, end_lsn: Lsn) {
+        if let Durability::ExactlyOnce(c) = &mut self.durability {
+            c.ended(txn, end_lsn);
+        }
+    }
+
+    /// The broker acknowledged every record of `txn`. At least once that makes it
+    /// complete; exactly once only a commit does.
+    pub(super) fn transaction_acknowledged(&mut self, txn: TxnId, published: u64) {
+        if let Durability::AtLeastOnce(c) = &mut self.durability {
+            self.state.metrics.events_published.inc_by(published);
+            self.tracker.complete(txn);
+            if let Some(lsn) = self.tracker.confirmed() {
+                c.want(lsn, self.tracker.last_event());
+            }
+        }
+    }
+
+    /// When nothing is in flight the server's WAL end may be confirmed (so an idle
+    /// outbox on a busy database holds back no WAL); it is recorded like any other
+    /// position first.
+    pub(super) fn follow_idle_wal_end(&mut self) {
+        let Some(wal_end) = self.source.positions().idle_wal_end else {
+            return;
+        };
+        if self.tracker.in_flight() > 0 {
+            return;
+        }
+        match &mut self.durability {
+            Durability::AtLeastOnce(c) => c.want(wal_end, None),
+            Durability::ExactlyOnce(c) => c.idle(wal_end),
+        }
+    }
+
+    pub(super) async fn on_durability(&mut self, next: Next) -> Result<(), RelayError> {
+        match next {
+            Next::Durable(lsn) => {
+                self.confirm(lsn);
+                Ok(())
+            }
+            Next::CommitDue => self.commit().await,
+        }
+    }
+
+    /// Exactly once: closes the open Kafka transaction with the checkpoint of its
+    /// last event and commits it; then its PostgreSQL transactions are complete.
+    async fn commit(&mut self) -> Result<(), RelayError> {
+        let Durability::ExactlyOnce(committer) = &mut self.durability else {
+            return Ok(());
+        };
+        let (checkpoint, record) = committer.checkpoint_record();
+        self.state.last_txn += 1;
+        let txn = TxnId(self.state.last_txn);
+        self.sink
+            .send(txn, record)
+            .await
+            .map_err(RelayError::Producer)?;
+        self.sink.end_transaction(txn, 1);
+        let started = Instant::now();
+        self.sink
+            .commit_transaction(TRANSACTION_TIMEOUT)
+            .await
+            .map_err(transaction_failed)?;
+        let metrics = &self.state.metrics;
+        metrics.kafka_transactions.inc();
+        metrics
+            .commit_seconds
+            .observe(started.elapsed().as_secs_f64());
+        let done = committer.committed(checkpoint);
+        metrics.events_published.inc_by(done.records);
+        for txn in done.ended {
+            self.tracker.complete(txn);
+        }
+        self.confirm(done.confirmed);
+        Ok(())
+    }
+
+    /// Something is durable up to `lsn`: the source may confirm it.
+    pub(super) fn confirm(&mut self, lsn: Lsn) {
+        if lsn > self.state.confirmed {
+            self.state.metrics.transactions_confirmed.inc();
+            self.state.metrics.checkpoint_writes.inc();
+            self.state.confirmed = lsn;
+            self.source.acknowledge(lsn);
+        }
+    }
+
+    /// At the end of a session: makes what completed durable and confirms it,
+    /// within `deadline`. Exactly once after an error, the open Kafka transaction is
+    /// aborted instead (its records come again in the next session).
+    pub(super) async fn make_durable(&mut self, ok: bool, deadline: tokio::time::Instant) {
+        enum Last {
+            Flush,
+            Commit,
+            Abort,
+            Nothing,
+        }
+        let last = match &self.durability {
+            Durability::AtLeastOnce(_) => Last::Flush,
+            Durability::ExactlyOnce(_) if !ok => Last::Abort,
+            Durability::ExactlyOnce(c) if c.pending() => Last::Commit,
+            Durability::ExactlyOnce(_) => Last::Nothing,
+        };
+        match last {
+            Last::Flush => {
+                let Durability::AtLeastOnce(c) = &mut self.durability else {
+                    return;
+                };
+                match tokio::time::timeout_at(deadline, c.flush(self.store)).await {
+                    Ok(Ok(lsn)) => self.confirm(lsn),
+                    Ok(Err(e)) => tracing::error!(error = %e, "the last checkpoint could not be written; what it covers will be re-sent after restart"),
+                    Err(_) => tracing::warn!("the last checkpoint was not acknowledged in time; what it covers will be re-sent after restart"),
+                }
+            }
+            Last::Commit => match tokio::time::timeout_at(deadline, self.commit()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::error!(error = %e, "the last Kafka transaction could not be committed; its events come again after restart");
+                    self.abort().await;
+                }
+                Err(_) => {
+                    tracing::warn!("the last Kafka transaction was not committed in time; its events come again after restart");
+                    self.abort().await;
+                }
+            },
+            Last::Abort => self.abort().await,
+            Last::Nothing => {}
+        }
+    }
+
+    /// Best effort: a read_committed consumer then need not wait for the broker's
+    /// transaction timeout, and the next session's producer fences this one anyway.
+    async fn abort(&mut self) {
+        if let Err(e) = self.sink.abort_transaction(TRANSACTION_TIMEOUT).await {
+            tracing::debug!(error = %e, "aborting the Kafka transaction");
+        }
+    }
+}
+
+/// A failed commit: fenced (another relay took over), worth a new session with a
+/// new producer, or the end of this producer.
+fn transaction_failed(e: SinkError) -> RelayError {
+    match &e {
+        SinkError::Transaction {
+            kind: TransactionError::Fenced,
+            ..
+        } => RelayError::Fenced(e),
+        SinkError::Transaction {
+            kind: TransactionError::Abortable | TransactionError::Retriable,
+            ..
+        }
+        | SinkError::Timeout { .. } => RelayError::TransactionFailed(e),
+        _ => RelayError::Producer(e),
+    }
+}

@@ -1,0 +1,174 @@
+//! The sink's transactional mode against the real broker: what a read_committed
+//! consumer sees after commit and abort, and fencing by a newer producer with the
+//! same transactional id.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use outboxd_kafka_sink::{
+    KafkaSink, Record, RecordMeta, SinkConfig, SinkError, TransactionError, TxnId,
+};
+use outboxd_tests::{consume_all, services, unique_name, TestTopics};
+
+const TIMEOUT: Duration = Duration::from_secs(30);
+
+fn sink(transactional_id: &str) -> KafkaSink {
+    let (sink, _completions) = KafkaSink::new(SinkConfig {
+        brokers: services().kafka_brokers.clone(),
+        transactional_id: Some(transactional_id.to_owned()),
+        ..SinkConfig::default()
+    })
+    .expect("transactional sink");
+    sink
+}
+
+fn record(topic: &str, id: &str) -> Record {
+    Record {
+        topic: topic.to_owned(),
+        key: Some(Bytes::from_static(b"k")),
+        value: Some(Bytes::from(id.to_owned())),
+        meta: RecordMeta {
+            event_id: id.to_owned(),
+            ..RecordMeta::default()
+        },
+        ..Record::default()
+    }
+}
+
+fn values(topic: &str, expected: usize, isolation: &str) -> Vec<String> {
+    consume_all(
+        &[topic.to_owned()],
+        expected,
+        Duration::from_secs(5),
+        isolation,
+    )
+    .into_iter()
+    .map(|r| String::from_utf8(r.value.unwrap_or_default().to_vec()).unwrap_or_default())
+    .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn committed_records_are_visible_and_aborted_ones_never() {
+    let topics = TestTopics::create("txn", 1, 1).await;
+    let topic = &topics.names()[0];
+    let sink = sink(&unique_name("outboxd-test-txn"));
+    sink.init_transactions(TIMEOUT).await.expect("init");
+    sink.send(TxnId(1), record(topic, "a1"))
+        .await
+        .expect("send");
+    sink.end_transaction(TxnId(1), 1);
+    sink.commit_transaction(TIMEOUT).await.expect("commit");
+    sink.send(TxnId(2), record(topic, "b1"))
+        .await
+        .expect("send");
+    sink.end_transaction(TxnId(2), 1);
+    sink.flush(TIMEOUT).await.expect("acknowledged");
+    sink.abort_transaction(TIMEOUT).await.expect("abort");
+    sink.send(TxnId(3), record(topic, "c1"))
+        .await
+        .expect("send");
+    sink.end_transaction(TxnId(3), 1);
+    sink.commit_transaction(TIMEOUT).await.expect("commit");
+    // Nothing open: a commit is a no-op.
+    sink.commit_transaction(TIMEOUT)
+        .await
+        .expect("empty commit");
+
+    assert_eq!(values(topic, 2, "read_committed"), ["a1", "c1"]);
+    assert_eq!(
+        values(topic, 3, "read_uncommitted"),
+        ["a1", "b1", "c1"],
+        "the aborted record was written, but never committed"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_newer_producer_with_the_same_id_fences_the_older_one() {
+    let topics = TestTopics::create("fence", 1, 1).await;
+    let topic = &topics.names()[0];
+    let id = unique_name("outboxd-test-fence");
+    let old = sink(&id);
+    old.init_transactions(TIMEOUT).await.expect("init old");
+    old.send(TxnId(1), record(topic, "old-open"))
+        .await
+        .expect("send");
+    old.end_transaction(TxnId(1), 1);
+    old.flush(TIMEOUT).await.expect("acknowledged");
+
+    let new = sink(&id);
+    new.init_transactions(TIMEOUT)
+        .await
+        .expect("init new fences the old");
+    new.send(TxnId(1), record(topic, "new"))
+        .await
+        .expect("send");
+    new.end_transaction(TxnId(1), 1);
+    new.commit_transaction(TIMEOUT).await.expect("commit new");
+
+    let err = old
+        .commit_transaction(TIMEOUT)
+        .await
+        .expect_err("the fenced producer cannot commit");
+    assert!(
+        matches!(
+            err,
+            SinkError::Transaction {
+                kind: TransactionError::Fenced,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert_eq!(
+        values(topic, 2, "read_committed"),
+        ["new"],
+        "the old producer's open transaction was aborted"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_that_failed_delivery_forbids_the_commit() {
+    let topics = TestTopics::create("txnfail", 1, 1).await;
+    let topic = &topics.names()[0];
+    let (sink, _completions) = KafkaSink::new(SinkConfig {
+        brokers: services().kafka_brokers.clone(),
+        transactional_id: Some(unique_name("outboxd-test-txnfail")),
+        // The missing topic's record fails in librdkafka's queue, before any send.
+        properties: vec![
+            ("message.timeout.ms".into(), "2000".into()),
+            ("allow.auto.create.topics".into(), "false".into()),
+        ],
+        ..SinkConfig::default()
+    })
+    .expect("transactional sink");
+    sink.init_transactions(TIMEOUT).await.expect("init");
+    sink.send(TxnId(1), record(topic, "before"))
+        .await
+        .expect("send");
+    sink.send(TxnId(1), record(&unique_name("no-such-topic"), "lost"))
+        .await
+        .expect("send");
+    sink.send(TxnId(1), record(topic, "after"))
+        .await
+        .expect("send");
+    sink.end_transaction(TxnId(1), 3);
+    let err = sink
+        .commit_transaction(TIMEOUT)
+        .await
+        .expect_err("a transaction with a failed record must not commit");
+    assert!(
+        matches!(
+            err,
+            SinkError::Transaction {
+                kind: TransactionError::Abortable,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    sink.abort_transaction(TIMEOUT).await.expect("abort");
+    assert!(
+        values(topic, 1, "read_committed").is_empty(),
+        "nothing of the failed transaction is visible"
+    );
+}
