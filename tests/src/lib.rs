@@ -17,7 +17,7 @@ mod env;
 mod kafka;
 mod load;
 mod outbox;
-mod relay_process;
+mod process;
 mod report;
 
 pub mod fake_walsender;
@@ -36,5 +36,5 @@ pub use kafka::{
 pub use load::{Load, LoadSpec};
 pub use outbox::{Endpoints, Outbox, AGGREGATE_TYPE};
 pub use pg_cluster::DedicatedPg;
-pub use relay_process::{http_get, metric, tail, wait_ready, RelayProcess};
+pub use process::{http_get, metric, tail, wait_ready, workspace_binary, Process};
 pub use report::{assert_no_holes, DeliveryReport, ScenarioResult};

@@ -3,12 +3,13 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::Duration;
 
 use crate::db::{pg_connect, TestDb};
 use crate::env::{services, unique_name};
 use crate::kafka::{consume_until_from, ConsumedRecord, TestTopics};
-use crate::relay_process::{tail, RelayProcess};
+use crate::process::{tail, Process};
 use crate::report::DeliveryReport;
 
 /// The aggregate type the writers use: events go to `<prefix>.order`.
@@ -163,7 +164,7 @@ impl Outbox {
 
     /// Runs `outboxd` with `args` and the relay's settings, to completion.
     pub fn command(&self, args: &[&str]) -> std::process::Output {
-        std::process::Command::new(&self.binary)
+        Command::new(&self.binary)
             .args(args)
             .env_remove("OUTBOXD_CONFIG")
             .envs(self.env.iter().map(|(k, v)| (k, v)))
@@ -178,20 +179,28 @@ impl Outbox {
         self.env.push((key.to_owned(), value.to_owned()));
     }
 
-    pub fn start(&self, name: &str) -> RelayProcess {
-        RelayProcess::start(&self.binary, &self.env, name)
+    /// Starts `outboxd run`; its log is named after `name`.
+    pub fn start(&self, name: &str) -> Process {
+        self.start_with(&["run"], name)
     }
 
-    /// Starts `outboxd` with the command line `args` (e.g. `run --accept-gap`).
-    pub fn start_with(&self, args: &[&str], name: &str) -> RelayProcess {
-        RelayProcess::start_args(&self.binary, args, &self.env, name)
+    /// Starts `outboxd` with the command line `args` (e.g. `run --accept-gap`) and
+    /// the relay's settings on top of a clean environment for outboxd's settings.
+    pub fn start_with(&self, args: &[&str], name: &str) -> Process {
+        let mut command = Command::new(&self.binary);
+        command
+            .args(args)
+            .env_remove("OUTBOXD_CONFIG")
+            .env("RUST_LOG", "info,outboxd=debug")
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        Process::start(command, name)
     }
 
     /// Restarts `relay` if it exits within `wait` (a delivery it could not complete),
     /// as a supervisor would; true if it had to.
     pub fn restart_if_exited(
         &self,
-        relay: &mut RelayProcess,
+        relay: &mut Process,
         wait: Duration,
         after: &dyn std::fmt::Display,
     ) -> bool {

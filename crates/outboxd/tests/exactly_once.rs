@@ -6,7 +6,7 @@
 
 use std::time::{Duration, Instant};
 
-use outboxd_tests::{seed, tail, Load, LoadSpec, Outbox, RelayProcess};
+use outboxd_tests::{seed, tail, Load, LoadSpec, Outbox, Process};
 use rand::{Rng, SeedableRng};
 
 const OUTBOXD: &str = env!("CARGO_BIN_EXE_outboxd");
@@ -27,7 +27,7 @@ fn load(outbox: &Outbox, per_writer: Option<usize>, rate: Option<f64>, seed: u64
 }
 
 /// Every committed event exactly once, in order.
-async fn exactly_once(outbox: &Outbox, relay: &RelayProcess, what: &str) -> usize {
+async fn exactly_once(outbox: &Outbox, relay: &Process, what: &str) -> usize {
     let (report, expected) = outbox.check(Duration::from_secs(180)).await;
     println!(
         "{what}: {expected} events committed, {} delivered, {} duplicates, {} missing, {} out of order",

@@ -18,7 +18,7 @@ use outboxd_tests::proxy::{FaultProxy, Mode};
 use outboxd_tests::{
     consume_until, env_or, free_port, http_get, metric, pg_connect, seed, services, tail,
     unique_name, wait_ready, DedicatedKafka, DedicatedPg, Endpoints, Load, LoadSpec, Outbox,
-    RelayProcess, ScenarioResult, TestDb, TestTopics,
+    Process, ScenarioResult, TestDb, TestTopics,
 };
 
 const OUTBOXD: &str = env!("CARGO_BIN_EXE_outboxd");
@@ -404,9 +404,7 @@ async fn postgres_crashes_lose_nothing_and_duplicate_nothing_exactly_once() {
 
 /// `-m immediate` stops and restarts of a dedicated cluster under load; checks
 /// that every event arrived in order (and, exactly once, no more than once).
-async fn postgres_crashes(
-    delivery: Option<&str>,
-) -> (DedicatedPg, Outbox, RelayProcess, TestTopics) {
+async fn postgres_crashes(delivery: Option<&str>) -> (DedicatedPg, Outbox, Process, TestTopics) {
     let seed = seed("postgres_crash");
     let pg = tokio::task::spawn_blocking(DedicatedPg::start)
         .await
@@ -492,11 +490,7 @@ async fn postgres_crashes(
 
 /// The slot invalidated (`max_slot_wal_keep_size`) while the relay is down: it must
 /// stop with the runbook, non-zero, and not resume.
-async fn invalidated_slot_stops_the_relay(
-    pg: &DedicatedPg,
-    outbox: &Outbox,
-    relay: &mut RelayProcess,
-) {
+async fn invalidated_slot_stops_the_relay(pg: &DedicatedPg, outbox: &Outbox, relay: &mut Process) {
     relay.stop_cleanly();
     let c = pg_connect(&pg.url()).await;
     c.batch_execute("ALTER SYSTEM SET max_slot_wal_keep_size = '1MB'")

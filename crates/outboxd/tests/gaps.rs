@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use outboxd_tests::{
     assert_no_holes, delete_topics, pg_connect, seed, tail, unique_name, ConsumedRecord,
-    DedicatedPg, Endpoints, Load, LoadSpec, Outbox, RelayProcess,
+    DedicatedPg, Endpoints, Load, LoadSpec, Outbox, Process,
 };
 
 const OUTBOXD: &str = env!("CARGO_BIN_EXE_outboxd");
@@ -28,7 +28,7 @@ fn load(outbox: &Outbox, events_per_writer: usize, seed: u64) -> Load {
 }
 
 /// Waits for the relay to exit; it must, non-zero.
-fn exits_non_zero(relay: &mut RelayProcess, what: &str) -> String {
+fn exits_non_zero(relay: &mut Process, what: &str) -> String {
     let status = relay
         .wait_timeout(Duration::from_secs(60))
         .unwrap_or_else(|| {
