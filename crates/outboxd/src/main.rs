@@ -137,7 +137,9 @@ fn use_colour() -> bool {
 
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| "info,rdkafka=warn".into());
+        // tokio-postgres logs every server NOTICE (e.g. "relation … already exists,
+        // skipping") at info: noise for an operator.
+        .unwrap_or_else(|_| "info,rdkafka=warn,tokio_postgres=warn".into());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(use_colour())
