@@ -157,7 +157,15 @@ impl KafkaSink {
         let mut queue_full = false;
         loop {
             if let Some(fatal) = self.fatal_error() {
-                return Err(SinkError::Fatal(fatal));
+                return Err(if self.is_fenced() {
+                    SinkError::Transaction {
+                        call: "send",
+                        kind: crate::TransactionError::Fenced,
+                        reason: fatal,
+                    }
+                } else {
+                    SinkError::Fatal(fatal)
+                });
             }
             if !queue_full && has_room() {
                 self.begin_if_needed()?;
@@ -286,6 +294,15 @@ impl KafkaSink {
                 .fatal_error()
                 .map(|(code, reason)| format!("{code}: {reason}"))
         })
+    }
+
+    /// Transactional mode: whether a newer producer with the same transactional id
+    /// fenced this one (it can never write again).
+    pub fn is_fenced(&self) -> bool {
+        self.producer
+            .client()
+            .fatal_error()
+            .is_some_and(|(code, _)| crate::transaction::fenced(code))
     }
 
     /// Asks the cluster for its metadata: whether brokers answer (an error if none

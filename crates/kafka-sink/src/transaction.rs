@@ -39,6 +39,13 @@ impl KafkaSink {
         }
         let started = Instant::now();
         self.flush(timeout).await?;
+        if self.is_fenced() {
+            return Err(SinkError::Transaction {
+                call: "commit",
+                kind: TransactionError::Fenced,
+                reason: self.fatal_error().unwrap_or_default(),
+            });
+        }
         // librdkafka need not refuse the commit when a record failed before it was
         // sent (a timeout in its queue): the sink's own count decides.
         let failed = self.stats().delivery_errors - self.errors_at_begin.load(Ordering::Acquire);
@@ -126,7 +133,7 @@ fn transaction_error(call: &'static str, error: KafkaError) -> SinkError {
 }
 
 /// Another producer with the same transactional id took over.
-fn fenced(code: RDKafkaErrorCode) -> bool {
+pub(crate) fn fenced(code: RDKafkaErrorCode) -> bool {
     matches!(
         code,
         RDKafkaErrorCode::ProducerFenced

@@ -143,7 +143,9 @@ async fn a_standby_takes_over_within_a_second_of_a_sigkill() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     println!("takeover after SIGKILL of the active relay: {takeover:?}");
-    assert!(takeover < Duration::from_millis(1_500), "{takeover:?}");
+    // About a second on an idle machine (docs/benchmarks.md measures it); a test
+    // on a busy CI machine only bounds it.
+    assert!(takeover < Duration::from_secs(5), "{takeover:?}");
     tokio::time::sleep(Duration::from_secs(2)).await;
     writers.stop().await;
     exactly_once(&outbox, &standby, "standby takeover after SIGKILL").await;
@@ -190,8 +192,8 @@ async fn a_paused_relay_is_fenced_when_it_resumes() {
     exactly_once(&outbox, &standby, "paused active relay, standby takeover").await;
     let log = paused.log_text();
     assert!(
-        log.contains("another relay took over this slot") || log.contains("fenced"),
-        "the resumed relay says it was fenced:\n{}",
+        log.contains("another relay took over this slot"),
+        "the resumed relay says it was fenced and stands by:\n{}",
         tail(&log)
     );
     standby.stop_cleanly();

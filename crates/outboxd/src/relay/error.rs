@@ -1,7 +1,7 @@
 //! Why a session or the relay stopped, and whether reconnecting may help.
 
 use outboxd_kafka_sink::checkpoint::CheckpointError;
-use outboxd_kafka_sink::{DeliveryFailure, SinkError};
+use outboxd_kafka_sink::{DeliveryFailure, SinkError, TransactionError};
 use outboxd_pgoutput::Lsn;
 
 use crate::relay::resume::Gap;
@@ -52,6 +52,23 @@ pub enum RelayError {
 }
 
 impl RelayError {
+    /// A failed sink call: fenced (another relay took over), a failed Kafka
+    /// transaction worth a new session, or the end of this producer.
+    pub(crate) fn from_sink(e: SinkError) -> RelayError {
+        match &e {
+            SinkError::Transaction {
+                kind: TransactionError::Fenced,
+                ..
+            } => RelayError::Fenced(e),
+            SinkError::Transaction {
+                kind: TransactionError::Abortable | TransactionError::Retriable,
+                ..
+            }
+            | SinkError::Timeout { .. } => RelayError::TransactionFailed(e),
+            _ => RelayError::Producer(e),
+        }
+    }
+
     /// Whether a new session (after a backoff) may succeed without an operator.
     pub fn is_retryable(&self) -> bool {
         match self {

@@ -396,6 +396,10 @@ impl Sink for FakeSink {
         None
     }
 
+    fn fenced(&self) -> bool {
+        false
+    }
+
     fn in_flight_records(&self) -> usize {
         0
     }

@@ -324,7 +324,7 @@ impl<'a, S: Source, K: Sink, W: Checkpoints> Pipeline<'a, S, K, W> {
         self.sink
             .send(txn, record)
             .await
-            .map_err(RelayError::Producer)?;
+            .map_err(RelayError::from_sink)?;
         if let Some(open) = self.current.as_mut() {
             open.records += 1;
         }
@@ -337,6 +337,18 @@ impl<'a, S: Source, K: Sink, W: Checkpoints> Pipeline<'a, S, K, W> {
     }
 
     fn on_completion(&mut self, completion: Completion) -> Result<(), RelayError> {
+        if let Completion::Failed { failure, .. } = &completion {
+            // A fenced producer's records fail as purged: that is the news, not them.
+            if self.sink.fenced() {
+                return Err(RelayError::Fenced(
+                    outboxd_kafka_sink::SinkError::Transaction {
+                        call: "send",
+                        kind: outboxd_kafka_sink::TransactionError::Fenced,
+                        reason: failure.to_string(),
+                    },
+                ));
+            }
+        }
         let metrics = &self.state.metrics;
         match completion {
             Completion::Delivered {
