@@ -1,0 +1,72 @@
+//! `[kafka]`: the brokers, the producer's properties, and outboxd's own topics.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct KafkaConfig {
+    pub brokers: String,
+    /// librdkafka properties, applied over outboxd's defaults (TLS, SASL, tuning).
+    pub producer: BTreeMap<String, String>,
+    /// Where undeliverable or unroutable events go; empty: stop instead.
+    pub dead_letter_topic: Option<String>,
+    pub max_in_flight_records: usize,
+    /// Payload plus per-record overhead in flight: the sink's share of memory.
+    pub max_in_flight_bytes: usize,
+    /// The compacted topic that records what was delivered (docs/architecture.md).
+    pub checkpoint_topic: String,
+    /// The shortest time between two checkpoint writes, in milliseconds.
+    pub checkpoint_interval_ms: u64,
+    /// Replication factor of the checkpoint topic when outboxd creates it; -1: the
+    /// broker's default.
+    pub checkpoint_replication_factor: i32,
+}
+
+impl std::fmt::Debug for KafkaConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let producer: BTreeMap<&str, &str> = self
+            .producer
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.as_str(),
+                    if outboxd_kafka_sink::is_secret(k) {
+                        "<redacted>"
+                    } else {
+                        v.as_str()
+                    },
+                )
+            })
+            .collect();
+        f.debug_struct("KafkaConfig")
+            .field("brokers", &self.brokers)
+            .field("producer", &producer)
+            .field("dead_letter_topic", &self.dead_letter_topic)
+            .field("max_in_flight_records", &self.max_in_flight_records)
+            .field("max_in_flight_bytes", &self.max_in_flight_bytes)
+            .field("checkpoint_topic", &self.checkpoint_topic)
+            .field("checkpoint_interval_ms", &self.checkpoint_interval_ms)
+            .field(
+                "checkpoint_replication_factor",
+                &self.checkpoint_replication_factor,
+            )
+            .finish()
+    }
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        KafkaConfig {
+            brokers: String::new(),
+            producer: BTreeMap::new(),
+            dead_letter_topic: None,
+            max_in_flight_records: 100_000,
+            max_in_flight_bytes: 8 << 20,
+            checkpoint_topic: "outboxd.checkpoints".to_owned(),
+            checkpoint_interval_ms: 20,
+            checkpoint_replication_factor: -1,
+        }
+    }
+}
