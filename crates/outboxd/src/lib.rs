@@ -17,4 +17,5 @@ pub mod relay;
 pub mod router;
 pub mod settings;
 pub mod shutdown;
+pub mod table_catalog;
 pub mod tail;

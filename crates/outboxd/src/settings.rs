@@ -53,7 +53,7 @@ pub fn source_spec(config: &Config) -> SourceSpec {
     SourceSpec {
         slot: config.postgres.slot.clone(),
         publications: vec![config.postgres.publication.clone()],
-        messages: !config.routing.message_prefix.is_empty(),
+        messages: config.routing.relays_messages(),
         create_slot: config.postgres.create_slot,
         already_delivered: Lsn::ZERO,
         settings: stream_settings(config),

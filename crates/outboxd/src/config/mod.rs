@@ -21,7 +21,10 @@ use serde::{Deserialize, Serialize};
 
 pub use kafka::KafkaConfig;
 pub use postgres::{redact_url, PostgresConfig};
-pub use routing::{ColumnNames, HeaderPlacement, KeyFormat, RoutingConfig};
+pub use routing::{
+    BinaryHandling, ColumnNames, EnvelopeField, HeaderPlacement, InvalidOperation,
+    JsonPayloadEmptyArrays, JsonPayloadNulls, MissingColumns, RecordFormat, RoutingConfig,
+};
 pub use server::{LogConfig, LogFormat, ServerConfig};
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -132,9 +135,12 @@ impl Config {
                 "kafka.checkpoint_topic must not be empty: outboxd records what it delivered there"
             );
         }
-        if self.postgres.tables.is_empty() && self.routing.message_prefix.is_empty() {
+        if self.postgres.tables.is_empty() && !self.routing.relays_messages() {
             anyhow::bail!("nothing to relay: set postgres.tables and/or routing.message_prefix");
         }
+        let tables = crate::settings::outbox_tables(self)?;
+        crate::router::Router::new(&self.routing, &tables)
+            .map_err(|e| anyhow::anyhow!("invalid routing configuration: {e}"))?;
         Ok(())
     }
 
@@ -249,7 +255,7 @@ mod tests {
             Some("s3cret")
         );
         assert_eq!(config.kafka.max_in_flight_records, 7);
-        assert_eq!(config.routing.key_format, KeyFormat::Json);
+        assert_eq!(config.routing.key_format, RecordFormat::Json);
         assert_eq!(config.routing.additional_headers[0].header, "eventType");
         let shown = format!("{config:?}");
         assert!(!shown.contains("s3cret"), "{shown}");

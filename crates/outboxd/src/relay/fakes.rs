@@ -108,6 +108,7 @@ impl Connector for FakeConnector {
                 },
                 checkpoint: checkpoint(already_delivered.0, None),
                 skip_through: self.skip_through.take(),
+                catalog: crate::router::Catalog::default(),
             }),
         }
     }

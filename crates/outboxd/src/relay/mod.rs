@@ -63,6 +63,8 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), RelayError> {
     let tables = settings::outbox_tables(config)?;
+    let router =
+        Router::new(&config.routing, &tables).map_err(outboxd_replication::Error::Config)?;
     let connector = PgConnector {
         connect: settings::connect_options(config)?,
         tables: tables.clone(),
@@ -71,6 +73,7 @@ pub async fn run(
         failover_slot: config.postgres.failover_slot,
         spec: settings::source_spec(config),
         reader: settings::reader_config(config),
+        load_catalog: router.needs_catalog(),
     };
     let sink_config = settings::sink_config(config);
     let store = KafkaCheckpoints {
@@ -86,9 +89,7 @@ pub async fn run(
     };
     let state = RelayState {
         routing: Routing {
-            router: Router::new(config.routing.clone()),
-            tables,
-            message_prefix: config.routing.message_prefix.clone(),
+            router,
             dead_letter_topic: config.kafka.dead_letter_topic.clone(),
         },
         metrics,

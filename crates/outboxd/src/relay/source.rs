@@ -11,6 +11,8 @@ use crate::checkpoint::{self, Checkpoint, EventPosition, RelayIdentity};
 use crate::relay::checkpoints::Checkpoints;
 use crate::relay::resume::{self, Plan, Situation, Stored};
 use crate::relay::RelayError;
+use crate::router::Catalog;
+use crate::table_catalog;
 
 /// One session's stream of decoded messages.
 pub(crate) trait Source {
@@ -37,6 +39,8 @@ pub(crate) struct Opened<S> {
     pub checkpoint: Checkpoint,
     /// Events up to here were delivered before (a partly delivered transaction).
     pub skip_through: Option<EventPosition>,
+    /// The outbox tables' column nullability and defaults, when the routing needs them.
+    pub catalog: Catalog,
 }
 
 /// What the supervisor knows when it opens a session.
@@ -94,6 +98,8 @@ pub(crate) struct PgConnector {
     pub failover_slot: bool,
     pub spec: SourceSpec,
     pub reader: ReaderConfig,
+    /// Read the outbox tables' column details for the router ([`Catalog`]).
+    pub load_catalog: bool,
 }
 
 impl Connector for PgConnector {
@@ -112,6 +118,11 @@ impl Connector for PgConnector {
                 .ensure_publication(publication, &self.tables, self.create_publication)
                 .await?;
         }
+        let catalog = if self.load_catalog {
+            table_catalog::load(&admin, &self.tables).await?
+        } else {
+            Catalog::default()
+        };
         let mut session = SourceSession::connect(&self.connect, &admin, &self.spec.slot).await?;
         let identity = RelayIdentity {
             system_identifier: session.identity.system_id.clone(),
@@ -210,6 +221,7 @@ impl Connector for PgConnector {
             source: ReplicationReader::spawn(stream, self.reader.clone()),
             checkpoint,
             skip_through,
+            catalog,
         })
     }
 }
