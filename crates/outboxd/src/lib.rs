@@ -13,6 +13,8 @@ pub mod checkpoint;
 pub mod config;
 pub mod http;
 pub mod init;
+pub mod java_properties;
+pub mod migrate;
 pub mod relay;
 pub mod router;
 pub mod settings;

@@ -22,6 +22,54 @@ pub struct KafkaConfig {
     /// Replication factor of the checkpoint topic when outboxd creates it; -1: the
     /// broker's default.
     pub checkpoint_replication_factor: i32,
+    /// Further topic configs of the checkpoint topic when outboxd creates it (e.g.
+    /// `min.insync.replicas`); `cleanup.policy` is always `compact`.
+    pub checkpoint_topic_configs: BTreeMap<String, String>,
+    /// Routed topics and the dead-letter topic: created when missing, like Kafka
+    /// Connect's `topic.creation.*`.
+    pub topic_creation: TopicCreation,
+}
+
+/// Connect's `topic.creation.*`: outboxd creates a missing routed or dead-letter
+/// topic before its first record, with the first group that matches its name, else
+/// the defaults.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct TopicCreation {
+    pub enable: bool,
+    /// -1: the broker's default (`num.partitions`).
+    pub partitions: i32,
+    /// -1: the broker's default (`default.replication.factor`).
+    pub replication_factor: i32,
+    /// Topic configs (`cleanup.policy`, `retention.ms`, …).
+    pub configs: BTreeMap<String, String>,
+    pub groups: Vec<TopicGroup>,
+}
+
+impl Default for TopicCreation {
+    fn default() -> Self {
+        TopicCreation {
+            enable: false,
+            partitions: -1,
+            replication_factor: -1,
+            configs: BTreeMap::new(),
+            groups: Vec::new(),
+        }
+    }
+}
+
+/// Settings for the topics whose names match `include` (and no `exclude`): regular
+/// expressions matching the whole name. Unset partitions and replication factor
+/// are the defaults'; configs are the group's own.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct TopicGroup {
+    pub name: String,
+    pub include: Vec<String>,
+    pub exclude: Vec<String>,
+    pub partitions: Option<i32>,
+    pub replication_factor: Option<i32>,
+    pub configs: BTreeMap<String, String>,
 }
 
 impl std::fmt::Debug for KafkaConfig {
@@ -52,6 +100,8 @@ impl std::fmt::Debug for KafkaConfig {
                 "checkpoint_replication_factor",
                 &self.checkpoint_replication_factor,
             )
+            .field("checkpoint_topic_configs", &self.checkpoint_topic_configs)
+            .field("topic_creation", &self.topic_creation)
             .finish()
     }
 }
@@ -67,6 +117,8 @@ impl Default for KafkaConfig {
             checkpoint_topic: "outboxd.checkpoints".to_owned(),
             checkpoint_interval_ms: 20,
             checkpoint_replication_factor: -1,
+            checkpoint_topic_configs: BTreeMap::new(),
+            topic_creation: TopicCreation::default(),
         }
     }
 }

@@ -19,7 +19,7 @@ use figment::providers::{Format, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
 
-pub use kafka::KafkaConfig;
+pub use kafka::{KafkaConfig, TopicCreation, TopicGroup};
 pub use postgres::{redact_url, PostgresConfig};
 pub use routing::{
     BinaryHandling, ColumnNames, EnvelopeField, HeaderPlacement, InvalidOperation,
