@@ -97,6 +97,8 @@ pub struct ConsumedRecord {
     pub key: Option<Vec<u8>>,
     pub value: Option<Vec<u8>>,
     pub headers: Vec<(String, Option<Vec<u8>>)>,
+    /// The record's timestamp in milliseconds (create or log-append time).
+    pub timestamp: Option<i64>,
 }
 
 impl ConsumedRecord {
@@ -116,6 +118,7 @@ impl ConsumedRecord {
             key: m.key().map(<[u8]>::to_vec),
             value: m.payload().map(<[u8]>::to_vec),
             headers,
+            timestamp: m.timestamp().to_millis(),
         }
     }
 

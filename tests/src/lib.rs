@@ -20,6 +20,7 @@ mod outbox;
 mod relay_process;
 mod report;
 
+pub mod connect;
 pub mod fake_walsender;
 pub mod faults;
 pub mod pg_cluster;
