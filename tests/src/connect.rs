@@ -121,6 +121,13 @@ pub struct Connector {
 impl Connector {
     /// Creates (or replaces) the connector and waits until its task runs.
     pub fn start(name: &str, config: &Map<String, Value>) -> Connector {
+        let connector = Connector::create(name, config);
+        connector.wait_for("RUNNING", Duration::from_secs(120));
+        connector
+    }
+
+    /// Creates (or replaces) the connector without waiting for it.
+    pub fn create(name: &str, config: &Map<String, Value>) -> Connector {
         let (status, body) = request(
             "PUT",
             &format!("/connectors/{name}/config"),
@@ -130,11 +137,26 @@ impl Connector {
             status == 200 || status == 201,
             "creating connector {name}: HTTP {status}: {body}"
         );
-        let connector = Connector {
+        Connector {
             name: name.to_owned(),
-        };
-        connector.wait_for("RUNNING", Duration::from_secs(120));
-        connector
+        }
+    }
+
+    /// Waits until the task has failed; its trace.
+    pub fn wait_failed(&self, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let (_, task, trace) = self.status();
+            if task == "FAILED" {
+                return trace;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "connector {}'s task is {task}, not FAILED, after {timeout:?}",
+                self.name
+            );
+            std::thread::sleep(Duration::from_millis(250));
+        }
     }
 
     /// The connector's and its task's state, and a task's failure trace.

@@ -158,7 +158,11 @@ fn main() -> ExitCode {
     let command = match Cli::parse().command {
         Command::Service(command) => command,
         Command::Migrate(a) => {
-            return match migrate::run(&a.from_debezium, a.worker_config.as_deref(), a.output.as_ref()) {
+            return match migrate::run(
+                &a.from_debezium,
+                a.worker_config.as_deref(),
+                a.output.as_ref(),
+            ) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("error: {e:#}");

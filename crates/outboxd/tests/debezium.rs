@@ -17,6 +17,8 @@ mod cutover;
 mod golden;
 #[path = "debezium/scenarios.rs"]
 mod scenarios;
+#[path = "debezium/scenarios_more.rs"]
+mod scenarios_more;
 #[path = "debezium/tracing_context.rs"]
 mod tracing_context;
 

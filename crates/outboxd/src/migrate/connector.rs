@@ -28,7 +28,11 @@ pub fn postgres(s: &Settings<'_>, notes: &mut Vec<Note>) -> Result<(Section, Sou
                  ({POSTGRES_CONNECTOR})"
             ))
         }
-        None => return Err(format!("connector.class is missing (expected {POSTGRES_CONNECTOR})")),
+        None => {
+            return Err(format!(
+                "connector.class is missing (expected {POSTGRES_CONNECTOR})"
+            ))
+        }
     }
     let mut section = Section::new("postgres");
     let host = s.take("database.hostname").unwrap_or("localhost");
@@ -47,7 +51,11 @@ pub fn postgres(s: &Settings<'_>, notes: &mut Vec<Note>) -> Result<(Section, Sou
     } else {
         format!("?{}", params.join("&"))
     };
-    let host = if host.contains(':') { format!("[{host}]") } else { host.to_owned() };
+    let host = if host.contains(':') {
+        format!("[{host}]")
+    } else {
+        host.to_owned()
+    };
     section.set(
         "url",
         Value::Str(format!("postgres://{user}@{host}:{port}/{db}{query}")),
@@ -61,14 +69,26 @@ pub fn postgres(s: &Settings<'_>, notes: &mut Vec<Note>) -> Result<(Section, Sou
         .unwrap_or("dbz_publication")
         .to_owned();
     let (slot, publication) = if pgoutput {
-        section.set("slot", Value::Str(connector_slot.clone()), "slot.name: the connector's slot");
+        section.set(
+            "slot",
+            Value::Str(connector_slot.clone()),
+            "slot.name: the connector's slot",
+        );
         section.set(
             "publication",
             Value::Str(connector_publication.clone()),
             "publication.name",
         );
-        section.set("create_slot", Value::Bool(false), "take Debezium's slot over, never a new one");
-        section.set("create_publication", Value::Bool(false), "the connector's publication exists");
+        section.set(
+            "create_slot",
+            Value::Bool(false),
+            "take Debezium's slot over, never a new one",
+        );
+        section.set(
+            "create_publication",
+            Value::Bool(false),
+            "the connector's publication exists",
+        );
         (connector_slot, connector_publication)
     } else {
         notes.push(Note::explained(
@@ -89,7 +109,11 @@ pub fn postgres(s: &Settings<'_>, notes: &mut Vec<Note>) -> Result<(Section, Sou
     section.set("tables", Value::List(tables.clone()), "table.include.list");
     if let Some(ms) = s.take("status.update.interval.ms") {
         if let Ok(n) = ms.parse::<i64>() {
-            section.set("status_interval_ms", Value::Int(n), "status.update.interval.ms");
+            section.set(
+                "status_interval_ms",
+                Value::Int(n),
+                "status.update.interval.ms",
+            );
         }
     }
     Ok((
@@ -126,7 +150,9 @@ fn tables(s: &Settings<'_>, notes: &mut Vec<Note>) -> Vec<String> {
     let mut out = Vec::new();
     for entry in list(value) {
         let plain = entry.replace("\\.", ".");
-        if plain.contains(['*', '+', '?', '[', ']', '(', ')', '{', '}', '|', '^', '$', '\\']) {
+        if plain.contains([
+            '*', '+', '?', '[', ']', '(', ')', '{', '}', '|', '^', '$', '\\',
+        ]) {
             notes.push(Note::explained(
                 key,
                 &entry,
@@ -137,7 +163,11 @@ fn tables(s: &Settings<'_>, notes: &mut Vec<Note>) -> Vec<String> {
             ));
             continue;
         }
-        out.push(if plain.contains('.') { plain } else { format!("public.{plain}") });
+        out.push(if plain.contains('.') {
+            plain
+        } else {
+            format!("public.{plain}")
+        });
     }
     out
 }
@@ -147,11 +177,20 @@ pub fn column_settings(s: &Settings<'_>, routing: &mut Section, notes: &mut Vec<
     let prefix = s
         .take("topic.prefix")
         .map(|p| (p, "topic.prefix"))
-        .or_else(|| s.take("database.server.name").map(|p| (p, "database.server.name")));
+        .or_else(|| {
+            s.take("database.server.name")
+                .map(|p| (p, "database.server.name"))
+        });
     if let Some((prefix, key)) = prefix {
-        routing.set("logical_name", Value::Str(prefix.to_owned()), format!("{key}: names envelope schemas and context headers"));
+        routing.set(
+            "logical_name",
+            Value::Str(prefix.to_owned()),
+            format!("{key}: names envelope schemas and context headers"),
+        );
     }
-    let extended = s.take("extended.headers.enabled").map(|v| v.eq_ignore_ascii_case("true"));
+    let extended = s
+        .take("extended.headers.enabled")
+        .map(|v| v.eq_ignore_ascii_case("true"));
     if extended.unwrap_or(true) {
         routing.set(
             "context_headers",
@@ -163,10 +202,19 @@ pub fn column_settings(s: &Settings<'_>, routing: &mut Section, notes: &mut Vec<
         match mode {
             "bytes" | "base64" | "base64-url-safe" | "hex" => {
                 if mode != "bytes" {
-                    routing.set("binary_handling", Value::Str(mode.to_owned()), "binary.handling.mode");
+                    routing.set(
+                        "binary_handling",
+                        Value::Str(mode.to_owned()),
+                        "binary.handling.mode",
+                    );
                 }
             }
-            other => notes.push(Note::explained("binary.handling.mode", other, false, "not a mode outboxd knows".to_owned())),
+            other => notes.push(Note::explained(
+                "binary.handling.mode",
+                other,
+                false,
+                "not a mode outboxd knows".to_owned(),
+            )),
         }
     }
     if let Some(mode) = s.take("time.precision.mode") {
@@ -205,7 +253,11 @@ pub fn kafka(
     let mut kafka = Section::new("kafka");
     let mut producer = Section::new("kafka.producer");
     match worker.and_then(|w| w.take("bootstrap.servers")) {
-        Some(servers) => kafka.set("brokers", Value::Str(servers.to_owned()), "the worker's bootstrap.servers"),
+        Some(servers) => kafka.set(
+            "brokers",
+            Value::Str(servers.to_owned()),
+            "the worker's bootstrap.servers",
+        ),
         None => kafka.set(
             "brokers",
             Value::Str(String::new()),
@@ -215,8 +267,16 @@ pub fn kafka(
     if let Some(w) = worker {
         for key in ["security.protocol", "sasl.mechanism"] {
             if let Some(v) = w.take(key) {
-                let name = if key == "sasl.mechanism" { "sasl.mechanisms" } else { key };
-                producer.set(name, Value::Str(v.to_owned()), format!("the worker's {key}"));
+                let name = if key == "sasl.mechanism" {
+                    "sasl.mechanisms"
+                } else {
+                    key
+                };
+                producer.set(
+                    name,
+                    Value::Str(v.to_owned()),
+                    format!("the worker's {key}"),
+                );
             }
         }
     }
@@ -228,7 +288,9 @@ pub fn kafka(
             | "client.id" | "enable.idempotence" => {
                 producer.set(property, Value::Str(value.to_owned()), key);
             }
-            "max.request.size" => producer.set("message.max.bytes", Value::Str(value.to_owned()), key),
+            "max.request.size" => {
+                producer.set("message.max.bytes", Value::Str(value.to_owned()), key)
+            }
             "sasl.mechanism" => producer.set("sasl.mechanisms", Value::Str(value.to_owned()), key),
             _ => notes.push(Note::explained(
                 key,
@@ -251,7 +313,11 @@ fn topic_creation(s: &Settings<'_>) -> Section {
     if defaults.is_empty() {
         return section;
     }
-    section.set("enable", Value::Bool(true), "topic.creation.default.* is set");
+    section.set(
+        "enable",
+        Value::Bool(true),
+        "topic.creation.default.* is set",
+    );
     let mut configs = Vec::new();
     for key in defaults {
         let name = &key["topic.creation.default.".len()..];
@@ -263,9 +329,16 @@ fn topic_creation(s: &Settings<'_>) -> Section {
         }
     }
     if !configs.is_empty() {
-        section.set("configs", Value::strings(configs), "topic.creation.default.<topic config>");
+        section.set(
+            "configs",
+            Value::strings(configs),
+            "topic.creation.default.<topic config>",
+        );
     }
-    let groups = s.take("topic.creation.groups").map(list).unwrap_or_default();
+    let groups = s
+        .take("topic.creation.groups")
+        .map(list)
+        .unwrap_or_default();
     let mut rendered = Vec::new();
     for group in groups {
         let mut fields = vec![("name".to_owned(), Value::Str(group.clone()))];
@@ -275,7 +348,9 @@ fn topic_creation(s: &Settings<'_>) -> Section {
             let name = &key[prefix.len()..];
             let value = s.take(key).unwrap_or_default();
             match (name, value.parse::<i64>()) {
-                ("include" | "exclude", _) => fields.push((name.to_owned(), Value::List(list(value)))),
+                ("include" | "exclude", _) => {
+                    fields.push((name.to_owned(), Value::List(list(value))))
+                }
                 ("partitions", Ok(n)) => fields.push((name.to_owned(), Value::Int(n))),
                 ("replication.factor", Ok(n)) => {
                     fields.push(("replication_factor".to_owned(), Value::Int(n)));
@@ -313,7 +388,7 @@ pub fn formats(
         };
         let schemas = source
             .take(&format!("{setting}.schemas.enable"))
-            .map_or(true, |v| !v.eq_ignore_ascii_case("false"));
+            .is_none_or(|v| !v.eq_ignore_ascii_case("false"));
         if let Some(v) = source.take(&format!("{setting}.replace.null.with.default")) {
             if v.eq_ignore_ascii_case("false") {
                 notes.push(Note::explained(&format!("{setting}.replace.null.with.default"), v, false,
@@ -375,11 +450,19 @@ pub fn formats(
         for k in source.keys_with_prefix(&format!("{setting}.")) {
             if !source.is_used(k) {
                 let value = source.take(k).unwrap_or_default();
-                notes.push(Note::new(k, value, Fate::NotApplicable("a converter setting that does not change these records")));
+                notes.push(Note::new(
+                    k,
+                    value,
+                    Fate::NotApplicable("a converter setting that does not change these records"),
+                ));
             }
         }
         if format != "string" {
-            routing.set(key, Value::Str(format.to_owned()), format!("{setting} = {}", class.unwrap_or("(the worker's)")));
+            routing.set(
+                key,
+                Value::Str(format.to_owned()),
+                format!("{setting} = {}", class.unwrap_or("(the worker's)")),
+            );
         }
     }
     if let Some(class) = s.take("header.converter") {

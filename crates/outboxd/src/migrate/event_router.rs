@@ -72,8 +72,11 @@ pub fn routing(
     }
     messages(s, decodes_messages, notes);
     let mut out = Routing::default();
-    let mut owners: Vec<(String, Vec<String>)> =
-        source.tables.iter().map(|t| (t.clone(), Vec::new())).collect();
+    let mut owners: Vec<(String, Vec<String>)> = source
+        .tables
+        .iter()
+        .map(|t| (t.clone(), Vec::new()))
+        .collect();
     let mut sections = Vec::new();
     for alias in &routers {
         let section = router_settings(s, alias, notes)?;
@@ -142,7 +145,9 @@ fn selected_tables(
     let negate = s
         .take_bool(&format!("transforms.{alias}.negate"))?
         .unwrap_or(false);
-    let kind = s.take(&format!("predicates.{predicate}.type")).unwrap_or("");
+    let kind = s
+        .take(&format!("predicates.{predicate}.type"))
+        .unwrap_or("");
     if kind != "org.apache.kafka.connect.transforms.predicates.TopicNameMatches" {
         notes.push(Note::explained(
             &format!("predicates.{predicate}.type"),
@@ -167,7 +172,11 @@ fn selected_tables(
 }
 
 /// The Event Router's own settings as `[routing]` keys.
-fn router_settings(s: &Settings<'_>, alias: &str, notes: &mut Vec<Note>) -> Result<Section, String> {
+fn router_settings(
+    s: &Settings<'_>,
+    alias: &str,
+    notes: &mut Vec<Note>,
+) -> Result<Section, String> {
     let mut section = Section::new("routing");
     let prefix = format!("transforms.{alias}.");
     let column_keys = [
@@ -188,7 +197,10 @@ fn router_settings(s: &Settings<'_>, alias: &str, notes: &mut Vec<Note>) -> Resu
         }
     }
     let bools = [
-        ("route.tombstone.on.empty.payload", "tombstone_on_empty_payload"),
+        (
+            "route.tombstone.on.empty.payload",
+            "tombstone_on_empty_payload",
+        ),
         ("table.expand.json.payload", "expand_json_payload"),
     ];
     for (setting, key) in bools {
@@ -197,28 +209,55 @@ fn router_settings(s: &Settings<'_>, alias: &str, notes: &mut Vec<Note>) -> Resu
         }
     }
     let enums: [(&str, &str, &[&str]); 4] = [
-        ("table.op.invalid.behavior", "invalid_operation", &["warn", "error", "fatal"]),
-        ("table.field.additional.missing", "missing_columns", &["error", "ignore"]),
-        ("table.json.payload.null.behavior", "json_payload_nulls", &["ignore", "optional_bytes"]),
-        ("table.json.payload.empty.array.behavior", "json_payload_empty_arrays", &["ignore", "optional_string"]),
+        (
+            "table.op.invalid.behavior",
+            "invalid_operation",
+            &["warn", "error", "fatal"],
+        ),
+        (
+            "table.field.additional.missing",
+            "missing_columns",
+            &["error", "ignore"],
+        ),
+        (
+            "table.json.payload.null.behavior",
+            "json_payload_nulls",
+            &["ignore", "optional_bytes"],
+        ),
+        (
+            "table.json.payload.empty.array.behavior",
+            "json_payload_empty_arrays",
+            &["ignore", "optional_string"],
+        ),
     ];
     for (setting, key, allowed) in enums {
         if let Some(v) = s.take(&format!("{prefix}{setting}")) {
             let lower = v.to_ascii_lowercase();
             if !allowed.contains(&lower.as_str()) {
-                return Err(format!("{prefix}{setting} = '{v}' is not one of {}", allowed.join(", ")));
+                return Err(format!(
+                    "{prefix}{setting} = '{v}' is not one of {}",
+                    allowed.join(", ")
+                ));
             }
             section.set(key, Value::Str(lower), setting);
         }
     }
     // The older spelling: `table.fields.additional.error.on.missing=false` is `ignore`.
-    if let Some(false) = s.take_bool(&format!("{prefix}table.fields.additional.error.on.missing"))? {
-        section.set("missing_columns", Value::Str("ignore".to_owned()), "table.fields.additional.error.on.missing = false");
+    if let Some(false) =
+        s.take_bool(&format!("{prefix}table.fields.additional.error.on.missing"))?
+    {
+        section.set(
+            "missing_columns",
+            Value::Str("ignore".to_owned()),
+            "table.fields.additional.error.on.missing = false",
+        );
     }
     if let Some(placements) = s.take(&format!("{prefix}table.fields.additional.placement")) {
         placement(placements, &prefix, &mut section)?;
     }
-    if s.peek(&format!("{prefix}tracing.span.context.field")).is_none() {
+    if s.peek(&format!("{prefix}tracing.span.context.field"))
+        .is_none()
+    {
         notes.push(Note::explained(
             &format!("{prefix}tracing.*"),
             "",
@@ -249,10 +288,12 @@ fn placement(value: &str, prefix: &str, section: &mut Section) -> Result<(), Str
             _ => return Err(format!("{prefix}table.fields.additional.placement: '{item}' is not column:placement[:alias]")),
         };
         let alias = parts.get(2).copied().unwrap_or(column);
-        let pair = |a: &str, b: &str| vec![
-            ("column".to_owned(), Value::Str(column.to_owned())),
-            (a.to_owned(), Value::Str(b.to_owned())),
-        ];
+        let pair = |a: &str, b: &str| {
+            vec![
+                ("column".to_owned(), Value::Str(column.to_owned())),
+                (a.to_owned(), Value::Str(b.to_owned())),
+            ]
+        };
         match place.as_str() {
             "header" => headers.push(pair("header", alias)),
             "envelope" => envelope.push(pair("field", alias)),
@@ -265,10 +306,18 @@ fn placement(value: &str, prefix: &str, section: &mut Section) -> Result<(), Str
         }
     }
     if !headers.is_empty() {
-        section.set("additional_headers", Value::Tables(headers), "table.fields.additional.placement …:header");
+        section.set(
+            "additional_headers",
+            Value::Tables(headers),
+            "table.fields.additional.placement …:header",
+        );
     }
     if !envelope.is_empty() {
-        section.set("envelope_fields", Value::Tables(envelope), "table.fields.additional.placement …:envelope");
+        section.set(
+            "envelope_fields",
+            Value::Tables(envelope),
+            "table.fields.additional.placement …:envelope",
+        );
     }
     Ok(())
 }
@@ -296,8 +345,14 @@ pub fn message_keys(s: &Settings<'_>, decodes: bool) -> Vec<(String, Value, Stri
             "the connector routes no logical messages".to_owned(),
         )];
     }
-    let include = s.peek("message.prefix.include.list").map(list).unwrap_or_default();
-    let exclude = s.peek("message.prefix.exclude.list").map(list).unwrap_or_default();
+    let include = s
+        .peek("message.prefix.include.list")
+        .map(list)
+        .unwrap_or_default();
+    let exclude = s
+        .peek("message.prefix.exclude.list")
+        .map(list)
+        .unwrap_or_default();
     if !exclude.is_empty() {
         return vec![(
             "message_prefix_exclude".to_owned(),
@@ -305,7 +360,11 @@ pub fn message_keys(s: &Settings<'_>, decodes: bool) -> Vec<(String, Value, Stri
             "message.prefix.exclude.list".to_owned(),
         )];
     }
-    let include = if include.is_empty() { vec![".*".to_owned()] } else { include };
+    let include = if include.is_empty() {
+        vec![".*".to_owned()]
+    } else {
+        include
+    };
     vec![(
         "message_prefix_include".to_owned(),
         Value::List(include),

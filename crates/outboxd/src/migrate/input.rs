@@ -29,11 +29,12 @@ pub fn parse(text: &str) -> Result<ConnectorConfig, String> {
     if text.trim_start().starts_with('{') {
         return from_json(text);
     }
-    let settings: BTreeMap<String, String> = crate::java_properties::parse(text)
-        .into_iter()
-        .collect();
+    let settings: BTreeMap<String, String> =
+        crate::java_properties::parse(text).into_iter().collect();
     if settings.is_empty() {
-        return Err("no settings found (expected Connect's REST JSON or a .properties file)".into());
+        return Err(
+            "no settings found (expected Connect's REST JSON or a .properties file)".into(),
+        );
     }
     Ok(ConnectorConfig {
         name: settings.get("name").cloned(),
@@ -47,7 +48,10 @@ fn from_json(text: &str) -> Result<ConnectorConfig, String> {
     let object = value.as_object().ok_or("expected a JSON object")?;
     let (name, config) = match object.get("config") {
         Some(serde_json::Value::Object(config)) => (
-            object.get("name").and_then(|n| n.as_str()).map(str::to_owned),
+            object
+                .get("name")
+                .and_then(|n| n.as_str())
+                .map(str::to_owned),
             config,
         ),
         _ => (None, object),
@@ -76,12 +80,15 @@ mod tests {
 
     #[test]
     fn rest_json_bare_json_and_properties() {
-        let rest = parse(r#"{"name": "outbox", "config": {"slot.name": "s", "tasks.max": 1}}"#).unwrap();
+        let rest =
+            parse(r#"{"name": "outbox", "config": {"slot.name": "s", "tasks.max": 1}}"#).unwrap();
         assert_eq!(rest.name.as_deref(), Some("outbox"));
         assert_eq!(rest.get("tasks.max"), Some("1"));
         let bare = parse(r#"{"slot.name": "s", "name": "n"}"#).unwrap();
         assert_eq!(bare.name.as_deref(), Some("n"));
-        let props = parse("name=outbox\ntransforms.outbox.route.topic.replacement=a.${routedByValue}\n").unwrap();
+        let props =
+            parse("name=outbox\ntransforms.outbox.route.topic.replacement=a.${routedByValue}\n")
+                .unwrap();
         assert_eq!(
             props.get("transforms.outbox.route.topic.replacement"),
             Some("a.${routedByValue}")

@@ -107,7 +107,10 @@ pub fn migrate(
     let mut sections = vec![postgres, kafka, producer, topic_creation, routing];
     sections.extend(routers.tables.into_iter().map(|(_, section)| section));
     Ok(Migration {
-        connector: connector.name.clone().unwrap_or_else(|| "<connector>".to_owned()),
+        connector: connector
+            .name
+            .clone()
+            .unwrap_or_else(|| "<connector>".to_owned()),
         sections,
         notes,
         source,
@@ -120,7 +123,8 @@ pub fn migrate(
 pub fn run(from: &Path, worker: Option<&Path>, output: Option<&PathBuf>) -> anyhow::Result<()> {
     let connector = input::read(from)?;
     let worker = worker.map(input::read).transpose()?;
-    let migration = migrate(&connector, worker.as_ref()).map_err(|e| anyhow::anyhow!("{}: {e}", from.display()))?;
+    let migration = migrate(&connector, worker.as_ref())
+        .map_err(|e| anyhow::anyhow!("{}: {e}", from.display()))?;
     let from_name = from.display().to_string();
     let text = migration.toml(&from_name);
     let config_name = output.map_or("outboxd.toml".to_owned(), |p| p.display().to_string());

@@ -51,7 +51,10 @@ fn the_basic_configuration() {
         "{CONNECTOR}transforms=outbox\ntransforms.outbox.type=io.debezium.transforms.outbox.EventRouter\n"
     ));
     let config = load(&m);
-    assert_eq!(config.postgres.url, "postgres://debezium@db.internal:5432/orders");
+    assert_eq!(
+        config.postgres.url,
+        "postgres://debezium@db.internal:5432/orders"
+    );
     assert_eq!(config.postgres.slot, "outbox_slot");
     assert_eq!(config.postgres.publication, "outbox_pub");
     assert_eq!(config.postgres.tables, ["inventory.outboxevent"]);
@@ -59,15 +62,24 @@ fn the_basic_configuration() {
     let r = &config.routing;
     assert_eq!(r.topic, RoutingConfig::default().topic);
     assert_eq!(r.logical_name, "dbserver1");
-    assert!(r.context_headers, "extended.headers.enabled defaults to true");
+    assert!(
+        r.context_headers,
+        "extended.headers.enabled defaults to true"
+    );
     assert_eq!(r.message_prefix, "");
     // No converter on the connector: the worker's, assumed JsonConverter with schemas.
-    assert_eq!((r.key_format, r.value_format), (RecordFormat::JsonSchema, RecordFormat::JsonSchema));
+    assert_eq!(
+        (r.key_format, r.value_format),
+        (RecordFormat::JsonSchema, RecordFormat::JsonSchema)
+    );
     assert!(note(&m, "key.converter").supported);
     assert!(note(&m, "database.password").supported);
     assert!(m.complete(), "{:?}", m.report());
     let text = format!("{}{:?}", m.toml("test"), m.report());
-    assert!(!text.contains("hunter2"), "no password in the file or report:\n{text}");
+    assert!(
+        !text.contains("hunter2"),
+        "no password in the file or report:\n{text}"
+    );
 }
 
 /// "Expanding escaped JSON String as JSON".
@@ -106,7 +118,10 @@ value.converter.schemas.enable=false
     assert_eq!(r.partition_column.as_deref(), Some("partitionColumn"));
     assert_eq!(r.missing_columns, MissingColumns::Ignore);
     assert_eq!(r.invalid_operation, InvalidOperation::Fatal);
-    assert_eq!((r.key_format, r.value_format), (RecordFormat::String, RecordFormat::Json));
+    assert_eq!(
+        (r.key_format, r.value_format),
+        (RecordFormat::String, RecordFormat::Json)
+    );
     assert!(m.complete(), "{:?}", m.report());
 }
 
@@ -161,7 +176,10 @@ fn the_debezium_examples_outbox_connector() {
     );
     let config = load(&m);
     assert_eq!(config.routing.topic, "${routedByValue}.events");
-    assert_eq!(config.routing.columns.timestamp.as_deref(), Some("timestamp"));
+    assert_eq!(
+        config.routing.columns.timestamp.as_deref(),
+        Some("timestamp")
+    );
     assert_eq!(config.routing.logical_name, "dbserver1");
     assert_eq!(config.postgres.tables, ["inventory.outboxevent"]);
     // decoderbufs: a slot of outboxd's own, made before the connector stops.
@@ -199,13 +217,18 @@ predicates.isAudit.pattern=.*audit.*
 ",
     );
     let config = load(&m);
-    assert_eq!(config.postgres.tables, ["public.orders_outbox", "public.audit_outbox"]);
+    assert_eq!(
+        config.postgres.tables,
+        ["public.orders_outbox", "public.audit_outbox"]
+    );
     let orders = config.routing.for_table("public.orders_outbox").unwrap();
     assert_eq!(orders.topic, "orders.${routedByValue}");
     let audit = config.routing.for_table("public.audit_outbox").unwrap();
     assert_eq!(audit.columns.aggregate_type, "type");
     assert_eq!(audit.topic, RoutingConfig::default().topic);
-    assert!(note(&m, "table.include.list").reason.contains("public.customers"));
+    assert!(note(&m, "table.include.list")
+        .reason
+        .contains("public.customers"));
     assert!(m.complete(), "{:?}", m.report());
 }
 
@@ -228,7 +251,10 @@ snapshot.mode=initial
     let t = &config.kafka.topic_creation;
     assert!(t.enable);
     assert_eq!((t.partitions, t.replication_factor), (6, 3));
-    assert_eq!(t.configs.get("cleanup.policy").map(String::as_str), Some("delete"));
+    assert_eq!(
+        t.configs.get("cleanup.policy").map(String::as_str),
+        Some("delete")
+    );
     assert_eq!(t.groups[0].include, ["outbox\\.event\\.order.*"]);
     assert_eq!(t.groups[0].partitions, Some(12));
     assert!(note(&m, "snapshot.mode").supported);
@@ -237,7 +263,11 @@ snapshot.mode=initial
 
 #[test]
 fn not_an_outbox_connector() {
-    let e = migrate(&input::parse("connector.class=io.debezium.connector.mysql.MySqlConnector").unwrap(), None).unwrap_err();
+    let e = migrate(
+        &input::parse("connector.class=io.debezium.connector.mysql.MySqlConnector").unwrap(),
+        None,
+    )
+    .unwrap_err();
     assert!(e.contains("PostgreSQL connector"), "{e}");
     let e = migrate(&input::parse(CONNECTOR).unwrap(), None).unwrap_err();
     assert!(e.contains("Outbox Event Router"), "{e}");
@@ -248,6 +278,9 @@ fn not_an_outbox_connector() {
 fn the_documentation_lists_every_setting() {
     let docs = include_str!("../../../../docs/configuration.md");
     for name in fates::documented_names() {
-        assert!(docs.contains(&format!("`{name}`")), "docs/configuration.md lacks `{name}`");
+        assert!(
+            docs.contains(&format!("`{name}`")),
+            "docs/configuration.md lacks `{name}`"
+        );
     }
 }

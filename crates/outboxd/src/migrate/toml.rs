@@ -79,7 +79,10 @@ pub fn render(sections: &[Section]) -> String {
 }
 
 fn key(k: &str) -> String {
-    if !k.is_empty() && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
+    if !k.is_empty()
+        && k.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    {
         k.to_owned()
     } else {
         string(k)
@@ -93,12 +96,20 @@ fn value(v: &Value) -> String {
         Value::Int(n) => n.to_string(),
         Value::List(items) => format!(
             "[{}]",
-            items.iter().map(|s| string(s)).collect::<Vec<_>>().join(", ")
+            items
+                .iter()
+                .map(|s| string(s))
+                .collect::<Vec<_>>()
+                .join(", ")
         ),
         Value::Inline(pairs) => inline(pairs),
         Value::Tables(tables) => format!(
             "[{}]",
-            tables.iter().map(|t| inline(t)).collect::<Vec<_>>().join(", ")
+            tables
+                .iter()
+                .map(|t| inline(t))
+                .collect::<Vec<_>>()
+                .join(", ")
         ),
     }
 }
@@ -146,7 +157,11 @@ mod tests {
     #[test]
     fn renders_valid_toml() {
         let mut s = Section::new("routing.tables.\"public.outbox\"");
-        s.set("topic", Value::Str("a.${routedByValue}".into()), "route.topic.replacement");
+        s.set(
+            "topic",
+            Value::Str("a.${routedByValue}".into()),
+            "route.topic.replacement",
+        );
         s.set(
             "additional_headers",
             Value::Tables(vec![vec![

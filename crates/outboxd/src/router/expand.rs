@@ -15,6 +15,20 @@ use super::connect::{Field, Kind, Schema, Text, Value};
 use super::json_tree::{self, Node};
 use crate::config::{JsonPayloadEmptyArrays, JsonPayloadNulls};
 
+/// What became of a payload.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Expansion {
+    Expanded(Schema, Value),
+    /// Not expanded (not JSON, or no schema could be inferred): the payload stays
+    /// the text it was, with its column's schema.
+    Unchanged(String),
+    /// A schema was inferred, but the document does not fit it (a top-level array, a
+    /// number beyond `long`, array elements of different types): Debezium keeps the
+    /// new schema with the old text, a record Connect cannot serialize except as a
+    /// string. `None`: the inferred schema was empty (e.g. `[]`).
+    Broken(Option<Schema>, String),
+}
+
 /// The expansion rules of one route.
 #[derive(Debug, Clone, Copy)]
 pub struct Expander {
@@ -23,22 +37,40 @@ pub struct Expander {
 }
 
 impl Expander {
-    /// The struct for a payload `text` whose column is `column`, or why it stays text.
-    /// Only text starting with `{` or `[` is tried, as in Debezium.
-    pub fn expand(&self, column: &str, text: &str) -> Result<(Schema, Value), String> {
+    /// Expands a payload `text` whose column is `column`. Only text starting with `{`
+    /// or `[` is tried, as in Debezium.
+    pub fn expand(&self, column: &str, text: &str) -> Expansion {
         if !text.starts_with(['{', '[']) {
             let first = text.chars().next().map_or(String::new(), String::from);
-            return Err(format!("Unable to parse payload starting with '{first}'"));
+            return Expansion::Unchanged(format!(
+                "Unable to parse payload starting with '{first}'"
+            ));
         }
-        let node = json_tree::parse(text)?;
-        let schema = self
-            .schema(Some(column), &node)?
-            .ok_or("the payload has no fields to infer a schema from")?;
+        let node = match json_tree::parse(text) {
+            Ok(node) => node,
+            Err(e) => return Expansion::Unchanged(e),
+        };
+        let schema = match self.schema(Some(column), &node) {
+            Ok(schema) => schema,
+            Err(e) => return Expansion::Unchanged(e),
+        };
+        let Some(schema) = schema else {
+            return Expansion::Broken(
+                None,
+                "no schema could be inferred from the payload".to_owned(),
+            );
+        };
         if !matches!(schema.kind, Kind::Struct(_)) {
-            return Err("Not a struct schema: the payload is not a JSON object".to_owned());
+            let why = format!(
+                "Not a struct schema: Schema{{{}}}",
+                schema.type_name().to_ascii_uppercase()
+            );
+            return Expansion::Broken(Some(schema), why);
         }
-        let value = struct_value(&node, &schema)?;
-        Ok((schema, value))
+        match struct_value(&node, &schema) {
+            Ok(value) => Expansion::Expanded(schema, value),
+            Err(e) => Expansion::Broken(Some(schema), e),
+        }
     }
 
     /// `toConnectSchema`: `None` for what is left out (nulls, empty arrays).

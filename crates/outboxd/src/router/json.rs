@@ -146,7 +146,9 @@ pub fn write_schema(out: &mut String, schema: &Schema) {
 
 /// A JSON string as Jackson escapes it: `"` and `\`, the short escapes for
 /// backspace, form feed, newline, carriage return and tab, `\u00XX` (upper-case hex)
-/// for the other control characters; everything else as is.
+/// for the other control characters, and characters beyond the Basic Multilingual
+/// Plane as their UTF-16 surrogate pair (`\uD83D\uDE00`: Jackson's UTF-8 writer
+/// does not combine surrogates by default); everything else as is.
 pub fn write_string(out: &mut String, s: &str) {
     out.push('"');
     for c in s.chars() {
@@ -160,6 +162,12 @@ pub fn write_string(out: &mut String, s: &str) {
             '\t' => out.push_str("\\t"),
             c if (c as u32) < 0x20 => {
                 let _ = write!(out, "\\u{:04X}", c as u32);
+            }
+            c if (c as u32) > 0xFFFF => {
+                let mut units = [0u16; 2];
+                for unit in c.encode_utf16(&mut units) {
+                    let _ = write!(out, "\\u{unit:04X}");
+                }
             }
             c => out.push(c),
         }
@@ -240,7 +248,10 @@ mod tests {
     #[test]
     fn strings_are_escaped_as_jackson_does() {
         let mut out = String::new();
-        write_string(&mut out, "a\"b\\c\n\t\u{1}\u{1f}é/\u{7f}");
-        assert_eq!(out, "\"a\\\"b\\\\c\\n\\t\\u0001\\u001Fé/\u{7f}\"");
+        write_string(&mut out, "a\"b\\c\n\t\u{1}\u{1f}é/\u{7f}😀");
+        assert_eq!(
+            out,
+            "\"a\\\"b\\\\c\\n\\t\\u0001\\u001Fé/\u{7f}\\uD83D\\uDE00\""
+        );
     }
 }

@@ -11,8 +11,11 @@ use rand::Rng;
 
 use super::connect::{Datum, Field, Kind, Schema, Value};
 use super::convert::encode;
+use super::expand::Expansion;
+use super::json;
 use super::route::{OutboxEvent, Route};
 use super::{synthetic_id, RouteError, SourcePosition};
+use crate::config::RecordFormat;
 
 /// The context headers of Debezium's `extended.headers.enabled`.
 const CONTEXT_LOGICAL_NAME: &str = "__debezium.context.connectorLogicalName";
@@ -103,23 +106,26 @@ impl RecordBuilder {
         let topic = route.topics.topic(routed).map_err(fail)?;
         let key =
             encode(config.key_format, Some(&event.key)).map_err(|e| fail(format!("key: {e}")))?;
-        let payload = self.expanded(route, event.payload, &event_id);
+        let payload = self
+            .expanded(route, event.payload, &event_id)
+            .map_err(&fail)?;
         let config = &route.config;
-        let tombstone = config.tombstone_on_empty_payload && is_empty(&payload.value);
-        let value_datum = if tombstone {
-            None
-        } else if config.envelope_fields.is_empty() {
-            Some(payload)
-        } else {
-            Some(envelope(
-                envelope_name,
-                event.schema_version,
-                payload,
-                event.envelope,
-            ))
+        let value = match payload {
+            Payload::Schemaless(text) => Some(schemaless_json(config.value_format, &text)),
+            Payload::Datum(payload) => {
+                let tombstone = config.tombstone_on_empty_payload && is_empty(&payload.value);
+                let value_datum = if tombstone {
+                    None
+                } else if config.envelope_fields.is_empty() {
+                    Some(payload)
+                } else {
+                    let version = event.schema_version;
+                    Some(envelope(envelope_name, version, payload, event.envelope))
+                };
+                encode(config.value_format, value_datum.as_ref())
+                    .map_err(|e| fail(format!("value: {e}")))?
+            }
         };
-        let value = encode(config.value_format, value_datum.as_ref())
-            .map_err(|e| fail(format!("value: {e}")))?;
         let size = key.as_ref().map_or(0, Bytes::len) + value.as_ref().map_or(0, Bytes::len);
         if size > config.max_record_bytes {
             return Err(fail(format!(
@@ -203,29 +209,72 @@ impl RecordBuilder {
         })
     }
 
-    /// The payload, expanded into a struct when configured and possible; when not
-    /// possible it stays text and the reason is logged, as in Debezium.
-    fn expanded(&self, route: &Route, payload: Datum, event_id: &str) -> Datum {
+    /// The payload, expanded into a struct when configured and possible; when not,
+    /// it stays text and the reason is logged, as in Debezium. A broken expansion (see
+    /// [`Expansion::Broken`]) fails the record as it fails Connect, except where
+    /// Connect would write the text anyway.
+    fn expanded(&self, route: &Route, payload: Datum, event_id: &str) -> Result<Payload, String> {
         if !route.config.expand_json_payload {
-            return payload;
+            return Ok(Payload::Datum(payload));
         }
         let Value::String(text) = &payload.value else {
             if !payload.value.is_null() {
                 tracing::warn!(event_id = %event_id, "expand_json_payload is on but the payload is not text; it is written as it is");
             }
-            return payload;
+            return Ok(Payload::Datum(payload));
         };
+        let config = &route.config;
         match route
             .expander
-            .expand(&route.config.columns.payload, text.as_str())
+            .expand(&config.columns.payload, text.as_str())
         {
-            Ok((schema, value)) => Datum { value, schema },
-            Err(reason) => {
+            Expansion::Expanded(schema, value) => Ok(Payload::Datum(Datum { value, schema })),
+            Expansion::Unchanged(reason) => {
                 tracing::warn!(event_id = %event_id, reason = %reason, "JSON expansion failed; the payload is written as text");
-                payload
+                Ok(Payload::Datum(payload))
+            }
+            Expansion::Broken(schema, reason) => {
+                tracing::warn!(event_id = %event_id, reason = %reason, "JSON expansion failed after its schema was inferred");
+                let fails = |why: &str| {
+                    Err(format!(
+                        "JSON expansion of the payload failed after Debezium would have \
+                         inferred its schema ({reason}): {why}, so Debezium fails on this record \
+                         too. Fix the payload, or turn expand_json_payload off"
+                    ))
+                };
+                match (config.value_format, schema) {
+                    _ if !config.envelope_fields.is_empty() => fails("the envelope cannot hold it"),
+                    (RecordFormat::String, _) => Ok(Payload::Datum(payload)),
+                    (RecordFormat::Json | RecordFormat::JsonSchema, None) => {
+                        Ok(Payload::Schemaless(text.as_str().to_owned()))
+                    }
+                    _ => fails("the value converter cannot write text with that schema"),
+                }
             }
         }
     }
+}
+
+/// The payload to write: a datum, or text without a schema (what Connect has after
+/// an expansion that inferred an empty schema).
+#[derive(Debug)]
+enum Payload {
+    Datum(Datum),
+    Schemaless(String),
+}
+
+/// Text without a schema as JsonConverter writes it (a JSON string; with schemas
+/// in an envelope whose schema is null).
+fn schemaless_json(format: RecordFormat, text: &str) -> Bytes {
+    let mut out = String::new();
+    if format == RecordFormat::JsonSchema {
+        out.push_str("{\"schema\":null,\"payload\":");
+        json::write_string(&mut out, text);
+        out.push('}');
+    } else {
+        json::write_string(&mut out, text);
+    }
+    Bytes::from(out)
 }
 
 /// Debezium's `payload == null || payload.toString().trim().isEmpty()`; Java's

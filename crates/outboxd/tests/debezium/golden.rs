@@ -37,6 +37,9 @@ pub struct Scenario {
     pub exact_timestamps: bool,
     /// `migrate` reports a setting as not supported (and exits non-zero).
     pub migrate_incomplete: bool,
+    /// Both stop at an event they refuse: Debezium's task fails, outboxd exits
+    /// non-zero; the records before it are compared.
+    pub stops: bool,
 }
 
 /// What a comparison found.
@@ -48,6 +51,8 @@ pub struct Outcome {
     pub migrate_report: String,
     pub seconds: f64,
     pub relay_log: String,
+    /// Debezium's failure trace, when the scenario stops.
+    pub stopped: String,
 }
 
 impl Outcome {
@@ -170,8 +175,12 @@ pub async fn run(s: Scenario) -> Outcome {
     .await
     .expect("Debezium's slot");
     let mut config = postgres_connector(&db, &dbz_slot, "golden_pub", &prefix, &s.tables);
+    // An empty value removes a base setting.
     for (k, v) in &s.settings {
-        config.insert((*k).to_owned(), Value::String(fill(v, &prefix)));
+        match v.is_empty() {
+            true => config.remove(*k),
+            false => config.insert((*k).to_owned(), Value::String(fill(v, &prefix))),
+        };
     }
     let (toml, migrate_report, complete) = migrate(&prefix, &config);
     assert_eq!(
@@ -181,17 +190,40 @@ pub async fn run(s: Scenario) -> Outcome {
     );
     let env = relay_env(&toml, &db, &unique_name("obx"));
     init_apply(&env);
-    sql.batch_execute(&s.rows).await.expect("rows");
+    sql.batch_execute(&fill(&s.rows, &prefix))
+        .await
+        .expect("rows");
+    let stops = s.stops;
     let connector = tokio::task::spawn_blocking({
         let (prefix, config) = (prefix.clone(), config.clone());
-        move || Connector::start(&prefix, &config)
+        move || match stops {
+            true => Connector::create(&prefix, &config),
+            false => Connector::start(&prefix, &config),
+        }
     })
     .await
     .expect("connector");
     let mut relay = RelayProcess::start(std::path::Path::new(OUTBOXD), &env, s.name);
     let records = read(&topic_names, 2 * s.expected).await;
-    relay.stop_cleanly();
-    drop(connector);
+    let mut stopped = String::new();
+    if stops {
+        let status = relay.wait_timeout(Duration::from_secs(60));
+        assert!(
+            status.is_some_and(|s| !s.success()),
+            "outboxd should have stopped with an error: {status:?}"
+        );
+        let trace = tokio::task::spawn_blocking(move || {
+            let trace = connector.wait_failed(Duration::from_secs(60));
+            drop(connector);
+            trace
+        })
+        .await
+        .expect("connector status");
+        stopped = format!("Debezium's task failed:\n{trace}");
+    } else {
+        relay.stop_cleanly();
+        drop(connector);
+    }
     let (debezium, outboxd): (Vec<_>, Vec<_>) = records
         .into_iter()
         .partition(|r| r.header("outboxd.lsn").is_none());
@@ -203,6 +235,7 @@ pub async fn run(s: Scenario) -> Outcome {
         migrate_report,
         seconds: started.elapsed().as_secs_f64(),
         relay_log: relay.log_text(),
+        stopped,
     }
 }
 

@@ -38,7 +38,7 @@ pub fn rows(count: usize, types: &[&str], id_salt: &str) -> String {
                     CASE WHEN g % 11 = 0 THEN NULL
                          ELSE jsonb_build_object('seq', g, 'total', g * 1.25, 'big', g * 1000000000::bigint,
                               'lines', jsonb_build_array(jsonb_build_object('sku', 'S' || g, 'qty', g % 4)),
-                              'note', E'tab\\there \"quoted\" back\\\\slash é ☃ ' || chr(1),
+                              'note', E'tab\\there \"quoted\" back\\\\slash é ☃ 😀 ' || chr(1),
                               'none', NULL, 'empty', '[]'::jsonb, 'ratio', 1.0 / (1 + g)) END,
                     CASE WHEN g % 7 = 3 THEN NULL ELSE now() - interval '20 minutes' + g * interval '1.000123 second' END,
                     now() - interval '20 minutes' + g * interval '0.5 second',
@@ -49,7 +49,7 @@ pub fn rows(count: usize, types: &[&str], id_salt: &str) -> String {
                     CASE WHEN g % 6 = 0 THEN NULL ELSE g::bigint * 7919 * 1000003 END,
                     (g % 300)::int2,
                     CASE WHEN g % 3 = 0 THEN NULL ELSE g % 2 = 0 END,
-                    CASE WHEN g % 8 = 0 THEN NULL ELSE 'note ' || g || E' \"q\" \\\\ é' END,
+                    CASE WHEN g % 8 = 0 THEN NULL ELSE 'note ' || g || E' \"q\" \\\\ é 😀' END,
                     DATE '2024-02-29' + g,
                     CASE WHEN g % 10 = 0 THEN NULL ELSE g * 1.5e7 + 0.25 END,
                     CASE WHEN g % 10 = 1 THEN NULL ELSE (g * 0.1)::float4 END,
