@@ -8,7 +8,8 @@ use outboxd_kafka_sink::checkpoint::CheckpointStore;
 use outboxd_replication::{Admin, TableName};
 
 use crate::config::Config;
-use crate::settings::{connect_options, sink_config};
+use crate::settings::{checkpoint_topic_configs, connect_options, sink_config};
+use crate::topics::TopicCreator;
 
 /// How long creating the checkpoint topic may take.
 const KAFKA_TIMEOUT: Duration = Duration::from_secs(30);
@@ -82,7 +83,8 @@ pub async fn run(config: &Config, apply: bool) -> anyhow::Result<()> {
             &sink_config(config),
             &config.kafka.checkpoint_topic,
             KAFKA_TIMEOUT,
-        )?;
+        )?
+        .with_topic_configs(checkpoint_topic_configs(config));
         let topic = store
             .ensure_topic(1, config.kafka.checkpoint_replication_factor)
             .await?;
@@ -90,6 +92,16 @@ pub async fn run(config: &Config, apply: bool) -> anyhow::Result<()> {
             "checkpoint topic '{}' ready ({} partition(s), compacted)",
             config.kafka.checkpoint_topic, topic.partitions
         );
+        if let (Some(creator), Some(dlq)) = (
+            TopicCreator::new(&config.kafka, sink_config(config)).map_err(anyhow::Error::msg)?,
+            &config.kafka.dead_letter_topic,
+        ) {
+            creator
+                .ensure(dlq)
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            println!("dead-letter topic '{dlq}' ready (kafka.topic_creation)");
+        }
     }
     let opts = connect_options(config)?;
     let admin = Admin::connect(&opts).await?;

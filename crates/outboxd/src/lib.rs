@@ -21,3 +21,4 @@ pub mod settings;
 pub mod shutdown;
 pub mod table_catalog;
 pub mod tail;
+pub mod topics;

@@ -68,6 +68,16 @@ pub fn reader_config(config: &Config) -> ReaderConfig {
     }
 }
 
+/// The checkpoint topic's configs when outboxd creates it.
+pub fn checkpoint_topic_configs(config: &Config) -> Vec<(String, String)> {
+    config
+        .kafka
+        .checkpoint_topic_configs
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
 /// The Kafka sink's configuration.
 pub fn sink_config(config: &Config) -> SinkConfig {
     SinkConfig {

@@ -141,6 +141,8 @@ impl Config {
         let tables = crate::settings::outbox_tables(self)?;
         crate::router::Router::new(&self.routing, &tables)
             .map_err(|e| anyhow::anyhow!("invalid routing configuration: {e}"))?;
+        crate::topics::TopicRules::new(&self.kafka.topic_creation)
+            .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
         Ok(())
     }
 

@@ -6,6 +6,7 @@ use outboxd_pgoutput::Lsn;
 
 use crate::relay::resume::Gap;
 use crate::router::RouteError;
+use crate::topics::TopicError;
 
 /// Why the relay stopped (or a session ended).
 #[derive(Debug, thiserror::Error)]
@@ -40,6 +41,9 @@ pub enum RelayError {
     /// A stored checkpoint cannot be read (corrupt, or from a newer outboxd).
     #[error("{0}")]
     CheckpointUnreadable(String),
+    /// A topic to create before its first record (kafka.topic_creation).
+    #[error("{0}")]
+    Topic(Box<TopicError>),
 }
 
 impl RelayError {
@@ -48,6 +52,7 @@ impl RelayError {
         match self {
             RelayError::Replication(e) => e.is_retryable(),
             RelayError::KafkaUnavailable(_) => true,
+            RelayError::Topic(e) => e.is_retryable(),
             RelayError::Checkpoint(e) => matches!(
                 e,
                 CheckpointError::Unreachable { .. } | CheckpointError::ReadTimeout { .. }

@@ -37,6 +37,7 @@ use crate::config::Config;
 use crate::http::{Health, Metrics};
 use crate::router::Router;
 use crate::settings;
+use crate::topics::TopicCreator;
 use pipeline::{RelayState, Routing};
 use source::PgConnector;
 use store::KafkaCheckpoints;
@@ -76,6 +77,8 @@ pub async fn run(
         load_catalog: router.needs_catalog(),
     };
     let sink_config = settings::sink_config(config);
+    let topics = TopicCreator::new(&config.kafka, sink_config.clone())
+        .map_err(outboxd_replication::Error::Config)?;
     let store = KafkaCheckpoints {
         store: Arc::new(
             CheckpointStore::new(
@@ -83,7 +86,8 @@ pub async fn run(
                 &config.kafka.checkpoint_topic,
                 CHECKPOINT_TIMEOUT,
             )
-            .map_err(RelayError::Checkpoint)?,
+            .map_err(RelayError::Checkpoint)?
+            .with_topic_configs(settings::checkpoint_topic_configs(config)),
         ),
         replication_factor: config.kafka.checkpoint_replication_factor,
     };
@@ -91,6 +95,7 @@ pub async fn run(
         routing: Routing {
             router,
             dead_letter_topic: config.kafka.dead_letter_topic.clone(),
+            topics,
         },
         metrics,
         health,

@@ -22,6 +22,7 @@ use crate::relay::source::{Opened, Source};
 use crate::relay::tracker::AckTracker;
 use crate::relay::RelayError;
 use crate::router::{RouteError, Router, SourcePosition};
+use crate::topics::TopicCreator;
 
 /// How often gauges are refreshed.
 const GAUGE_INTERVAL: Duration = Duration::from_secs(1);
@@ -32,6 +33,8 @@ const GAUGE_INTERVAL: Duration = Duration::from_secs(1);
 pub(crate) struct Routing {
     pub router: Router,
     pub dead_letter_topic: Option<String>,
+    /// Creates missing topics before their first record (kafka.topic_creation).
+    pub topics: Option<TopicCreator>,
 }
 
 impl Routing {
@@ -320,6 +323,12 @@ impl<'a, S: Source, K: Sink, W: Checkpoints> Pipeline<'a, S, K, W> {
                 }
             },
         };
+        if let Some(topics) = &self.state.routing.topics {
+            topics
+                .ensure(&record.topic)
+                .await
+                .map_err(|e| RelayError::Topic(Box::new(e)))?;
+        }
         self.sink
             .send(txn, record)
             .await

@@ -64,6 +64,7 @@ impl Setup {
                     &[TableName::parse("public.outbox").expect("table")],
                 )
                 .expect("router"),
+                topics: None,
                 dead_letter_topic: self.dead_letter_topic,
             },
             metrics: Arc::clone(&metrics),
