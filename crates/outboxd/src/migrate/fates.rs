@@ -81,7 +81,6 @@ const CONNECTOR: &[(&str, Fate)] = &[
     ("custom.metric.tags", Fate::NotApplicable("outboxd's metrics are at /metrics")),
     ("openlineage.*", Fate::NotApplicable("outboxd emits no lineage events")),
     ("guardrail.*", Fate::NotApplicable(NOT_RECORDS)),
-    ("status.update.interval.ms", Fate::NotApplicable("mapped to postgres.status_interval_ms where set")),
     ("retriable.restart.connector.wait.ms", Fate::NotApplicable("outboxd retries with backoff")),
     ("query.fetch.size", Fate::NotApplicable(NO_SNAPSHOT)),
     ("unavailable.value.placeholder", Fate::NotApplicable("outboxd names a column whose value PostgreSQL did not send (unchanged TOAST) in an error")),
@@ -98,8 +97,6 @@ const CONNECTOR: &[(&str, Fate)] = &[
     ("offsets.storage.topic", Fate::NotApplicable(WORKER)),
     ("predicates", Fate::NotApplicable("used to decide which tables each Event Router applies to")),
     ("predicates.*", Fate::NotApplicable("used to decide which tables each Event Router applies to")),
-    ("plugin.name", Fate::NotApplicable("pgoutput, which outboxd reads too")),
-    ("database.dbname", Fate::NotApplicable("in postgres.url")),
 ];
 
 /// Event Router settings outboxd has no key for.
