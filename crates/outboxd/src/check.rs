@@ -74,20 +74,14 @@ async fn check_postgres(config: &Config, report: &mut Report) {
         "role may stream replication",
         plain(admin.check_replication_role().await),
     );
-    let c = &config.routing.columns;
-    let columns = [
-        c.id.as_str(),
-        c.aggregate_type.as_str(),
-        c.aggregate_id.as_str(),
-        c.payload.as_str(),
-    ];
     // Tables that exist: a missing table is reported once, not again as missing
     // from the publication.
     let mut tables = Vec::new();
     for t in &config.postgres.tables {
         match TableName::parse(t) {
             Ok(t) => {
-                let checked = admin.check_table(&t, &columns).await;
+                let routing = config.routing.for_table(&t.to_string()).unwrap_or_default();
+                let checked = admin.check_table(&t, &routing.required_columns()).await;
                 let exists = !matches!(checked, Err(Error::Preflight(Preflight::TableMissing(_))));
                 report.line(
                     &format!("outbox table {t} with the routed columns"),

@@ -16,11 +16,15 @@ const KAFKA_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The statements, in order. Each is idempotent or guarded when applied.
 pub fn statements(config: &Config) -> anyhow::Result<Vec<String>> {
-    let c = &config.routing.columns;
     let mut out = Vec::new();
     let mut tables = Vec::new();
     for t in &config.postgres.tables {
         let table = TableName::parse(t)?;
+        let routing = config
+            .routing
+            .for_table(&table.to_string())
+            .map_err(anyhow::Error::msg)?;
+        let c = &routing.columns;
         out.push(format!(
             "CREATE TABLE IF NOT EXISTS {table} (\n    \
                  {id} uuid PRIMARY KEY DEFAULT gen_random_uuid(),\n    \

@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use figment::providers::Serialized;
 use figment::value::Dict;
 use figment::Figment;
+use outboxd_replication::TableName;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -109,11 +110,16 @@ impl Default for RoutingConfig {
 }
 
 impl RoutingConfig {
-    /// The settings of `table` (`schema.table`): `[routing]` with the table's
-    /// overrides merged in.
+    /// The settings of `table` (`table` or `schema.table`): `[routing]` with the
+    /// table's overrides merged in.
     pub fn for_table(&self, table: &str) -> Result<RoutingConfig, String> {
         let base = self.base();
-        let Some(overrides) = self.tables.get(table) else {
+        let wanted = TableName::parse(table).ok();
+        let Some((table, overrides)) = self
+            .tables
+            .iter()
+            .find(|(k, _)| TableName::parse(k).ok() == wanted)
+        else {
             return Ok(base);
         };
         if let Some(key) = GLOBAL_KEYS.iter().find(|k| overrides.contains_key(**k)) {
@@ -135,6 +141,28 @@ impl RoutingConfig {
             tables: BTreeMap::new(),
             ..self.clone()
         }
+    }
+
+    /// The columns a table's rows must have for this routing: the routed ones, and
+    /// the placed ones unless `missing_columns = "ignore"`.
+    pub fn required_columns(&self) -> Vec<&str> {
+        let c = &self.columns;
+        let mut out = vec![
+            c.id.as_str(),
+            c.aggregate_type.as_str(),
+            c.aggregate_id.as_str(),
+            c.payload.as_str(),
+        ];
+        out.extend(c.timestamp.as_deref());
+        out.extend(c.schema_version.as_deref());
+        if self.missing_columns == MissingColumns::Error {
+            out.extend(self.additional_headers.iter().map(|h| h.column.as_str()));
+            out.extend(self.envelope_fields.iter().map(|f| f.column.as_str()));
+            out.extend(self.partition_column.as_deref());
+        }
+        out.sort_unstable();
+        out.dedup();
+        out
     }
 
     /// Whether messages are relayed at all.

@@ -117,13 +117,7 @@ impl Router {
         }
         let mut routes = Vec::with_capacity(tables.len());
         for table in tables {
-            let key = config
-                .tables
-                .keys()
-                .find(|k| TableName::parse(k).is_ok_and(|t| t == *table))
-                .cloned()
-                .unwrap_or_else(|| table.to_string());
-            let settings = config.for_table(&key)?;
+            let settings = config.for_table(&table.to_string())?;
             routes.push((table.clone(), Route::new(settings, Some(table.clone()))?));
         }
         Ok(Router {

@@ -350,6 +350,15 @@ fn per_table_routing_overrides() {
     }
     let e = Router::new(&config, &tables[..1]).unwrap_err();
     assert!(e.contains("not in postgres.tables"), "{e}");
+    // The table may be named without its schema.
+    assert_eq!(
+        config.for_table("invoices").unwrap().topic,
+        "invoices.${routedByValue}"
+    );
+    assert_eq!(
+        config.for_table("outbox").unwrap().required_columns(),
+        ["aggregateid", "aggregatetype", "id", "payload"]
+    );
 }
 
 #[test]
