@@ -9,7 +9,7 @@ use std::time::Duration;
 use crate::db::{pg_connect, TestDb};
 use crate::env::{services, unique_name};
 use crate::kafka::{consume_until_from, ConsumedRecord, TestTopics};
-use crate::process::{tail, Process};
+use crate::process::{outboxd_command, tail, Process};
 use crate::report::DeliveryReport;
 
 /// The aggregate type the writers use: events go to `<prefix>.order`.
@@ -187,13 +187,7 @@ impl Outbox {
     /// Starts `outboxd` with the command line `args` (e.g. `run --accept-gap`) and
     /// the relay's settings on top of a clean environment for outboxd's settings.
     pub fn start_with(&self, args: &[&str], name: &str) -> Process {
-        let mut command = Command::new(&self.binary);
-        command
-            .args(args)
-            .env_remove("OUTBOXD_CONFIG")
-            .env("RUST_LOG", "info,outboxd=debug")
-            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
-        Process::start(command, name)
+        Process::start(outboxd_command(&self.binary, args, &self.env), name)
     }
 
     /// Restarts `relay` if it exits within `wait` (a delivery it could not complete),

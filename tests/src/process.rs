@@ -79,6 +79,18 @@ pub fn workspace_binary(package: &str, bin: &str) -> PathBuf {
     path
 }
 
+/// `outboxd <args>` with `env` as its settings, on a clean environment for
+/// outboxd's settings (no `OUTBOXD_CONFIG`) and with debug logs of its own.
+pub fn outboxd_command(binary: &Path, args: &[&str], env: &[(String, String)]) -> Command {
+    let mut command = Command::new(binary);
+    command
+        .args(args)
+        .env_remove("OUTBOXD_CONFIG")
+        .env("RUST_LOG", "info,outboxd=debug")
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    command
+}
+
 /// A running program whose stderr goes to a log file; killed when dropped.
 #[derive(Debug)]
 pub struct Process {

@@ -8,18 +8,23 @@ use outboxd_kafka_sink::checkpoint::CheckpointStore;
 use outboxd_replication::{Admin, TableName};
 
 use crate::config::Config;
-use crate::settings::{connect_options, sink_config};
+use crate::settings::{checkpoint_topic_configs, connect_options, sink_config};
+use crate::topics::TopicCreator;
 
 /// How long creating the checkpoint topic may take.
 const KAFKA_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The statements, in order. Each is idempotent or guarded when applied.
 pub fn statements(config: &Config) -> anyhow::Result<Vec<String>> {
-    let c = &config.routing.columns;
     let mut out = Vec::new();
     let mut tables = Vec::new();
     for t in &config.postgres.tables {
         let table = TableName::parse(t)?;
+        let routing = config
+            .routing
+            .for_table(&table.to_string())
+            .map_err(anyhow::Error::msg)?;
+        let c = &routing.columns;
         out.push(format!(
             "CREATE TABLE IF NOT EXISTS {table} (\n    \
                  {id} uuid PRIMARY KEY DEFAULT gen_random_uuid(),\n    \
@@ -83,7 +88,8 @@ pub async fn run(config: &Config, apply: bool) -> anyhow::Result<()> {
             &sink_config(config),
             &config.kafka.checkpoint_topic,
             KAFKA_TIMEOUT,
-        )?;
+        )?
+        .with_topic_configs(checkpoint_topic_configs(config));
         let topic = store
             .ensure_topic(1, config.kafka.checkpoint_replication_factor)
             .await?;
@@ -91,6 +97,16 @@ pub async fn run(config: &Config, apply: bool) -> anyhow::Result<()> {
             "checkpoint topic '{}' ready ({} partition(s), compacted)",
             config.kafka.checkpoint_topic, topic.partitions
         );
+        if let (Some(creator), Some(dlq)) = (
+            TopicCreator::new(&config.kafka, sink_config(config)).map_err(anyhow::Error::msg)?,
+            &config.kafka.dead_letter_topic,
+        ) {
+            creator
+                .ensure(dlq)
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            println!("dead-letter topic '{dlq}' ready (kafka.topic_creation)");
+        }
     }
     let opts = connect_options(config)?;
     let admin = Admin::connect(&opts).await?;

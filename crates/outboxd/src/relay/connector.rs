@@ -16,10 +16,13 @@ use outboxd_replication::{
 };
 
 use crate::checkpoint::{self, Checkpoint, RelayIdentity};
+use crate::config::{Config, Delivery};
 use crate::relay::checkpoints::{Checkpoints, Loaded};
 use crate::relay::resume::{self, Plan, Situation, Stored};
 use crate::relay::source::{Connector, Fence, OpenRequest, Opened};
 use crate::relay::RelayError;
+use crate::router::Catalog;
+use crate::{settings, table_catalog};
 
 /// How often a standby looks whether the slot is free.
 const STANDBY_POLL: Duration = Duration::from_millis(250);
@@ -27,43 +30,38 @@ const STANDBY_POLL: Duration = Duration::from_millis(250);
 /// Opens replication sessions on PostgreSQL.
 #[derive(Debug)]
 pub(crate) struct PgConnector {
-    pub connect: ConnectOptions,
-    pub tables: Vec<TableName>,
-    pub create_publication: bool,
-    pub create_slot: bool,
+    connect: ConnectOptions,
+    tables: Vec<TableName>,
+    create_publication: bool,
+    create_slot: bool,
     /// Create the slot with failover enabled (PostgreSQL 17+).
-    pub failover_slot: bool,
+    failover_slot: bool,
     /// Take the slot before fencing and reading the checkpoint (exactly-once).
-    pub slot_first: bool,
-    pub spec: SourceSpec,
-    pub reader: ReaderConfig,
+    slot_first: bool,
+    spec: SourceSpec,
+    reader: ReaderConfig,
+    /// Read the outbox tables' column details for the router ([`Catalog`]).
+    load_catalog: bool,
     /// The standby's connection for watching the slot.
     watcher: Option<Admin>,
 }
 
 impl PgConnector {
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        connect: ConnectOptions,
-        tables: Vec<TableName>,
-        create_publication: bool,
-        create_slot: bool,
-        failover_slot: bool,
-        slot_first: bool,
-        spec: SourceSpec,
-        reader: ReaderConfig,
-    ) -> Self {
-        PgConnector {
-            connect,
-            tables,
-            create_publication,
-            create_slot,
-            failover_slot,
-            slot_first,
-            spec,
-            reader,
+    /// The PostgreSQL side as the configuration says; `load_catalog` when the
+    /// routing needs the tables' column details.
+    pub fn new(config: &Config, load_catalog: bool) -> Result<Self, RelayError> {
+        Ok(PgConnector {
+            connect: settings::connect_options(config)?,
+            tables: settings::outbox_tables(config)?,
+            create_publication: config.postgres.create_publication,
+            create_slot: config.postgres.create_slot,
+            failover_slot: config.postgres.failover_slot,
+            slot_first: config.kafka.delivery == Delivery::ExactlyOnce,
+            spec: settings::source_spec(config),
+            reader: settings::reader_config(config),
+            load_catalog,
             watcher: None,
-        }
+        })
     }
 
     async fn start(
@@ -204,6 +202,11 @@ impl Connector for PgConnector {
                 .ensure_publication(publication, &self.tables, self.create_publication)
                 .await?;
         }
+        let catalog = if self.load_catalog {
+            table_catalog::load(&admin, &self.tables).await?
+        } else {
+            Catalog::default()
+        };
         let mut session = SourceSession::connect(&self.connect, &admin, &self.spec.slot).await?;
         let mut server = session.identity.clone();
         let slot = session.slot.clone();
@@ -311,6 +314,7 @@ impl Connector for PgConnector {
             checkpoint,
             skip_before: start,
             skip_through,
+            catalog,
         })
     }
 

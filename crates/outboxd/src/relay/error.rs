@@ -6,6 +6,7 @@ use outboxd_pgoutput::Lsn;
 
 use crate::relay::resume::Gap;
 use crate::router::RouteError;
+use crate::topics::TopicError;
 
 /// Why the relay stopped (or a session ended).
 #[derive(Debug, thiserror::Error)]
@@ -49,6 +50,9 @@ pub enum RelayError {
     /// A session opened without a producer to relay to (a bug).
     #[error("a session opened without a Kafka producer")]
     NoProducer,
+    /// A topic to create before its first record (kafka.topic_creation).
+    #[error("{0}")]
+    Topic(Box<TopicError>),
 }
 
 impl RelayError {
@@ -76,6 +80,7 @@ impl RelayError {
             RelayError::KafkaUnavailable(_)
             | RelayError::Fenced(_)
             | RelayError::TransactionFailed(_) => true,
+            RelayError::Topic(e) => e.is_retryable(),
             RelayError::Checkpoint(e) => matches!(
                 e,
                 CheckpointError::Unreachable { .. }

@@ -42,6 +42,7 @@ use crate::health::Role;
 use crate::metrics::Metrics;
 use crate::router::Router;
 use crate::settings;
+use crate::topics::TopicCreator;
 use connector::PgConnector;
 use pipeline::{Mode, RelayState, Routing};
 use store::KafkaCheckpoints;
@@ -61,28 +62,23 @@ pub struct RunOptions {
 /// What a session would decide now about the slot and the checkpoint (for `outboxd
 /// check`), without taking the slot.
 pub async fn preview(config: &Config) -> Result<Preview, RelayError> {
-    let (connector, store) = connector_and_store(config)?;
+    let (connector, store) = connector_and_store(config, false)?;
     connector.preview(&store).await
 }
 
 /// The PostgreSQL side and the checkpoint store, as the configuration says.
-fn connector_and_store(config: &Config) -> Result<(PgConnector, KafkaCheckpoints), RelayError> {
-    let connector = PgConnector::new(
-        settings::connect_options(config)?,
-        settings::outbox_tables(config)?,
-        config.postgres.create_publication,
-        config.postgres.create_slot,
-        config.postgres.failover_slot,
-        config.kafka.delivery == Delivery::ExactlyOnce,
-        settings::source_spec(config),
-        settings::reader_config(config),
-    );
+fn connector_and_store(
+    config: &Config,
+    load_catalog: bool,
+) -> Result<(PgConnector, KafkaCheckpoints), RelayError> {
+    let connector = PgConnector::new(config, load_catalog)?;
     let store = CheckpointStore::new(
         &settings::sink_config(config),
         &config.kafka.checkpoint_topic,
         CHECKPOINT_TIMEOUT,
     )
-    .map_err(RelayError::Checkpoint)?;
+    .map_err(RelayError::Checkpoint)?
+    .with_topic_configs(settings::checkpoint_topic_configs(config));
     let store = KafkaCheckpoints {
         store: Arc::new(store),
         replication_factor: config.kafka.checkpoint_replication_factor,
@@ -100,14 +96,17 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), RelayError> {
     let tables = settings::outbox_tables(config)?;
+    let router =
+        Router::new(&config.routing, &tables).map_err(outboxd_replication::Error::Config)?;
     let exactly_once = config.kafka.delivery == Delivery::ExactlyOnce;
-    let (connector, store) = connector_and_store(config)?;
+    let (connector, store) = connector_and_store(config, router.needs_catalog())?;
+    let topics = TopicCreator::new(&config.kafka, settings::sink_config(config))
+        .map_err(outboxd_replication::Error::Config)?;
     let state = RelayState {
         routing: Routing {
-            router: Router::new(config.routing.clone()),
-            tables,
-            message_prefix: config.routing.message_prefix.clone(),
+            router,
             dead_letter_topic: config.kafka.dead_letter_topic.clone(),
+            topics,
         },
         metrics,
         health,

@@ -117,7 +117,13 @@ pub async fn run(
         .iter()
         .map(|t| t.name.clone())
         .collect();
-    let mut router = RowRouter::new(config.routing.clone(), source.relations.clone(), tables);
+    let mut router = RowRouter::new(
+        &config.routing,
+        source.relations.clone(),
+        tables,
+        source.catalog.clone(),
+    )
+    .map_err(anyhow::Error::msg)?;
     source.open_cursor(options.batch_size as usize).await?;
     let mut summary = Summary::default();
     let mut reached = Reached::default();

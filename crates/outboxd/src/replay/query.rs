@@ -36,8 +36,10 @@ impl fmt::Display for TimeSource {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TableColumns {
     pub name: TableName,
-    /// The columns routing reads, in the order the row query returns them.
+    /// All its columns, in the order the row query returns them.
     pub columns: Vec<String>,
+    /// Its routing's id column.
+    pub id_column: String,
     /// The id column's type as SQL spells it, to cast the ids given on the command
     /// line (so `--id` compares as the column does, not as text).
     pub id_type: String,
@@ -99,7 +101,6 @@ pub struct Statements {
     pub time: TimeSource,
     /// Whether commit timestamps can be read (`track_commit_timestamp = on`).
     pub commit_times: bool,
-    pub id_column: String,
     pub selection: Selection,
 }
 
@@ -158,7 +159,7 @@ impl Statements {
     /// The WHERE conditions for `table`; the time bounds only with `time`.
     fn conditions(&self, table: &TableColumns, time: bool, p: &mut Params) -> Vec<String> {
         let s = &self.selection;
-        let id = quote(&self.id_column);
+        let id = quote(&table.id_column);
         let ty = &table.id_type;
         let text = |v: &String| Param::Text(v.clone());
         let mut out = Vec::new();
@@ -225,8 +226,18 @@ impl Statements {
         move |_, _| format!("{} AS outboxd_time_us", micros(&self.time_expr()))
     }
 
-    /// The selected rows in replay order: the columns of [`col`], then the routed
-    /// columns of each table as output text.
+    /// How many value columns the row query returns: the most any table has (a
+    /// table with fewer is padded with NULLs, which `UNION ALL` needs).
+    pub fn value_columns(&self) -> usize {
+        self.tables
+            .iter()
+            .map(|t| t.columns.len())
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// The selected rows in replay order: the columns of [`col`], then the columns
+    /// of each table as output text.
     pub fn rows(&self) -> Statement {
         let commit = if self.commit_times {
             micros("pg_xact_commit_timestamp(xmin)")
@@ -234,7 +245,8 @@ impl Statements {
             "NULL::bigint".to_owned()
         };
         let select = |i: usize, table: &TableColumns| {
-            let values: Vec<String> = table.columns.iter().map(|c| output_text(c)).collect();
+            let mut values: Vec<String> = table.columns.iter().map(|c| output_text(c)).collect();
+            values.resize(self.value_columns(), "NULL::text".to_owned());
             format!(
                 "{i} AS outboxd_table, {} AS outboxd_time_us, {commit} AS outboxd_commit_us, \
                  xmin::text AS outboxd_xmin, ctid::text AS outboxd_ctid, {}, \
@@ -284,8 +296,13 @@ impl Statements {
         }
         let mut p = Params::default();
         let list = p.placeholder(Key::Ids, || Param::List(self.selection.ids.clone()));
-        let id = quote(&self.id_column);
-        let matches = |t: &TableColumns| Some(format!("{id} = CAST(x AS {})", t.id_type));
+        let matches = |t: &TableColumns| {
+            Some(format!(
+                "{} = CAST(x AS {})",
+                quote(&t.id_column),
+                t.id_type
+            ))
+        };
         let union = self.union(|_, _| "1".to_owned(), true, matches, &mut p);
         Some(Statement {
             sql: format!(
@@ -317,11 +334,11 @@ mod tests {
             tables: vec![TableColumns {
                 name: TableName::parse("public.outbox").unwrap(),
                 columns: vec!["id".to_owned(), "payload".to_owned()],
+                id_column: "id".to_owned(),
                 id_type: "uuid".to_owned(),
             }],
             time,
             commit_times: false,
-            id_column: "id".to_owned(),
             selection,
         }
     }
@@ -401,12 +418,32 @@ mod tests {
         let mut s = statements(TimeSource::CommitTimestamp, Selection::default());
         s.tables.push(TableColumns {
             name: TableName::parse("billing.outbox").unwrap(),
-            columns: vec!["id".to_owned(), "payload".to_owned()],
+            columns: vec![
+                "event_id".to_owned(),
+                "payload".to_owned(),
+                "note".to_owned(),
+            ],
+            id_column: "event_id".to_owned(),
             id_type: "bigint".to_owned(),
         });
         s.commit_times = true;
         let rows = s.rows();
         assert!(rows.params.is_empty());
+        assert_eq!(s.value_columns(), 3);
+        // The narrower table is padded to the wider one's columns.
+        assert_eq!(rows.sql.matches("NULL::text").count(), 1, "{}", rows.sql);
+        s.selection.ids = vec!["7".to_owned()];
+        let missing = s.missing_ids().unwrap();
+        assert!(
+            missing.sql.contains("\"id\" = CAST(x AS uuid)"),
+            "{}",
+            missing.sql
+        );
+        assert!(
+            missing.sql.contains("\"event_id\" = CAST(x AS bigint)"),
+            "{}",
+            missing.sql
+        );
         assert_eq!(rows.sql.matches(" UNION ALL ").count(), 1, "{}", rows.sql);
         assert!(rows.sql.contains("SELECT 1 AS outboxd_table"));
         assert!(rows.sql.contains("FROM \"billing\".\"outbox\""));

@@ -18,7 +18,7 @@ use outboxd_pgoutput::{ColumnValue, Lsn, Relation, PG_EPOCH_UNIX_SECS};
 use outboxd_replication::TableName;
 
 use crate::config::RoutingConfig;
-use crate::router::{Router, SourcePosition};
+use crate::router::{Catalog, Router, SourcePosition};
 
 /// Microseconds between the Unix epoch and PostgreSQL's (2000-01-01).
 const PG_EPOCH_UNIX_MICROS: i64 = PG_EPOCH_UNIX_SECS as i64 * 1_000_000;
@@ -73,22 +73,34 @@ pub struct RowRouter {
     router: Router,
     relations: Vec<Relation>,
     tables: Vec<TableName>,
-    id_column: String,
+    /// Per table, its routing's id column.
+    id_columns: Vec<String>,
     /// Rows routed so far; see [`RowRouter::record`].
     routed: u64,
 }
 
 impl RowRouter {
     /// `relations[i]` describes table `tables[i]` with the columns of the row
-    /// query's values.
-    pub fn new(routing: RoutingConfig, relations: Vec<Relation>, tables: Vec<TableName>) -> Self {
-        RowRouter {
-            id_column: routing.columns.id.clone(),
-            router: Router::new(routing),
+    /// query's values. Errors name the routing setting that does not compile.
+    pub fn new(
+        routing: &RoutingConfig,
+        relations: Vec<Relation>,
+        tables: Vec<TableName>,
+        catalog: Catalog,
+    ) -> Result<Self, String> {
+        let mut router = Router::new(routing, &tables)?;
+        router.set_catalog(catalog);
+        let id_columns = tables
+            .iter()
+            .map(|t| routing.for_table(&t.to_string()).map(|r| r.columns.id))
+            .collect::<Result<_, _>>()?;
+        Ok(RowRouter {
+            router,
             relations,
             tables,
+            id_columns,
             routed: 0,
-        }
+        })
     }
 
     /// The record for `row`.
@@ -107,9 +119,11 @@ impl RowRouter {
             .relations
             .get(row.table)
             .ok_or_else(|| fail(None, "the row query named an unknown table".to_owned()))?;
+        // The row query pads narrower tables with NULLs.
         let values: Vec<ColumnValue> = row
             .values
             .iter()
+            .take(relation.columns.len())
             .map(|v| match v {
                 Some(text) => ColumnValue::Text(Bytes::from(text.clone())),
                 None => ColumnValue::Null,
@@ -127,16 +141,16 @@ impl RowRouter {
         };
         // The id as stored: the router's errors would name a NULL id by the made-up
         // position.
+        let id_column = self.id_columns.get(row.table).map_or("id", String::as_str);
         let id = relation
-            .column_index(&self.id_column)
+            .column_index(id_column)
             .and_then(|i| row.values.get(i).cloned().flatten());
         let Some(id) = id else {
             return Err(fail(
                 None,
                 format!(
-                    "its {} is NULL: a replayed record must carry the event's id, by which \
-                     consumers recognise it",
-                    self.id_column
+                    "its {id_column} is NULL: a replayed record must carry the event's id, by \
+                     which consumers recognise it"
                 ),
             ));
         };
@@ -152,7 +166,7 @@ impl RowRouter {
         });
         record
             .headers
-            .push((header::REPLAY.into(), Bytes::from_static(b"true")));
+            .push((header::REPLAY.into(), Some(Bytes::from_static(b"true"))));
         record.timestamp_ms = row.commit_us.or(row.time_us).map(|us| us.div_euclid(1000));
         record.meta = RecordMeta {
             event_id: id,
@@ -220,16 +234,18 @@ mod tests {
 
     fn router() -> RowRouter {
         RowRouter::new(
-            routing(),
+            &routing(),
             vec![relation()],
             vec![TableName::parse("outbox").unwrap()],
+            Catalog::default(),
         )
+        .unwrap()
     }
 
     fn names(r: &Record) -> Vec<(&str, &[u8])> {
         r.headers
             .iter()
-            .map(|(k, v)| (k.as_ref(), &v[..]))
+            .map(|(k, v)| (k.as_ref(), v.as_deref().unwrap_or_default()))
             .collect()
     }
 
@@ -248,7 +264,8 @@ mod tests {
             commit_time: commit_us - PG_EPOCH_UNIX_MICROS,
             xid: 742,
         };
-        let mut live_router = Router::new(routing());
+        let mut live_router =
+            Router::new(&routing(), &[TableName::parse("outbox").unwrap()]).unwrap();
         let values: Vec<ColumnValue> = row(Some("e-1"), None, 742)
             .values
             .into_iter()
@@ -294,7 +311,7 @@ mod tests {
         // The next row gets its own xid, not the previous row's.
         let next = router.record(&row(Some("e-2"), None, 10)).unwrap();
         let xid = next.headers.iter().find(|(k, _)| k == header::XID).unwrap();
-        assert_eq!(&xid.1[..], b"10");
+        assert_eq!(xid.1.as_deref(), Some(&b"10"[..]));
     }
 
     #[test]

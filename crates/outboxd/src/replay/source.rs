@@ -11,7 +11,8 @@ use tokio_postgres::Row;
 use super::query::{col, Param, Selection, Statement, Statements, TableColumns, TimeSource};
 use super::record::SourceRow;
 use crate::config::Config;
-use crate::settings;
+use crate::router::Catalog;
+use crate::{settings, table_catalog};
 
 /// Type OIDs a time column may have.
 const TIMESTAMPTZ_OID: u32 = 1184;
@@ -28,6 +29,7 @@ const CURSOR: &str = "outboxd_replay";
 struct CatalogColumn {
     name: String,
     type_oid: u32,
+    type_modifier: i32,
     /// As SQL spells the type (`uuid`, `character varying`).
     type_name: String,
 }
@@ -56,8 +58,10 @@ pub struct TableState {
 pub struct Source {
     admin: Admin,
     pub statements: Statements,
-    /// Per table, the columns the router reads, as pgoutput would describe them.
+    /// Per table, its columns as pgoutput describes them.
     pub relations: Vec<Relation>,
+    /// The tables' column nullability and defaults, for the router.
+    pub catalog: Catalog,
     fetch: Option<tokio_postgres::Statement>,
 }
 
@@ -70,68 +74,68 @@ impl Source {
         time_column: Option<&str>,
     ) -> anyhow::Result<Source> {
         let admin = Admin::connect(&settings::connect_options(config)?).await?;
-        let c = &config.routing.columns;
-        let mut wanted = vec![
-            c.id.clone(),
-            c.aggregate_type.clone(),
-            c.aggregate_id.clone(),
-            c.payload.clone(),
-        ];
-        for placement in &config.routing.additional_headers {
-            if !wanted.contains(&placement.column) {
-                wanted.push(placement.column.clone());
-            }
-        }
-        let wanted_refs: Vec<&str> = wanted.iter().map(String::as_str).collect();
+        let outbox_tables = settings::outbox_tables(config)?;
         let mut catalogs = Vec::new();
-        for table in settings::outbox_tables(config)? {
-            admin.check_table(&table, &wanted_refs).await?;
-            let (oid, columns) = read_columns(&admin, &table).await?;
-            catalogs.push((table, oid, columns));
+        for table in &outbox_tables {
+            let routing = config
+                .routing
+                .for_table(&table.to_string())
+                .map_err(anyhow::Error::msg)?;
+            admin
+                .check_table(table, &routing.required_columns())
+                .await?;
+            let (oid, columns) = read_columns(&admin, table).await?;
+            catalogs.push((table.clone(), routing.columns.id, oid, columns));
         }
+        let catalog = table_catalog::load(&admin, &outbox_tables).await?;
         let track_commit = setting(&admin, "track_commit_timestamp").await? == "on";
         let named: Vec<(&TableName, &[CatalogColumn])> = catalogs
             .iter()
-            .map(|(t, _, cs)| (t, cs.as_slice()))
+            .map(|(t, _, _, cs)| (t, cs.as_slice()))
             .collect();
         let time =
             choose_time_source(time_column, track_commit, &named).map_err(anyhow::Error::msg)?;
         let mut tables = Vec::new();
         let mut relations = Vec::new();
-        for (name, oid, columns) in catalogs {
-            let type_of = |wanted: &str| columns.iter().find(|c| c.name == wanted);
+        // Every column, as pgoutput sends an INSERT's new row: the routing of each
+        // table reads what it is configured to.
+        for (name, id_column, oid, columns) in catalogs {
             relations.push(Relation {
                 oid,
                 namespace: name.schema.clone(),
                 name: name.name.clone(),
                 replica_identity: ReplicaIdentity::Default,
-                columns: wanted
+                columns: columns
                     .iter()
-                    .map(|w| Column {
+                    .map(|c| Column {
                         flags: 0,
-                        name: w.clone(),
-                        type_oid: type_of(w).map_or(0, |c| c.type_oid),
-                        type_modifier: -1,
+                        name: c.name.clone(),
+                        type_oid: c.type_oid,
+                        type_modifier: c.type_modifier,
                     })
                     .collect(),
             });
             tables.push(TableColumns {
-                id_type: type_of(&c.id).map_or_else(|| "text".to_owned(), |c| c.type_name.clone()),
+                id_type: columns
+                    .iter()
+                    .find(|c| c.name == id_column)
+                    .map_or_else(|| "text".to_owned(), |c| c.type_name.clone()),
+                id_column,
                 name,
-                columns: wanted.clone(),
+                columns: columns.into_iter().map(|c| c.name).collect(),
             });
         }
         let statements = Statements {
             tables,
             time,
             commit_times: track_commit,
-            id_column: c.id.clone(),
             selection,
         };
         let source = Source {
             admin,
             statements,
             relations,
+            catalog,
             fetch: None,
         };
         // One snapshot for the counts and the rows: the totals are exact, and rows
@@ -254,11 +258,7 @@ impl Source {
             .await
             .map_err(|e| self.sql_error(e))
             .context("reading the selected rows")?;
-        let values = self
-            .statements
-            .tables
-            .first()
-            .map_or(0, |t| t.columns.len());
+        let values = self.statements.value_columns();
         rows.iter().map(|r| source_row(r, values)).collect()
     }
 
@@ -294,7 +294,7 @@ fn extent_of(row: Option<&Row>) -> anyhow::Result<Extent> {
     })
 }
 
-/// A row of the row query (see [`col`]) with `values` routed columns.
+/// A row of the row query (see [`col`]) with `values` value columns.
 fn source_row(row: &Row, values: usize) -> anyhow::Result<SourceRow> {
     let table: i32 = row.try_get(col::TABLE)?;
     let xmin: String = row.try_get(col::XMIN)?;
@@ -333,7 +333,7 @@ async fn read_columns(
     let rows = admin
         .client()
         .query(
-            "SELECT c.oid, a.attname::text, a.atttypid, format_type(a.atttypid, NULL) \
+            "SELECT c.oid, a.attname::text, a.atttypid, a.atttypmod, format_type(a.atttypid, NULL) \
              FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid \
              JOIN pg_namespace n ON n.oid = c.relnamespace \
              WHERE n.nspname = $1 AND c.relname = $2 AND a.attnum > 0 AND NOT a.attisdropped \
@@ -352,7 +352,8 @@ async fn read_columns(
             Ok(CatalogColumn {
                 name: r.try_get(1)?,
                 type_oid: r.try_get(2)?,
-                type_name: r.try_get(3)?,
+                type_modifier: r.try_get(3)?,
+                type_name: r.try_get(4)?,
             })
         })
         .collect::<Result<Vec<_>, tokio_postgres::Error>>()?;
@@ -408,6 +409,7 @@ mod tests {
         CatalogColumn {
             name: name.to_owned(),
             type_oid,
+            type_modifier: -1,
             type_name: type_name.to_owned(),
         }
     }
