@@ -81,7 +81,8 @@ java -Xms128m -Xmx1g -XX:+UseSerialGC -Djava.awt.headless=true \
     "$WORK/worker.properties" >"$WORK/console.log" 2>&1 &
 WORKER=$!
 cleanup() {
-    kill "$WORKER" 2>/dev/null && wait "$WORKER" 2>/dev/null
+    # The worker ends by the signal; its status must not become the script's.
+    if kill "$WORKER" 2>/dev/null; then wait "$WORKER" 2>/dev/null || true; fi
     rm -rf "$WORK"
 }
 trap cleanup EXIT

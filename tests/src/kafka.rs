@@ -145,13 +145,16 @@ impl ConsumedRecord {
 }
 
 /// A consumer of its own (no group offsets shared with anything else) subscribed to
-/// `topics` from the beginning, with one more `setting`.
+/// `topics` from the beginning, reading only committed records (what a consumer of
+/// the exactly-once mode must do; at least once every record is committed), with
+/// one more `setting`.
 fn checker(brokers: &str, topics: &[String], setting: (&str, &str)) -> BaseConsumer {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("group.id", unique_name("outboxd_checker"))
         .set("enable.auto.commit", "false")
         .set("auto.offset.reset", "earliest")
+        .set("isolation.level", "read_committed")
         .set(setting.0, setting.1)
         .create()
         .expect("Kafka consumer");

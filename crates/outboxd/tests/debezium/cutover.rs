@@ -6,6 +6,8 @@
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use outboxd_tests::connect::{postgres_connector, Connector};
@@ -16,6 +18,7 @@ use super::golden::{compare, init_apply, migrate, read};
 use super::scenarios::OUTBOX;
 use super::OUTBOXD;
 
+/// Events written at least; more while the switch takes.
 const EVENTS: usize = 3000;
 const PER_TXN: usize = 10;
 
@@ -63,12 +66,16 @@ async fn cut_over_from_debezium_mid_stream() {
     .await
     .expect("connector");
 
-    // A writer, 100 transactions a second, through the whole switch.
+    // A writer, about 100 transactions a second, through the whole switch: at least
+    // EVENTS events, and on until outboxd has relayed some of its own.
+    let stop_writing = Arc::new(AtomicBool::new(false));
     let writer = tokio::spawn({
         let url = db.url.clone();
+        let stop_writing = stop_writing.clone();
         async move {
             let c = outboxd_tests::pg_connect(&url).await;
-            for start in (0..EVENTS).step_by(PER_TXN) {
+            let mut start = 0;
+            while start < EVENTS || !stop_writing.load(Ordering::Relaxed) {
                 c.batch_execute(&format!(
                     "INSERT INTO outbox (id, aggregatetype, aggregateid, type, payload)
                      SELECT md5('cut' || g)::uuid, (ARRAY['order','customer'])[1 + g % 2],
@@ -78,8 +85,10 @@ async fn cut_over_from_debezium_mid_stream() {
                 ))
                 .await
                 .expect("write");
+                start += PER_TXN;
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
+            start
         }
     });
 
@@ -119,7 +128,17 @@ async fn cut_over_from_debezium_mid_stream() {
         "cutover",
     );
     let switch = stopped_at.elapsed();
-    writer.await.expect("writer");
+    let relayed_by_outboxd = {
+        let topics = topics.clone();
+        tokio::task::spawn_blocking(move || {
+            outboxd_tests::consume_until(&topics, Duration::from_secs(60), |records| {
+                records.iter().any(|r| r.header("outboxd.lsn").is_some())
+            })
+        })
+    };
+    relayed_by_outboxd.await.expect("reader");
+    stop_writing.store(true, Ordering::Relaxed);
+    let written = writer.await.expect("writer");
 
     // Everything committed, from whichever relay.
     let records = {
@@ -132,7 +151,7 @@ async fn cut_over_from_debezium_mid_stream() {
                     seen.insert(r.header("id"));
                 }
                 checked = records.len();
-                seen.len() >= EVENTS
+                seen.len() >= written
             })
         })
         .await
@@ -192,7 +211,7 @@ async fn cut_over_from_debezium_mid_stream() {
         differences.len(),
         started.elapsed().as_secs_f64()
     );
-    assert_eq!(committed.len(), EVENTS);
+    assert_eq!(committed.len(), written);
     assert_eq!(
         missing,
         0,
