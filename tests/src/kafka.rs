@@ -8,6 +8,7 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{BorrowedMessage, Headers, Message};
+use rdkafka::producer::{FutureProducer, FutureRecord};
 
 use crate::env::{init_tracing, run_cleanup, services, unique_name};
 
@@ -29,6 +30,24 @@ pub async fn delete_topics(names: &[&str]) {
             }
         }
     }
+}
+
+/// Writes one record to the test broker and waits for its acknowledgement (for
+/// tests that plant what another program could have written).
+pub async fn produce_one(topic: &str, key: &[u8], value: &[u8]) {
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &services().kafka_brokers)
+        .set("acks", "all")
+        .create()
+        .expect("Kafka producer");
+    producer
+        .send(
+            FutureRecord::to(topic).key(key).payload(value),
+            Duration::from_secs(30),
+        )
+        .await
+        .map_err(|(e, _)| e)
+        .expect("the record is acknowledged");
 }
 
 /// Fails with what to do when the broker does not answer a metadata request.

@@ -102,6 +102,9 @@ fn compare(
 ) -> Result<Compared, RelayError> {
     let stored = match (&loaded.ours, &loaded.foreign) {
         _ if loaded.topic_missing => Stored::TopicMissing,
+        _ if loaded.unreadable.is_some() => {
+            Stored::Unreadable(loaded.unreadable.as_deref().unwrap_or_default())
+        }
         (Some(c), _) => Stored::Ours(c),
         (None, Some(c)) => Stored::Foreign(c),
         (None, None) => Stored::Nothing,

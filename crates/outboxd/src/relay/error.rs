@@ -38,9 +38,6 @@ pub enum RelayError {
     Gap(Gap),
     #[error(transparent)]
     Checkpoint(CheckpointError),
-    /// A stored checkpoint cannot be read (corrupt, or from a newer outboxd).
-    #[error("{0}")]
-    CheckpointUnreadable(String),
     /// Exactly-once: another relay registered the same transactional id.
     #[error("the exactly-once producer was fenced by another relay")]
     Fenced(#[source] SinkError),
@@ -91,7 +88,6 @@ impl RelayError {
             | RelayError::Unroutable(_)
             | RelayError::Producer(_)
             | RelayError::Gap(_)
-            | RelayError::CheckpointUnreadable(_)
             | RelayError::NoProducer => false,
         }
     }
