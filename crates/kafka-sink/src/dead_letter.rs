@@ -165,6 +165,11 @@ impl DeadLetterQueue {
         }
     }
 
+    /// The dead-letter topic, if any.
+    pub(crate) fn topic(&self) -> Option<&str> {
+        self.topic.as_deref()
+    }
+
     /// Dead-letters a refused record when a dead-letter topic is configured and the
     /// error is about the record; a dead-letter record refused as too large is tried
     /// once more without its value. `content` is the refused record.

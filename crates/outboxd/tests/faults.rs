@@ -217,10 +217,21 @@ async fn a_standby_relay_waits_for_the_slot_and_takes_over() {
 /// flowing, in order; without one the relay stops before it (tested in relay.rs).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_record_under_load_goes_to_the_dead_letter_topic() {
+    refused_record(None).await;
+}
+
+/// The same exactly once: the dead-letter record goes into the Kafka transaction
+/// with the events around it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_record_goes_to_the_dead_letter_topic_exactly_once() {
+    refused_record(Some("exactly-once")).await;
+}
+
+async fn refused_record(delivery: Option<&str>) {
     let seed = seed("refused_record");
     let dlq = unique_name("faults_dlq");
     let dlq_topics = TestTopics::create_named(std::slice::from_ref(&dlq), 1).await;
-    let outbox = Outbox::on_shared(
+    let mut outbox = Outbox::on_shared(
         OUTBOXD,
         None,
         &[
@@ -229,6 +240,9 @@ async fn a_refused_record_under_load_goes_to_the_dead_letter_topic() {
         ],
     )
     .await;
+    if let Some(delivery) = delivery {
+        outbox.set_env("OUTBOXD_KAFKA__DELIVERY", delivery);
+    }
     let started = Instant::now();
     let mut relay = outbox.start("refused");
     let load = Load::start(
@@ -275,6 +289,9 @@ async fn a_refused_record_under_load_goes_to_the_dead_letter_topic() {
     .await
     .unwrap();
     assert_eq!(dead.len(), 1, "{dead:?}\n{}", tail(&relay.log_text()));
+    if delivery.is_some() {
+        assert_eq!(report.duplicates, 0, "{}", tail(&relay.log_text()));
+    }
     assert_eq!(
         dead[0].header("outboxd.event.id").as_deref(),
         Some("00000000-0000-4000-8000-0000000000ba")
