@@ -25,6 +25,11 @@ pub fn statements(config: &Config) -> anyhow::Result<Vec<String>> {
             .for_table(&table.to_string())
             .map_err(anyhow::Error::msg)?;
         let c = &routing.columns;
+        // Debezium's table, with the configured column names.
+        let tracing = match c.tracing_span_context.as_str() {
+            "" => String::new(),
+            column => format!(",\n    {} varchar(255)", quote(column)),
+        };
         out.push(format!(
             "CREATE TABLE IF NOT EXISTS {table} (\n    \
                  {id} uuid PRIMARY KEY DEFAULT gen_random_uuid(),\n    \
@@ -32,14 +37,14 @@ pub fn statements(config: &Config) -> anyhow::Result<Vec<String>> {
                  {ai} varchar(255) NOT NULL,\n    \
                  {ty} varchar(255) NOT NULL,\n    \
                  {pl} jsonb,\n    \
-                 timestamp timestamptz NOT NULL DEFAULT now(),\n    \
-                 tracingspancontext varchar(255)\n)",
+                 {ts} timestamptz NOT NULL DEFAULT now(){tracing}\n)",
             table = table.quoted(),
             id = quote(&c.id),
             at = quote(&c.aggregate_type),
             ai = quote(&c.aggregate_id),
             ty = quote(&c.event_type),
             pl = quote(&c.payload),
+            ts = quote(c.timestamp.as_deref().unwrap_or("timestamp")),
         ));
         tables.push(table.quoted());
     }
@@ -83,7 +88,13 @@ pub async fn run(config: &Config, apply: bool) -> anyhow::Result<()> {
         );
         return Ok(());
     }
-    if !config.kafka.brokers.is_empty() {
+    if config.kafka.brokers.is_empty() {
+        eprintln!(
+            "not created: the checkpoint topic '{}' (kafka.brokers is not set). `outboxd run` \
+             needs it: set kafka.brokers and run `outboxd init --apply` again",
+            config.kafka.checkpoint_topic
+        );
+    } else {
         let store = CheckpointStore::new(
             &sink_config(config),
             &config.kafka.checkpoint_topic,
@@ -140,4 +151,33 @@ pub async fn run(config: &Config, apply: bool) -> anyhow::Result<()> {
         println!("done: {}", s.lines().next().unwrap_or(s));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_table_has_the_configured_column_names() {
+        let mut config = Config::default();
+        config.postgres.tables = vec!["shop.events".to_owned()];
+        config.routing.columns.id = "event_id".to_owned();
+        config.routing.columns.timestamp = Some("created_at".to_owned());
+        config.routing.columns.tracing_span_context = String::new();
+        let table = &statements(&config).unwrap()[0];
+        assert!(
+            table.starts_with("CREATE TABLE IF NOT EXISTS \"shop\".\"events\""),
+            "{table}"
+        );
+        assert!(table.contains("\"event_id\" uuid PRIMARY KEY"), "{table}");
+        assert!(table.contains("\"created_at\" timestamptz"), "{table}");
+        assert!(!table.contains("tracingspancontext"), "{table}");
+
+        let table = &statements(&Config::default()).unwrap()[0];
+        assert!(table.contains("\"timestamp\" timestamptz"), "{table}");
+        assert!(
+            table.contains("\"tracingspancontext\" varchar(255)"),
+            "{table}"
+        );
+    }
 }

@@ -26,9 +26,11 @@ impl Handler for OrderProjection {
             .and_then(|t| std::str::from_utf8(t).ok())
             .unwrap_or("OrderEvent");
         let payload = event.payload().map(std::str::from_utf8).transpose()?;
-        let late = event.late_after().is_some();
-        // A late replay counts and joins the timeline, but the summary keeps the
-        // state of the newer event already applied.
+        // A late replay, or a replay without a version (whether newer events were
+        // applied is unknown), counts and joins the timeline, but the summary keeps
+        // the state it has.
+        let late =
+            event.late_after().is_some() || (event.is_replay() && event.version().is_none());
         let row = tx
             .query_one(
                 "INSERT INTO order_summary AS s (order_id, events, status, total, last_event_id) \

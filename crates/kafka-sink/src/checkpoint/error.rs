@@ -13,9 +13,8 @@ pub enum CheckpointError {
     /// start it should be created; if a checkpoint was written before, the topic was
     /// deleted and the checkpoint with it.
     #[error(
-        "the checkpoint topic {topic} does not exist: on a first start, create it \
-         (compacted; the checkpoint store's ensure_topic does); if it existed before, it \
-         was deleted and the checkpoint with it"
+        "the checkpoint topic {topic} does not exist: on a first start it must be created \
+         (compacted); if it existed before, it was deleted and the checkpoint with it"
     )]
     TopicMissing { topic: String },
     /// The topic exists but is not compacted only: old segments get deleted, and with

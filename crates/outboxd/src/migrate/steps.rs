@@ -8,7 +8,8 @@ pub fn cut_over(connector: &str, source: &Source, config_file: &str) -> Vec<Stri
     let connect = "http://<connect-host>:8083";
     let env = "export OUTBOXD_KAFKA__BROKERS=… OUTBOXD_POSTGRES__PASSWORD=…";
     let mut steps = vec![format!(
-        "1. Review {config_file}, then: {env}; outboxd check --config {config_file}"
+        "1. Review {config_file}, then: {env}; outboxd check --config {config_file} (until \
+         init --apply below has run, it reports the missing checkpoint topic: expected)"
     )];
     if source.pgoutput {
         steps.extend([

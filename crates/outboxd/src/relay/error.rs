@@ -15,7 +15,9 @@ pub enum RelayError {
     Replication(#[from] outboxd_replication::Error),
     #[error(
         "Kafka refused {failure}, so the slot stays at {confirmed}. Fix the cause (topic, \
-         ACLs, size limits) and restart; or set kafka.dead_letter_topic to divert such events"
+         ACLs, size limits) and restart; or, if kafka.dead_letter_topic is not set, set it \
+         to divert such events (exactly once, only records the producer refuses itself are \
+         diverted; docs/operations.md, \"An event stops the relay or is dead-lettered\")"
     )]
     Delivery {
         failure: DeliveryFailure,
