@@ -30,7 +30,6 @@ async fn chain_at_least_once_applies_each_event_once_in_order() {
 
 /// The same with outboxd's transactional producer (`kafka.delivery`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "not in the default run yet: removing this attribute is all it takes"]
 async fn chain_exactly_once_applies_each_event_once_in_order() {
     chaos(Some("exactly-once")).await;
 }
