@@ -209,6 +209,22 @@ impl Outbox {
         true
     }
 
+    /// Commits one transaction of `events` events, each of its own new aggregate
+    /// (`agg-1` …) with a payload of about 1 kB, as the writers' ledger expects them.
+    pub async fn commit_one_large_transaction(&self, events: usize) {
+        self.connect()
+            .await
+            .batch_execute(&format!(
+                "INSERT INTO aggregates SELECT 'agg-' || g, 1 FROM generate_series(1, {events}) g;
+                 INSERT INTO outbox (aggregatetype, aggregateid, payload)
+                 SELECT 'order', 'agg-' || g,
+                        jsonb_build_object('agg', 'agg-' || g, 'seq', 1, 'pad', repeat('m', 1000))
+                 FROM generate_series(1, {events}) g;"
+            ))
+            .await
+            .expect("the large transaction commits");
+    }
+
     /// A new superuser connection to the outbox's database.
     pub async fn connect(&self) -> tokio_postgres::Client {
         pg_connect(&self.endpoints.pg_url).await

@@ -217,17 +217,7 @@ async fn a_huge_transaction_killed_in_the_middle_gives_no_duplicate_in_bounded_m
     )
     .await;
     // One transaction of 100k events with 1 kB payloads: ~100 MB of records.
-    outbox
-        .connect()
-        .await
-        .batch_execute(
-            "INSERT INTO aggregates SELECT 'agg-' || g, 1 FROM generate_series(1, 100000) g;
-             INSERT INTO outbox (aggregatetype, aggregateid, payload)
-             SELECT 'order', 'agg-' || g, jsonb_build_object('agg', 'agg-' || g, 'seq', 1, 'pad', repeat('m', 1000))
-             FROM generate_series(1, 100000) g;",
-        )
-        .await
-        .unwrap();
+    outbox.commit_one_large_transaction(100_000).await;
     let first = outbox.start("eos-huge-1");
     // Kill it once a good part of the transaction is committed to Kafka.
     let seen = outbox

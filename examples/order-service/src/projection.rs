@@ -29,8 +29,7 @@ impl Handler for OrderProjection {
         // A late replay, or a replay without a version (whether newer events were
         // applied is unknown), counts and joins the timeline, but the summary keeps
         // the state it has.
-        let late =
-            event.late_after().is_some() || (event.is_replay() && event.version().is_none());
+        let late = event.late_after().is_some() || (event.is_replay() && event.version().is_none());
         let row = tx
             .query_one(
                 "INSERT INTO order_summary AS s (order_id, events, status, total, last_event_id) \
