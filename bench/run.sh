@@ -24,7 +24,8 @@
 #   - Python packages pinned in bench/requirements.txt, in bench/.work/venv;
 #   - Kafka 4.3.1 jars (scripts/kafka.sh's Maven Central cache, .cache/kafka);
 #   - Kafka Connect 4.3.1 (bench/connect/pom.xml) and the Debezium Postgres
-#     connector plugin archive, pinned, from Maven Central, into bench/.work/connect;
+#     connector plugin archive, pinned, from Maven Central, into bench/.work/connect
+#     (bench/connect/setup.sh);
 #   - outboxd, built in release mode (CARGO_TARGET_DIR, default bench/.work/target;
 #     BENCH_OUTBOXD_PROFILE=debug reuses a test build, for CI's smoke run only).
 # The run starts its own PostgreSQL cluster (127.0.0.1:54400, track_commit_timestamp
@@ -89,31 +90,11 @@ ensure_kafka_jars() {
     "$ROOT/scripts/kafka.sh" tool org.apache.kafka.tools.TopicCommand --version >/dev/null
 }
 
-strip_ansi() { sed -e $'s/\e\\[[0-9;]*m//g' -e '/^[[:space:]]*$/d'; }
 
+# Kafka Connect and the Debezium plugin: bench/connect/setup.sh (shared with
+# scripts/test-debezium.sh) resolves them into bench/.work/connect.
 ensure_connect() {
-    local key
-    key=$( (sha256sum "$BENCH_DIR/connect/pom.xml"; echo "$DEBEZIUM_VERSION") | sha256sum | cut -d' ' -f1)
-    if [[ -f $CONNECT_DIR/.complete && $(cat "$CONNECT_DIR/.complete") == "$key" ]]; then
-        return
-    fi
-    log "resolving Kafka Connect 4.3.1 and Debezium $DEBEZIUM_VERSION from Maven Central"
-    rm -rf "$CONNECT_DIR.tmp"
-    mkdir -p "$CONNECT_DIR.tmp/lib" "$CONNECT_DIR.tmp/plugins" "$CONNECT_DIR.tmp/dl"
-    mvn -B -q -f "$BENCH_DIR/connect/pom.xml" dependency:copy-dependencies \
-        -DincludeScope=runtime -DoutputDirectory="$CONNECT_DIR.tmp/lib" 2>&1 | strip_ansi >&2
-    [[ -f $CONNECT_DIR.tmp/lib/connect-runtime-4.3.1.jar ]] || die "connect-runtime not resolved"
-    # The connector as Debezium ships it: the plugin archive, one directory on plugin.path.
-    mvn -B -q org.apache.maven.plugins:maven-dependency-plugin:3.6.1:copy \
-        -Dartifact="io.debezium:debezium-connector-postgres:$DEBEZIUM_VERSION:tar.gz:plugin" \
-        -DoutputDirectory="$CONNECT_DIR.tmp/dl" 2>&1 | strip_ansi >&2
-    tar -xzf "$CONNECT_DIR.tmp/dl/debezium-connector-postgres-$DEBEZIUM_VERSION-plugin.tar.gz" \
-        -C "$CONNECT_DIR.tmp/plugins"
-    [[ -f $CONNECT_DIR.tmp/plugins/debezium-connector-postgres/debezium-connector-postgres-$DEBEZIUM_VERSION.jar ]] ||
-        die "Debezium plugin archive did not unpack as expected"
-    rm -rf "$CONNECT_DIR"
-    mv "$CONNECT_DIR.tmp" "$CONNECT_DIR"
-    printf '%s\n' "$key" >"$CONNECT_DIR/.complete"
+    DEBEZIUM_VERSION=$DEBEZIUM_VERSION CONNECT_DIR=$CONNECT_DIR "$BENCH_DIR/connect/setup.sh" >/dev/null
 }
 
 build_outboxd() {

@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# Checks the monitoring files under deploy/:
+# Checks the files under deploy/:
 #   promtool check rules   deploy/prometheus/outboxd-alerts.yml
 #   promtool test rules    deploy/prometheus/outboxd-alerts.test.yml (unit tests)
 #   check_dashboard.py     the Grafana dashboard's structure, metric names, variables,
 #                          and every query parsed by promtool
+#   check_kubernetes.sh    the manifests under deploy/kubernetes/: kubeconform against
+#                          the Kubernetes schemas, and outboxd loading their configuration
 #
 #   deploy/check.sh [--metrics FILE]   FILE: a /metrics page to check names against
 #
@@ -40,3 +42,5 @@ python3 "$ROOT/deploy/check_dashboard.py" --promql-out "$queries" "$@"
     exit 1
 }
 log "all dashboard queries parse"
+
+"$ROOT/deploy/check_kubernetes.sh"

@@ -14,9 +14,7 @@ use rand::Rng;
 use tokio::task::block_in_place;
 
 use crate::proxy::{FaultProxy, Mode};
-use crate::{
-    unique_name, DedicatedKafka, DedicatedPg, Endpoints, Outbox, RelayProcess, AGGREGATE_TYPE,
-};
+use crate::{unique_name, DedicatedKafka, DedicatedPg, Endpoints, Outbox, Process, AGGREGATE_TYPE};
 
 pub use schedule::{Applied, Gaps, Length, Order, Schedule};
 
@@ -134,7 +132,7 @@ impl Fault {
     /// Injects the fault and returns once it is over (the service back, the proxy
     /// passing again). `relay` is replaced when the fault kills it. The scripts that
     /// stop and start services block, so this needs a multi-thread runtime.
-    pub async fn inject(&self, rng: &mut impl Rng, at: &Targets<'_>, relay: &mut RelayProcess) {
+    pub async fn inject(&self, rng: &mut impl Rng, at: &Targets<'_>, relay: &mut Process) {
         match self {
             Fault::TerminateWalsender => terminate_walsender(at.outbox).await,
             Fault::PgReset => hold(at.pg_proxy(), Mode::Reset, Duration::from_millis(300)).await,

@@ -8,6 +8,7 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{BorrowedMessage, Headers, Message};
+use rdkafka::producer::{FutureProducer, FutureRecord};
 
 use crate::env::{init_tracing, run_cleanup, services, unique_name};
 
@@ -29,6 +30,24 @@ pub async fn delete_topics(names: &[&str]) {
             }
         }
     }
+}
+
+/// Writes one record to the test broker and waits for its acknowledgement (for
+/// tests that plant what another program could have written).
+pub async fn produce_one(topic: &str, key: &[u8], value: &[u8]) {
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &services().kafka_brokers)
+        .set("acks", "all")
+        .create()
+        .expect("Kafka producer");
+    producer
+        .send(
+            FutureRecord::to(topic).key(key).payload(value),
+            Duration::from_secs(30),
+        )
+        .await
+        .map_err(|(e, _)| e)
+        .expect("the record is acknowledged");
 }
 
 /// Fails with what to do when the broker does not answer a metadata request.
@@ -109,6 +128,8 @@ pub struct ConsumedRecord {
     pub key: Option<Vec<u8>>,
     pub value: Option<Vec<u8>>,
     pub headers: Vec<(String, Option<Vec<u8>>)>,
+    /// The record's timestamp (ms since the Unix epoch), when it has one.
+    pub timestamp_ms: Option<i64>,
 }
 
 impl ConsumedRecord {
@@ -128,6 +149,7 @@ impl ConsumedRecord {
             key: m.key().map(<[u8]>::to_vec),
             value: m.payload().map(<[u8]>::to_vec),
             headers,
+            timestamp_ms: m.timestamp().to_millis(),
         }
     }
 
@@ -142,13 +164,16 @@ impl ConsumedRecord {
 }
 
 /// A consumer of its own (no group offsets shared with anything else) subscribed to
-/// `topics` from the beginning, with one more `setting`.
+/// `topics` from the beginning, reading only committed records (what a consumer of
+/// the exactly-once mode must do; at least once every record is committed), with
+/// one more `setting`.
 fn checker(brokers: &str, topics: &[String], setting: (&str, &str)) -> BaseConsumer {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("group.id", unique_name("outboxd_checker"))
         .set("enable.auto.commit", "false")
         .set("auto.offset.reset", "earliest")
+        .set("isolation.level", "read_committed")
         .set(setting.0, setting.1)
         .create()
         .expect("Kafka consumer");

@@ -17,9 +17,10 @@ mod env;
 mod kafka;
 mod load;
 mod outbox;
-mod relay_process;
+mod process;
 mod report;
 
+pub mod connect;
 pub mod fake_walsender;
 pub mod faults;
 pub mod pg_cluster;
@@ -30,11 +31,13 @@ pub use db::{pg_connect, TestDb};
 pub use dedicated::DedicatedKafka;
 pub use env::{env_or, free_port, init_tracing, seed, services, unique_name, Services};
 pub use kafka::{
-    consume_all, consume_until, consume_until_from, delete_topics, kafka_admin, require_kafka,
-    ConsumedRecord, TestTopics,
+    consume_all, consume_until, consume_until_from, delete_topics, kafka_admin, produce_one,
+    require_kafka, ConsumedRecord, TestTopics,
 };
 pub use load::{Load, LoadSpec};
 pub use outbox::{Endpoints, Outbox, AGGREGATE_TYPE};
 pub use pg_cluster::DedicatedPg;
-pub use relay_process::{http_get, metric, tail, wait_ready, RelayProcess};
+pub use process::{
+    http_get, metric, outboxd_command, tail, wait_for_metric, wait_ready, workspace_binary, Process,
+};
 pub use report::{assert_no_holes, DeliveryReport, ScenarioResult};

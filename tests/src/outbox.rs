@@ -3,12 +3,13 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::Duration;
 
 use crate::db::{pg_connect, TestDb};
 use crate::env::{services, unique_name};
 use crate::kafka::{consume_until_from, ConsumedRecord, TestTopics};
-use crate::relay_process::{tail, RelayProcess};
+use crate::process::{outboxd_command, tail, Process};
 use crate::report::DeliveryReport;
 
 /// The aggregate type the writers use: events go to `<prefix>.order`.
@@ -152,12 +153,7 @@ impl Outbox {
 
     /// Runs `outboxd init --apply` with the relay's settings.
     pub fn init_apply(&self) {
-        let out = std::process::Command::new(&self.binary)
-            .args(["init", "--apply"])
-            .envs(self.env.iter().map(|(k, v)| (k, v)))
-            .env("NO_COLOR", "1")
-            .output()
-            .expect("running outboxd init --apply");
+        let out = self.command(&["init", "--apply"]);
         assert!(
             out.status.success(),
             "outboxd init --apply failed: {}{}",
@@ -166,26 +162,39 @@ impl Outbox {
         );
     }
 
+    /// Runs `outboxd` with `args` and the relay's settings, to completion.
+    pub fn command(&self, args: &[&str]) -> std::process::Output {
+        Command::new(&self.binary)
+            .args(args)
+            .env_remove("OUTBOXD_CONFIG")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .env("NO_COLOR", "1")
+            .output()
+            .unwrap_or_else(|e| panic!("running outboxd {args:?}: {e}"))
+    }
+
     /// Sets (or replaces) one of the relay's settings.
     pub fn set_env(&mut self, key: &str, value: &str) {
         self.env.retain(|(k, _)| k != key);
         self.env.push((key.to_owned(), value.to_owned()));
     }
 
-    pub fn start(&self, name: &str) -> RelayProcess {
-        RelayProcess::start(&self.binary, &self.env, name)
+    /// Starts `outboxd run`; its log is named after `name`.
+    pub fn start(&self, name: &str) -> Process {
+        self.start_with(&["run"], name)
     }
 
-    /// Starts `outboxd` with the command line `args` (e.g. `run --accept-gap`).
-    pub fn start_with(&self, args: &[&str], name: &str) -> RelayProcess {
-        RelayProcess::start_args(&self.binary, args, &self.env, name)
+    /// Starts `outboxd` with the command line `args` (e.g. `run --accept-gap`) and
+    /// the relay's settings on top of a clean environment for outboxd's settings.
+    pub fn start_with(&self, args: &[&str], name: &str) -> Process {
+        Process::start(outboxd_command(&self.binary, args, &self.env), name)
     }
 
     /// Restarts `relay` if it exits within `wait` (a delivery it could not complete),
     /// as a supervisor would; true if it had to.
     pub fn restart_if_exited(
         &self,
-        relay: &mut RelayProcess,
+        relay: &mut Process,
         wait: Duration,
         after: &dyn std::fmt::Display,
     ) -> bool {
@@ -198,6 +207,22 @@ impl Outbox {
         );
         *relay = self.start("restarted");
         true
+    }
+
+    /// Commits one transaction of `events` events, each of its own new aggregate
+    /// (`agg-1` …) with a payload of about 1 kB, as the writers' ledger expects them.
+    pub async fn commit_one_large_transaction(&self, events: usize) {
+        self.connect()
+            .await
+            .batch_execute(&format!(
+                "INSERT INTO aggregates SELECT 'agg-' || g, 1 FROM generate_series(1, {events}) g;
+                 INSERT INTO outbox (aggregatetype, aggregateid, payload)
+                 SELECT 'order', 'agg-' || g,
+                        jsonb_build_object('agg', 'agg-' || g, 'seq', 1, 'pad', repeat('m', 1000))
+                 FROM generate_series(1, {events}) g;"
+            ))
+            .await
+            .expect("the large transaction commits");
     }
 
     /// A new superuser connection to the outbox's database.

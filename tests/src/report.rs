@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use crate::kafka::ConsumedRecord;
-use crate::relay_process::tail;
+use crate::process::tail;
 
 /// What an independent consumer saw, compared with what the writers committed.
 #[derive(Debug, Default)]

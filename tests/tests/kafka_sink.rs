@@ -29,8 +29,9 @@ fn record(topic: &str, txn: u64, index: u32, key: &str, value: Bytes) -> Record 
         topic: topic.to_owned(),
         key: Some(Bytes::from(key.to_owned())),
         value: Some(value),
-        headers: vec![("id".into(), Bytes::from(format!("ev-{txn}-{index}")))],
+        headers: vec![("id".into(), Some(Bytes::from(format!("ev-{txn}-{index}"))))],
         timestamp_ms: None,
+        partition: None,
         meta: RecordMeta {
             event_id: format!("ev-{txn}-{index}"),
             lsn: 0x2_0000_0000 + txn * 0x1000,

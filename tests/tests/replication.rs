@@ -441,7 +441,7 @@ async fn an_idle_outbox_on_a_busy_database_retains_no_wal() {
     let mut s = spec(&slot);
     s.settings.status_interval = Duration::from_secs(1);
     let (admin, mut reader) = start(&db, &s).await;
-    let before = admin.current_wal_lsn().await.unwrap();
+    let before = admin.wal_end().await.unwrap();
     // ≥ 256 MB of WAL on a table outside the publication.
     for _ in 0..4 {
         c.batch_execute(
@@ -450,7 +450,7 @@ async fn an_idle_outbox_on_a_busy_database_retains_no_wal() {
         .await
         .unwrap();
     }
-    let written = admin.current_wal_lsn().await.unwrap().0 - before.0;
+    let written = admin.wal_end().await.unwrap().0 - before.0;
     assert!(written >= 256 << 20, "wrote only {written} bytes of WAL");
     // PostgreSQL 14 sends empty transactions for tables outside the publication;
     // acknowledge whatever arrives, as a relay would.

@@ -17,7 +17,7 @@ use tokio::sync::mpsc::UnboundedSender;
 use crate::budget::InFlightBudget;
 use crate::context::SinkContext;
 use crate::dead_letter::{DeadLetterQueue, Diverted};
-use crate::delivery::{Attempt, Delivery};
+use crate::delivery::{transient, Attempt, Delivery};
 use crate::health::ClientHealth;
 use crate::ledger::Ledger;
 use crate::lock;
@@ -44,6 +44,17 @@ struct Counters {
     bytes_delivered: AtomicU64,
     delivery_errors: AtomicU64,
     dead_lettered: AtomicU64,
+    /// Records that failed and were not dead-lettered: their transactions failed.
+    undelivered: AtomicU64,
+}
+
+/// Where a record was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Refusal {
+    /// librdkafka did not take it (`produce` failed): nothing reached a broker.
+    Local,
+    /// Its delivery report failed: a broker refused it, or it never got an answer.
+    Delivery,
 }
 
 /// State shared between the sink and its producer context.
@@ -55,6 +66,8 @@ pub(crate) struct Shared {
     pub health: ClientHealth,
     pub dead_letters: DeadLetterQueue,
     stats: Counters,
+    /// Records go into Kafka transactions (see `record_failed`).
+    transactional: bool,
 }
 
 impl Shared {
@@ -66,7 +79,13 @@ impl Shared {
             health: ClientHealth::default(),
             dead_letters: DeadLetterQueue::new(config.dead_letter_topic.clone()),
             stats: Counters::default(),
+            transactional: config.transactional_id.is_some(),
         }
+    }
+
+    /// Records that failed without being dead-lettered, since the sink was created.
+    pub(crate) fn undelivered(&self) -> u64 {
+        self.stats.undelivered.load(Ordering::Relaxed)
     }
 
     pub(crate) fn stats(&self) -> SinkStats {
@@ -137,21 +156,44 @@ impl Shared {
     /// A record was refused, at enqueue time or in its delivery report: dead-letter it
     /// or fail its transaction. `content` gives the refused record (only called when
     /// it is dead-lettered: copying it out of a delivery report costs).
+    ///
+    /// Inside a Kafka transaction only a local refusal can be dead-lettered: a failed
+    /// delivery report makes the transaction abortable, so its records, the
+    /// dead-letter record included, would never be committed.
     pub(crate) fn record_failed(
         &self,
         delivery: Box<Delivery>,
+        refusal: Refusal,
         code: Option<RDKafkaErrorCode>,
         reason: String,
         content: impl FnOnce(&Delivery) -> Record,
     ) {
         self.stats.delivery_errors.fetch_add(1, Ordering::Relaxed);
-        match self.dead_letters.divert(delivery, code, reason, content) {
+        let diverted = if self.transactional && refusal == Refusal::Delivery {
+            let reason = match self.dead_letters.topic() {
+                Some(dlq) => format!(
+                    "{reason} (not dead-lettered to {dlq}: a refusal by the broker aborts the \
+                     Kafka transaction; exactly once, only records the producer refuses \
+                     itself can be dead-lettered)"
+                ),
+                None => reason,
+            };
+            Diverted::Fail {
+                delivery,
+                reason,
+                transient: transient(code),
+            }
+        } else {
+            self.dead_letters.divert(delivery, code, reason, content)
+        };
+        match diverted {
             Diverted::Queued => {}
             Diverted::Fail {
                 delivery,
                 reason,
                 transient,
             } => {
+                self.stats.undelivered.fetch_add(1, Ordering::Relaxed);
                 let completion = lock(&self.ledger).settle_failed(delivery.txn, || {
                     DeliveryFailure::new(&delivery.meta, &delivery.topic, reason, transient)
                 });
@@ -166,7 +208,7 @@ impl Shared {
     pub(crate) fn pump_dead_letters(&self, producer: &BaseProducer<SinkContext>) {
         self.dead_letters
             .pump(producer, |delivery, code, reason, record| {
-                self.record_failed(delivery, code, reason, |_| record);
+                self.record_failed(delivery, Refusal::Local, code, reason, |_| record);
             });
     }
 }

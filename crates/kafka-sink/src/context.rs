@@ -11,7 +11,7 @@ use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::error::KafkaError;
 use rdkafka::producer::{DeliveryResult, ProducerContext};
 
-use crate::accounting::Shared;
+use crate::accounting::{Refusal, Shared};
 use crate::client_logs::ClientLogs;
 use crate::delivery::{describe, record_from_message, Delivery};
 
@@ -47,6 +47,7 @@ impl ProducerContext for SinkContext {
             Ok(_) => self.shared.settle_ok(&delivery),
             Err((err, message)) => self.shared.record_failed(
                 delivery,
+                Refusal::Delivery,
                 err.rdkafka_error_code(),
                 describe(err),
                 |delivery| record_from_message(message, delivery),

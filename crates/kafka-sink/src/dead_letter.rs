@@ -39,7 +39,10 @@ pub fn for_unroutable(
 ) -> Record {
     let original = Record {
         topic: String::new(),
-        headers: source_headers,
+        headers: source_headers
+            .into_iter()
+            .map(|(name, value)| (name, Some(value)))
+            .collect(),
         meta,
         ..Record::default()
     };
@@ -61,24 +64,31 @@ fn wrap(
     reason: &str,
 ) -> Record {
     let meta = &original.meta;
-    let mut added: Vec<(HeaderName, Bytes)> = Vec::with_capacity(5);
-    added.push((headers::ERROR.into(), Bytes::from(reason.to_owned())));
+    let mut added: Vec<(HeaderName, Option<Bytes>)> = Vec::with_capacity(5);
+    added.push((headers::ERROR.into(), Some(Bytes::from(reason.to_owned()))));
     if let Some(topic) = original_topic.filter(|t| !t.is_empty()) {
         added.push((
             headers::ORIGINAL_TOPIC.into(),
-            Bytes::from(topic.to_owned()),
+            Some(Bytes::from(topic.to_owned())),
         ));
     }
     added.extend([
-        (headers::EVENT_ID.into(), Bytes::from(meta.event_id.clone())),
+        (
+            headers::EVENT_ID.into(),
+            Some(Bytes::from(meta.event_id.clone())),
+        ),
         (
             headers::LSN.into(),
-            Bytes::from(PgLsn(meta.lsn).to_string()),
+            Some(Bytes::from(PgLsn(meta.lsn).to_string())),
         ),
-        (headers::INDEX.into(), Bytes::from(meta.index.to_string())),
+        (
+            headers::INDEX.into(),
+            Some(Bytes::from(meta.index.to_string())),
+        ),
     ]);
     original.headers.extend(added);
     original.topic = dead_letter_topic.to_owned();
+    original.partition = None;
     original
 }
 
@@ -155,6 +165,11 @@ impl DeadLetterQueue {
         }
     }
 
+    /// The dead-letter topic, if any.
+    pub(crate) fn topic(&self) -> Option<&str> {
+        self.topic.as_deref()
+    }
+
     /// Dead-letters a refused record when a dead-letter topic is configured and the
     /// error is about the record; a dead-letter record refused as too large is tried
     /// once more without its value. `content` is the refused record.
@@ -215,9 +230,10 @@ impl DeadLetterQueue {
             lsn = %PgLsn(delivery.meta.lsn),
             "dead-letter record too large; dead-lettering it without its value"
         );
-        record
-            .headers
-            .push((headers::VALUE_DROPPED.into(), Bytes::from_static(b"true")));
+        record.headers.push((
+            headers::VALUE_DROPPED.into(),
+            Some(Bytes::from_static(b"true")),
+        ));
         delivery.attempt = Attempt::DeadLetter {
             original_reason,
             value_dropped: true,
@@ -277,7 +293,7 @@ mod tests {
         r.headers
             .iter()
             .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_ref())
+            .and_then(|(_, v)| v.as_deref())
     }
 
     #[test]
@@ -286,9 +302,10 @@ mod tests {
             topic: "orders".into(),
             key: Some(Bytes::from_static(b"k")),
             value: Some(Bytes::from_static(b"v")),
-            headers: vec![(headers::XID.into(), Bytes::from_static(b"742"))],
+            headers: vec![(headers::XID.into(), Some(Bytes::from_static(b"742")))],
             timestamp_ms: Some(5),
             meta: meta(),
+            ..Record::default()
         };
         let refused = for_refused("dlq", original, "InvalidRecord");
         let unroutable = for_unroutable(

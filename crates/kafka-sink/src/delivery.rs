@@ -64,7 +64,7 @@ pub(crate) fn base_record<D: IntoOpaque>(
     for (key, value) in &record.headers {
         headers = headers.insert(Header {
             key,
-            value: Some(value.as_ref()),
+            value: value.as_deref(),
         });
     }
     let mut base = BaseRecord::with_opaque_to(&record.topic, opaque).headers(headers);
@@ -77,27 +77,27 @@ pub(crate) fn base_record<D: IntoOpaque>(
     if let Some(ts) = record.timestamp_ms {
         base = base.timestamp(ts);
     }
+    if let Some(partition) = record.partition {
+        base = base.partition(partition);
+    }
     base
 }
 
-/// Copies a refused message out of its delivery report, to dead-letter it. The sink
-/// only produces headers with values (a [`Record`] cannot hold a null one), so a null
-/// header value cannot come back; it would be read as empty.
+/// Copies a refused message out of its delivery report, to dead-letter it (on the
+/// dead-letter topic's own partitions).
 pub(crate) fn record_from_message<M: Message>(m: &M, delivery: &Delivery) -> Record {
     let headers = m
         .headers()
         .map(|hs| {
             hs.iter()
-                .map(|h| {
-                    let value = h.value.map(Bytes::copy_from_slice).unwrap_or_default();
-                    (h.key.to_owned().into(), value)
-                })
+                .map(|h| (h.key.to_owned().into(), h.value.map(Bytes::copy_from_slice)))
                 .collect()
         })
         .unwrap_or_default();
     Record {
         topic: m.topic().to_owned(),
         key: m.key().map(Bytes::copy_from_slice),
+        partition: None,
         value: m.payload().map(Bytes::copy_from_slice),
         headers,
         timestamp_ms: m.timestamp().to_millis().or(delivery.timestamp),

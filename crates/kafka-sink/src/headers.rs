@@ -15,6 +15,8 @@ pub const INDEX: &str = "outboxd.index";
 pub const XID: &str = "outboxd.xid";
 /// The source transaction's commit time (RFC 3339, microseconds, UTC).
 pub const COMMIT_TIME: &str = "outboxd.commit_time";
+/// `true` on records re-published from the outbox table by `outboxd replay`.
+pub const REPLAY: &str = "outboxd.replay";
 
 /// Dead-letter records: why the record was dead-lettered (the broker's,
 /// librdkafka's or the router's reason).

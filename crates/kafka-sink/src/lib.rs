@@ -32,6 +32,7 @@
 //! | `client_logs`, `log_limiter` | librdkafka's log lines and errors into `tracing`, each distinct line once per 30 s |
 //! | [`checkpoint`] | the checkpoint store |
 //! | `murmur2` | Kafka's key placement ([`partition_for_key`]) |
+//! | [`topic_admin`] | creating topics with partitions, replication factor and configs |
 //!
 //! A later transactional (exactly-once) mode fits in without reshaping this: the
 //! ledger already only *returns* completions, so holding `Delivered` until a Kafka
@@ -77,6 +78,7 @@ mod log_limiter;
 mod murmur2;
 mod record;
 mod sink;
+pub mod topic_admin;
 mod transaction;
 
 use std::sync::{Mutex, MutexGuard, PoisonError};

@@ -43,9 +43,12 @@ pub struct Record {
     /// Placed with murmur2 (as Java producers do) when present; a record without a key
     /// goes to a random partition.
     pub key: Option<Bytes>,
+    /// An explicit partition, which overrides the key's placement.
+    pub partition: Option<i32>,
     /// `None` produces a tombstone.
     pub value: Option<Bytes>,
-    pub headers: Vec<(HeaderName, Bytes)>,
+    /// A `None` value is a header without a value (as Kafka Connect writes a null).
+    pub headers: Vec<(HeaderName, Option<Bytes>)>,
     /// Milliseconds since the Unix epoch; `None` lets the producer stamp the send time.
     pub timestamp_ms: Option<i64>,
     pub meta: RecordMeta,
@@ -58,7 +61,11 @@ impl Record {
     pub fn payload_size(&self) -> usize {
         let key = self.key.as_ref().map_or(0, Bytes::len);
         let value = self.value.as_ref().map_or(0, Bytes::len);
-        let headers: usize = self.headers.iter().map(|(k, v)| k.len() + v.len()).sum();
+        let headers: usize = self
+            .headers
+            .iter()
+            .map(|(k, v)| k.len() + v.as_ref().map_or(0, Bytes::len))
+            .sum();
         key + value + headers
     }
 
@@ -194,7 +201,7 @@ mod tests {
             topic: "t".into(),
             key: Some(Bytes::from_static(b"key")),
             value: Some(Bytes::from_static(b"value")),
-            headers: vec![("id".into(), Bytes::from_static(b"1234"))],
+            headers: vec![("id".into(), Some(Bytes::from_static(b"1234")))],
             ..Record::default()
         };
         assert_eq!(r.payload_size(), 3 + 5 + 2 + 4);

@@ -10,7 +10,7 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{BaseProducer, Producer};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 
-use crate::accounting::{Shared, SinkStats};
+use crate::accounting::{Refusal, Shared, SinkStats};
 use crate::client_logs::{ClientLogs, LoggingContext};
 use crate::cluster_check::ClusterCheck;
 use crate::config::{config_error, SinkConfig};
@@ -45,14 +45,14 @@ const WAIT_SLICE: Duration = Duration::from_millis(100);
 /// librdkafka cleanup).
 pub struct KafkaSink {
     pub(crate) producer: Arc<BaseProducer<SinkContext>>,
-    shared: Arc<Shared>,
+    pub(crate) shared: Arc<Shared>,
     /// Serializes `send` (librdkafka keeps per-partition order only for what is
     /// enqueued in order, so concurrent sends must not overtake each other) and, in
     /// transactional mode, sends against commits and aborts.
     pub(crate) enqueue: tokio::sync::Mutex<()>,
     pub(crate) config: SinkConfig,
     /// Transactional mode: whether a Kafka transaction is open, and the count of
-    /// failed deliveries when it began (a failure since forbids its commit).
+    /// undelivered records when it began (one more since forbids its commit).
     pub(crate) in_transaction: AtomicBool,
     pub(crate) errors_at_begin: AtomicU64,
     stop: Arc<AtomicBool>,
@@ -90,18 +90,7 @@ impl KafkaSink {
     ) -> Result<(KafkaSink, UnboundedReceiver<Completion>), SinkError> {
         config.validate()?;
         let (tx, rx) = unbounded_channel();
-        // A refusal inside a Kafka transaction aborts it: nothing to divert then.
-        let shared = match config.transactional_id {
-            Some(_) => Shared::new(
-                tx,
-                &SinkConfig {
-                    dead_letter_topic: None,
-                    ..config.clone()
-                },
-            ),
-            None => Shared::new(tx, &config),
-        };
-        let shared = Arc::new(shared);
+        let shared = Arc::new(Shared::new(tx, &config));
         let context = SinkContext {
             shared: Arc::clone(&shared),
             logs: ClientLogs::default(),
@@ -157,7 +146,15 @@ impl KafkaSink {
         let mut queue_full = false;
         loop {
             if let Some(fatal) = self.fatal_error() {
-                return Err(SinkError::Fatal(fatal));
+                return Err(if self.is_fenced() {
+                    SinkError::Transaction {
+                        call: "send",
+                        kind: crate::TransactionError::Fenced,
+                        reason: fatal,
+                    }
+                } else {
+                    SinkError::Fatal(fatal)
+                });
             }
             if !queue_full && has_room() {
                 self.begin_if_needed()?;
@@ -225,7 +222,7 @@ impl KafkaSink {
                     _ => format!("{}; refused by the producer", describe(&err)),
                 };
                 self.shared
-                    .record_failed(delivery, code, reason, |_| record.clone());
+                    .record_failed(delivery, Refusal::Local, code, reason, |_| record.clone());
                 self.shared.pump_dead_letters(&self.producer);
                 Ok(Enqueued::Accounted)
             }
@@ -286,6 +283,15 @@ impl KafkaSink {
                 .fatal_error()
                 .map(|(code, reason)| format!("{code}: {reason}"))
         })
+    }
+
+    /// Transactional mode: whether a newer producer with the same transactional id
+    /// fenced this one (it can never write again).
+    pub fn is_fenced(&self) -> bool {
+        self.producer
+            .client()
+            .fatal_error()
+            .is_some_and(|(code, _)| crate::transaction::fenced(code))
     }
 
     /// Asks the cluster for its metadata: whether brokers answer (an error if none

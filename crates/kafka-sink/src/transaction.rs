@@ -39,9 +39,17 @@ impl KafkaSink {
         }
         let started = Instant::now();
         self.flush(timeout).await?;
+        if self.is_fenced() {
+            return Err(SinkError::Transaction {
+                call: "commit",
+                kind: TransactionError::Fenced,
+                reason: self.fatal_error().unwrap_or_default(),
+            });
+        }
         // librdkafka need not refuse the commit when a record failed before it was
-        // sent (a timeout in its queue): the sink's own count decides.
-        let failed = self.stats().delivery_errors - self.errors_at_begin.load(Ordering::Acquire);
+        // sent (a timeout in its queue): the sink's own count decides. A record the
+        // producer refused and the dead-letter topic took is not a failure.
+        let failed = self.shared.undelivered() - self.errors_at_begin.load(Ordering::Acquire);
         if failed > 0 {
             return Err(SinkError::Transaction {
                 call: "commit",
@@ -87,7 +95,7 @@ impl KafkaSink {
             .begin_transaction()
             .map_err(|e| transaction_error("begin", e))?;
         self.errors_at_begin
-            .store(self.stats().delivery_errors, Ordering::Release);
+            .store(self.shared.undelivered(), Ordering::Release);
         self.in_transaction.store(true, Ordering::Release);
         Ok(())
     }
@@ -126,7 +134,7 @@ fn transaction_error(call: &'static str, error: KafkaError) -> SinkError {
 }
 
 /// Another producer with the same transactional id took over.
-fn fenced(code: RDKafkaErrorCode) -> bool {
+pub(crate) fn fenced(code: RDKafkaErrorCode) -> bool {
     matches!(
         code,
         RDKafkaErrorCode::ProducerFenced

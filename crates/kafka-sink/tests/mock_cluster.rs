@@ -45,8 +45,9 @@ fn record(topic: &str, txn: u64, index: u32) -> Record {
         topic: topic.to_owned(),
         key: Some(Bytes::from(format!("key-{}", index % 3))),
         value: Some(Bytes::from(format!("value {txn}/{index}"))),
-        headers: vec![("id".into(), Bytes::from(format!("e-{txn}-{index}")))],
+        headers: vec![("id".into(), Some(Bytes::from(format!("e-{txn}-{index}"))))],
         timestamp_ms: None,
+        partition: None,
         meta: RecordMeta {
             event_id: format!("e-{txn}-{index}"),
             lsn: 0x1_0000_0000 + txn * 0x100,

@@ -8,18 +8,28 @@ use outboxd_kafka_sink::checkpoint::CheckpointStore;
 use outboxd_replication::{Admin, TableName};
 
 use crate::config::Config;
-use crate::settings::{connect_options, sink_config};
+use crate::settings::{checkpoint_topic_configs, connect_options, sink_config};
+use crate::topics::TopicCreator;
 
 /// How long creating the checkpoint topic may take.
 const KAFKA_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The statements, in order. Each is idempotent or guarded when applied.
 pub fn statements(config: &Config) -> anyhow::Result<Vec<String>> {
-    let c = &config.routing.columns;
     let mut out = Vec::new();
     let mut tables = Vec::new();
     for t in &config.postgres.tables {
         let table = TableName::parse(t)?;
+        let routing = config
+            .routing
+            .for_table(&table.to_string())
+            .map_err(anyhow::Error::msg)?;
+        let c = &routing.columns;
+        // Debezium's table, with the configured column names.
+        let tracing = match c.tracing_span_context.as_str() {
+            "" => String::new(),
+            column => format!(",\n    {} varchar(255)", quote(column)),
+        };
         out.push(format!(
             "CREATE TABLE IF NOT EXISTS {table} (\n    \
                  {id} uuid PRIMARY KEY DEFAULT gen_random_uuid(),\n    \
@@ -27,14 +37,14 @@ pub fn statements(config: &Config) -> anyhow::Result<Vec<String>> {
                  {ai} varchar(255) NOT NULL,\n    \
                  {ty} varchar(255) NOT NULL,\n    \
                  {pl} jsonb,\n    \
-                 timestamp timestamptz NOT NULL DEFAULT now(),\n    \
-                 tracingspancontext varchar(255)\n)",
+                 {ts} timestamptz NOT NULL DEFAULT now(){tracing}\n)",
             table = table.quoted(),
             id = quote(&c.id),
             at = quote(&c.aggregate_type),
             ai = quote(&c.aggregate_id),
             ty = quote(&c.event_type),
             pl = quote(&c.payload),
+            ts = quote(c.timestamp.as_deref().unwrap_or("timestamp")),
         ));
         tables.push(table.quoted());
     }
@@ -57,7 +67,8 @@ pub fn statements(config: &Config) -> anyhow::Result<Vec<String>> {
     Ok(out)
 }
 
-fn quote(ident: &str) -> String {
+/// A quoted SQL identifier.
+pub(crate) fn quote(ident: &str) -> String {
     format!("\"{}\"", ident.replace('"', "\"\""))
 }
 
@@ -77,12 +88,19 @@ pub async fn run(config: &Config, apply: bool) -> anyhow::Result<()> {
         );
         return Ok(());
     }
-    if !config.kafka.brokers.is_empty() {
+    if config.kafka.brokers.is_empty() {
+        eprintln!(
+            "not created: the checkpoint topic '{}' (kafka.brokers is not set). `outboxd run` \
+             needs it: set kafka.brokers and run `outboxd init --apply` again",
+            config.kafka.checkpoint_topic
+        );
+    } else {
         let store = CheckpointStore::new(
             &sink_config(config),
             &config.kafka.checkpoint_topic,
             KAFKA_TIMEOUT,
-        )?;
+        )?
+        .with_topic_configs(checkpoint_topic_configs(config));
         let topic = store
             .ensure_topic(1, config.kafka.checkpoint_replication_factor)
             .await?;
@@ -90,6 +108,16 @@ pub async fn run(config: &Config, apply: bool) -> anyhow::Result<()> {
             "checkpoint topic '{}' ready ({} partition(s), compacted)",
             config.kafka.checkpoint_topic, topic.partitions
         );
+        if let (Some(creator), Some(dlq)) = (
+            TopicCreator::new(&config.kafka, sink_config(config)).map_err(anyhow::Error::msg)?,
+            &config.kafka.dead_letter_topic,
+        ) {
+            creator
+                .ensure(dlq)
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            println!("dead-letter topic '{dlq}' ready (kafka.topic_creation)");
+        }
     }
     let opts = connect_options(config)?;
     let admin = Admin::connect(&opts).await?;
@@ -123,4 +151,33 @@ pub async fn run(config: &Config, apply: bool) -> anyhow::Result<()> {
         println!("done: {}", s.lines().next().unwrap_or(s));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_table_has_the_configured_column_names() {
+        let mut config = Config::default();
+        config.postgres.tables = vec!["shop.events".to_owned()];
+        config.routing.columns.id = "event_id".to_owned();
+        config.routing.columns.timestamp = Some("created_at".to_owned());
+        config.routing.columns.tracing_span_context = String::new();
+        let table = &statements(&config).unwrap()[0];
+        assert!(
+            table.starts_with("CREATE TABLE IF NOT EXISTS \"shop\".\"events\""),
+            "{table}"
+        );
+        assert!(table.contains("\"event_id\" uuid PRIMARY KEY"), "{table}");
+        assert!(table.contains("\"created_at\" timestamptz"), "{table}");
+        assert!(!table.contains("tracingspancontext"), "{table}");
+
+        let table = &statements(&Config::default()).unwrap()[0];
+        assert!(table.contains("\"timestamp\" timestamptz"), "{table}");
+        assert!(
+            table.contains("\"tracingspancontext\" varchar(255)"),
+            "{table}"
+        );
+    }
 }

@@ -5,7 +5,7 @@
 //! ack tracker deciding which LSN may be confirmed; [`config`] layers file,
 //! environment and flags, and [`settings`] turns it into the components'
 //! settings; [`http`] serves health and metrics; [`shutdown`] is the one stop
-//! signal. [`check`], [`init`] and [`tail`] are the other commands.
+//! signal. [`check`], [`init`], [`tail`] and [`replay`] are the other commands.
 
 pub mod advice;
 pub mod check;
@@ -14,9 +14,14 @@ pub mod config;
 pub mod health;
 pub mod http;
 pub mod init;
+pub mod java_properties;
 pub mod metrics;
+pub mod migrate;
 pub mod relay;
+pub mod replay;
 pub mod router;
 pub mod settings;
 pub mod shutdown;
+pub mod table_catalog;
 pub mod tail;
+pub mod topics;

@@ -9,7 +9,7 @@ use outboxd::config::{Config, LogFormat, Overrides};
 use outboxd::health::Health;
 use outboxd::http;
 use outboxd::metrics::Metrics;
-use outboxd::{advice, check, init, relay, shutdown, tail};
+use outboxd::{advice, check, init, migrate, relay, replay, shutdown, tail};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -32,6 +32,16 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    #[command(flatten)]
+    Service(Box<ServiceCommand>),
+    /// Turn a Debezium connector configuration (Outbox Event Router) into outboxd's,
+    /// with every setting it leaves out and why, and the cut-over steps.
+    Migrate(MigrateArgs),
+}
+
+/// The commands that read outboxd's configuration.
+#[derive(Debug, Subcommand)]
+enum ServiceCommand {
     /// Relay outbox events to Kafka until stopped (SIGTERM/SIGINT stop cleanly).
     Run(RunArgs),
     /// Check PostgreSQL and Kafka are ready for outboxd; exits non-zero on any problem.
@@ -40,6 +50,24 @@ enum Command {
     Init(InitArgs),
     /// Print the transactions the slot delivers, decoded (debugging aid).
     Tail(TailArgs),
+    /// Re-publish outbox rows still in the table (after a gap), through the same
+    /// routing, in order per aggregate, marked with the header `outboxd.replay: true`.
+    /// Exits 3 when no row is selected.
+    Replay(ReplayArgs),
+}
+
+#[derive(Debug, Args)]
+struct MigrateArgs {
+    /// The connector's configuration: Kafka Connect's REST JSON or a .properties file.
+    #[arg(long, value_name = "FILE")]
+    from_debezium: PathBuf,
+    /// The Connect worker's .properties, for what the connector inherits from it
+    /// (converters, bootstrap.servers).
+    #[arg(long, value_name = "FILE")]
+    worker_config: Option<PathBuf>,
+    /// Write the configuration here (the report goes to stdout); default: all to stdout.
+    #[arg(long, short = 'o', value_name = "FILE")]
+    output: Option<PathBuf>,
 }
 
 /// Options every command shares; each overrides the file and the environment.
@@ -113,6 +141,18 @@ struct TailArgs {
     tail: tail::TailOptions,
 }
 
+#[derive(Debug, Args)]
+struct ReplayArgs {
+    #[command(flatten)]
+    common: Common,
+    #[command(flatten)]
+    replay: replay::ReplayOptions,
+}
+
+/// `outboxd replay`'s status when the selection holds no row: distinct from a
+/// failure, so that a runbook script can tell "nothing there" from "broken".
+const EXIT_NOTHING_TO_REPLAY: u8 = 3;
+
 /// Colour only for a terminal, and never when `NO_COLOR` is set (no-color.org).
 fn use_colour() -> bool {
     use std::io::IsTerminal;
@@ -121,7 +161,9 @@ fn use_colour() -> bool {
 
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| "info,rdkafka=warn".into());
+        // tokio-postgres logs every server NOTICE (e.g. "relation … already exists,
+        // skipping") at info: noise for an operator.
+        .unwrap_or_else(|_| "info,rdkafka=warn,tokio_postgres=warn".into());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(use_colour())
@@ -133,12 +175,28 @@ fn init_logging(format: LogFormat) {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let common = match &cli.command {
-        Command::Run(a) => &a.common,
-        Command::Check(c) => c,
-        Command::Init(a) => &a.common,
-        Command::Tail(a) => &a.common,
+    let command = match Cli::parse().command {
+        Command::Service(command) => *command,
+        Command::Migrate(a) => {
+            return match migrate::run(
+                &a.from_debezium,
+                a.worker_config.as_deref(),
+                a.output.as_ref(),
+            ) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+    };
+    let common = match &command {
+        ServiceCommand::Run(a) => &a.common,
+        ServiceCommand::Check(c) => c,
+        ServiceCommand::Init(a) => &a.common,
+        ServiceCommand::Tail(a) => &a.common,
+        ServiceCommand::Replay(a) => &a.common,
     };
     let config = match common.load() {
         Ok(c) => c,
@@ -167,18 +225,21 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let logs_errors = matches!(cli.command, Command::Run(_) | Command::Tail(_));
+    let logs_errors = matches!(command, ServiceCommand::Run(_) | ServiceCommand::Tail(_));
     let result = runtime.block_on(async {
-        match cli.command {
-            Command::Run(a) => {
+        match command {
+            ServiceCommand::Run(a) => {
                 let options = relay::RunOptions {
                     accept_gap: a.accept_gap,
                 };
                 run(config, options).await
             }
-            Command::Check(_) => check::run(&config).await,
-            Command::Init(a) => init::run(&config, a.apply).await,
-            Command::Tail(a) => tail::run(&config, &a.tail, shutdown::on_signal()).await,
+            ServiceCommand::Check(_) => check::run(&config).await,
+            ServiceCommand::Init(a) => init::run(&config, a.apply).await,
+            ServiceCommand::Tail(a) => tail::run(&config, &a.tail, shutdown::on_signal()).await,
+            ServiceCommand::Replay(a) => {
+                replay::run(&config, &a.replay, shutdown::on_signal()).await
+            }
         }
     });
     match result {
@@ -194,6 +255,9 @@ fn main() -> ExitCode {
                 tracing::error!("{message}");
             } else {
                 eprintln!("error: {message}");
+            }
+            if e.is::<replay::NothingToReplay>() {
+                return ExitCode::from(EXIT_NOTHING_TO_REPLAY);
             }
             ExitCode::FAILURE
         }

@@ -54,7 +54,7 @@ pub fn source_spec(config: &Config) -> SourceSpec {
     SourceSpec {
         slot: config.postgres.slot.clone(),
         publications: vec![config.postgres.publication.clone()],
-        messages: !config.routing.message_prefix.is_empty(),
+        messages: config.routing.relays_messages(),
         create_slot: config.postgres.create_slot,
         already_delivered: Lsn::ZERO,
         settings: stream_settings(config),
@@ -67,6 +67,16 @@ pub fn reader_config(config: &Config) -> ReaderConfig {
         max_buffered_bytes: config.postgres.max_buffered_bytes,
         ..ReaderConfig::default()
     }
+}
+
+/// The checkpoint topic's configs when outboxd creates it.
+pub fn checkpoint_topic_configs(config: &Config) -> Vec<(String, String)> {
+    config
+        .kafka
+        .checkpoint_topic_configs
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
 }
 
 /// The Kafka sink's configuration.

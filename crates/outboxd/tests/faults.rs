@@ -18,7 +18,7 @@ use outboxd_tests::proxy::{FaultProxy, Mode};
 use outboxd_tests::{
     consume_until, env_or, free_port, http_get, metric, pg_connect, seed, services, tail,
     unique_name, wait_ready, DedicatedKafka, DedicatedPg, Endpoints, Load, LoadSpec, Outbox,
-    RelayProcess, ScenarioResult, TestDb, TestTopics,
+    Process, ScenarioResult, TestDb, TestTopics,
 };
 
 const OUTBOXD: &str = env!("CARGO_BIN_EXE_outboxd");
@@ -217,10 +217,21 @@ async fn a_standby_relay_waits_for_the_slot_and_takes_over() {
 /// flowing, in order; without one the relay stops before it (tested in relay.rs).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_record_under_load_goes_to_the_dead_letter_topic() {
+    refused_record(None).await;
+}
+
+/// The same exactly once: the dead-letter record goes into the Kafka transaction
+/// with the events around it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_record_goes_to_the_dead_letter_topic_exactly_once() {
+    refused_record(Some("exactly-once")).await;
+}
+
+async fn refused_record(delivery: Option<&str>) {
     let seed = seed("refused_record");
     let dlq = unique_name("faults_dlq");
     let dlq_topics = TestTopics::create_named(std::slice::from_ref(&dlq), 1).await;
-    let outbox = Outbox::on_shared(
+    let mut outbox = Outbox::on_shared(
         OUTBOXD,
         None,
         &[
@@ -229,6 +240,9 @@ async fn a_refused_record_under_load_goes_to_the_dead_letter_topic() {
         ],
     )
     .await;
+    if let Some(delivery) = delivery {
+        outbox.set_env("OUTBOXD_KAFKA__DELIVERY", delivery);
+    }
     let started = Instant::now();
     let mut relay = outbox.start("refused");
     let load = Load::start(
@@ -275,6 +289,9 @@ async fn a_refused_record_under_load_goes_to_the_dead_letter_topic() {
     .await
     .unwrap();
     assert_eq!(dead.len(), 1, "{dead:?}\n{}", tail(&relay.log_text()));
+    if delivery.is_some() {
+        assert_eq!(report.duplicates, 0, "{}", tail(&relay.log_text()));
+    }
     assert_eq!(
         dead[0].header("outboxd.event.id").as_deref(),
         Some("00000000-0000-4000-8000-0000000000ba")
@@ -404,9 +421,7 @@ async fn postgres_crashes_lose_nothing_and_duplicate_nothing_exactly_once() {
 
 /// `-m immediate` stops and restarts of a dedicated cluster under load; checks
 /// that every event arrived in order (and, exactly once, no more than once).
-async fn postgres_crashes(
-    delivery: Option<&str>,
-) -> (DedicatedPg, Outbox, RelayProcess, TestTopics) {
+async fn postgres_crashes(delivery: Option<&str>) -> (DedicatedPg, Outbox, Process, TestTopics) {
     let seed = seed("postgres_crash");
     let pg = tokio::task::spawn_blocking(DedicatedPg::start)
         .await
@@ -492,11 +507,7 @@ async fn postgres_crashes(
 
 /// The slot invalidated (`max_slot_wal_keep_size`) while the relay is down: it must
 /// stop with the runbook, non-zero, and not resume.
-async fn invalidated_slot_stops_the_relay(
-    pg: &DedicatedPg,
-    outbox: &Outbox,
-    relay: &mut RelayProcess,
-) {
+async fn invalidated_slot_stops_the_relay(pg: &DedicatedPg, outbox: &Outbox, relay: &mut Process) {
     relay.stop_cleanly();
     let c = pg_connect(&pg.url()).await;
     c.batch_execute("ALTER SYSTEM SET max_slot_wal_keep_size = '1MB'")

@@ -7,8 +7,8 @@
 use std::time::Duration;
 
 use outboxd_tests::{
-    assert_no_holes, delete_topics, pg_connect, seed, tail, unique_name, ConsumedRecord,
-    DedicatedPg, Endpoints, Load, LoadSpec, Outbox, RelayProcess,
+    assert_no_holes, delete_topics, pg_connect, produce_one, seed, tail, unique_name,
+    ConsumedRecord, DedicatedPg, Endpoints, Load, LoadSpec, Outbox, Process,
 };
 
 const OUTBOXD: &str = env!("CARGO_BIN_EXE_outboxd");
@@ -28,7 +28,7 @@ fn load(outbox: &Outbox, events_per_writer: usize, seed: u64) -> Load {
 }
 
 /// Waits for the relay to exit; it must, non-zero.
-fn exits_non_zero(relay: &mut RelayProcess, what: &str) -> String {
+fn exits_non_zero(relay: &mut Process, what: &str) -> String {
     let status = relay
         .wait_timeout(Duration::from_secs(60))
         .unwrap_or_else(|| {
@@ -192,6 +192,58 @@ async fn a_deleted_checkpoint_topic_is_refused() {
         "{}",
         tail(&log)
     );
+}
+
+/// Something else wrote this relay's checkpoint key: a refusal saying so; with
+/// `--accept-gap` the relay goes on from the slot and records a checkpoint of its own
+/// over it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_checkpoint_is_refused_until_accepted() {
+    let mut outbox = Outbox::on_shared(OUTBOXD, None, &[]).await;
+    let topic = unique_name("outboxd.checkpoints");
+    outbox.set_env("OUTBOXD_KAFKA__CHECKPOINT_TOPIC", &topic);
+    outbox.init_apply();
+    let mut relay = outbox.start("first");
+    load(&outbox, 20, 51).finish().await;
+    outbox.check(Duration::from_secs(60)).await;
+    relay.stop_cleanly();
+    let row = outbox
+        .connect()
+        .await
+        .query_one(
+            "SELECT system_identifier::text, current_database()::text FROM pg_control_system()",
+            &[],
+        )
+        .await
+        .unwrap();
+    let key = format!(
+        "{}/{}/{}",
+        row.get::<_, String>(0),
+        row.get::<_, String>(1),
+        outbox.slot
+    );
+    produce_one(&topic, key.as_bytes(), b"not json").await;
+
+    let mut refused = outbox.start("unreadable");
+    let log = exits_non_zero(&mut refused, "unreadable checkpoint");
+    assert!(
+        log.contains(&format!(
+            "the checkpoint under key '{key}' is not an outboxd checkpoint"
+        )) && log.contains("Refusal: the checkpoint cannot be read"),
+        "{}",
+        tail(&log)
+    );
+
+    let mut accepted = outbox.start_with(&["run", "--accept-gap"], "accepted");
+    load(&outbox, 20, 52).finish().await;
+    let (report, expected) = outbox.check(Duration::from_secs(60)).await;
+    report.assert_complete(expected, &tail(&accepted.log_text()));
+    accepted.stop_cleanly();
+    let mut again = outbox.start("after");
+    load(&outbox, 5, 53).finish().await;
+    let (report, expected) = outbox.check(Duration::from_secs(60)).await;
+    report.assert_complete(expected, &tail(&again.log_text()));
+    again.stop_cleanly();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -423,17 +423,7 @@ async fn a_transaction_far_larger_than_the_caps_streams_through_in_bounded_memor
     )
     .await;
     // One transaction of 200k events with 1 kB payloads: ~200 MB of records.
-    outbox
-        .connect()
-        .await
-        .batch_execute(
-            "INSERT INTO aggregates SELECT 'agg-' || g, 1 FROM generate_series(1, 200000) g;
-             INSERT INTO outbox (aggregatetype, aggregateid, payload)
-             SELECT 'order', 'agg-' || g, jsonb_build_object('agg', 'agg-' || g, 'seq', 1, 'pad', repeat('m', 1000))
-             FROM generate_series(1, 200000) g;",
-        )
-        .await
-        .unwrap();
+    outbox.commit_one_large_transaction(200_000).await;
     let mut relay = outbox.start("bigtxn");
     let records = outbox.read_events(200_000, Duration::from_secs(300)).await;
     let peak = relay.peak_rss();

@@ -10,7 +10,8 @@
 //!
 //! `OUTBOXD_SOAK_SECS` (1800), `OUTBOXD_SOAK_FAULT_EVERY_SECS` (30, the mean gap),
 //! `OUTBOXD_SOAK_TXN_RATE` (transactions per second per writer, 4 writers, 5 events
-//! each; 25), `OUTBOXD_TEST_SEED`.
+//! each; 25), `OUTBOXD_SOAK_DELIVERY` (`kafka.delivery`; with `exactly-once` not a
+//! single duplicate is allowed), `OUTBOXD_TEST_SEED`.
 
 use std::time::{Duration, Instant};
 
@@ -50,7 +51,11 @@ async fn soak() {
         .unwrap();
     let pg_proxy = FaultProxy::start(format!("127.0.0.1:{}", pg.port).parse().unwrap());
     let relay_pg = ("127.0.0.1".to_owned(), pg_proxy.port());
-    let outbox = outbox_on_kafka(OUTBOXD, &kafka, pg.url(), relay_pg, "soak").await;
+    let mut outbox = outbox_on_kafka(OUTBOXD, &kafka, pg.url(), relay_pg, "soak").await;
+    let delivery = std::env::var("OUTBOXD_SOAK_DELIVERY").ok();
+    if let Some(delivery) = &delivery {
+        outbox.set_env("OUTBOXD_KAFKA__DELIVERY", delivery);
+    }
     let started = Instant::now();
     let load = Load::start(
         &outbox.endpoints.pg_url,
@@ -103,6 +108,9 @@ async fn soak() {
         load.failed_txns.load(std::sync::atomic::Ordering::Relaxed)
     );
     result.assert_complete(&relay.log_text());
+    if delivery.as_deref() == Some("exactly-once") {
+        assert_eq!(report.duplicates, 0, "exactly once: no duplicates");
+    }
     relay.signal("TERM");
     let _ = relay.wait_timeout(Duration::from_secs(60));
 }

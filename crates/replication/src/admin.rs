@@ -239,6 +239,34 @@ impl Admin {
         Ok(())
     }
 
+    /// `table`'s columns with whether each is `NOT NULL` and its default expression
+    /// (`pg_get_expr`, as JDBC reports it), in column order; empty when the table
+    /// does not exist.
+    pub async fn column_details(
+        &self,
+        table: &TableName,
+    ) -> Result<Vec<(String, bool, Option<String>)>, Error> {
+        let rows = self
+            .prompt(
+                "the table's column details",
+                self.client.query(
+                    "SELECT a.attname::text, a.attnotnull, pg_get_expr(d.adbin, d.adrelid) \
+                     FROM pg_attribute a \
+                     JOIN pg_class c ON c.oid = a.attrelid \
+                     JOIN pg_namespace n ON n.oid = c.relnamespace \
+                     LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum \
+                     WHERE n.nspname = $1 AND c.relname = $2 AND a.attnum > 0 \
+                     AND NOT a.attisdropped ORDER BY a.attnum",
+                    &[&table.schema, &table.name],
+                ),
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2)))
+            .collect())
+    }
+
     /// Checks that `table` exists and has the columns the caller needs.
     pub async fn check_table(&self, table: &TableName, columns: &[&str]) -> Result<(), Error> {
         let rows = self
@@ -425,13 +453,17 @@ impl Admin {
         Ok(())
     }
 
-    /// `pg_current_wal_lsn()`.
-    pub async fn current_wal_lsn(&self) -> Result<Lsn, Error> {
+    /// The end of WAL the server has made durable (on a standby: replayed), as
+    /// `IDENTIFY_SYSTEM`'s position but read now.
+    pub async fn wal_end(&self) -> Result<Lsn, Error> {
         let row = self
             .prompt(
-                "the current WAL position",
-                self.client
-                    .query_one("SELECT pg_current_wal_lsn()::text", &[]),
+                "the WAL end",
+                self.client.query_one(
+                    "SELECT (CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() \
+                            ELSE pg_current_wal_flush_lsn() END)::text",
+                    &[],
+                ),
             )
             .await?;
         parse_lsn(&row.get::<_, String>(0))

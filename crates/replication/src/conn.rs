@@ -261,6 +261,8 @@ impl PgConnection {
             ("database", opts.database()),
             ("application_name", opts.application_name.as_str()),
             ("client_encoding", "UTF8"),
+            // Dates and times in the text form the relay's router parses.
+            ("DateStyle", "ISO"),
         ];
         if replication {
             params.push(("replication", "database"));

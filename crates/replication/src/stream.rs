@@ -1,10 +1,10 @@
 //! The CopyBoth stream after START_REPLICATION, and the standby-status rules.
 //!
-//! What we report to the server (field notes §1, §5):
+//! What we report to the server (docs/architecture.md, "The LSN rules"):
 //! - `write` = the highest position we have received (data or keepalive);
 //! - `flush` = `apply` = what the caller has acknowledged as durable downstream,
-//!   or — when nothing is in flight — the server's WAL end from its keepalives, so
-//!   an idle outbox on a busy database holds back no WAL;
+//!   or — when nothing is in flight and the settings allow it — the server's WAL end
+//!   from its keepalives, so an idle outbox on a busy database holds back no WAL;
 //! - never lower than what we reported before;
 //! - on a timer (the caller picks an interval below `wal_sender_timeout`), at once
 //!   when the server asks, and once more when the stream is closed.

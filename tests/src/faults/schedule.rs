@@ -9,7 +9,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use super::{Fault, Targets};
-use crate::{wait_ready, Outbox, RelayProcess};
+use crate::{wait_ready, Outbox, Process};
 
 /// Which kind of fault comes next.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,7 +86,7 @@ impl Schedule {
     /// is replaced when a fault kills it or, with [`supervise`](Self::supervise),
     /// when it exits. The scripts that stop and start services block, so this needs a
     /// multi-thread runtime.
-    pub async fn run(&self, seed: u64, at: &Targets<'_>, relay: &mut RelayProcess) -> Applied {
+    pub async fn run(&self, seed: u64, at: &Targets<'_>, relay: &mut Process) -> Applied {
         assert!(!self.kinds.is_empty(), "a schedule needs a kind of fault");
         let mut rng = StdRng::seed_from_u64(seed);
         let first = self.first_kinds(seed);
@@ -150,7 +150,7 @@ impl Applied {
     /// within the producer's delivery timeout (8 s with [`super::outbox_on_kafka`]) of
     /// the last fault, so wait that long before deciding whether it needs a
     /// supervisor's restart (counted in [`restarts`](Self::restarts)).
-    pub fn supervise_after_the_last_fault(&mut self, outbox: &Outbox, relay: &mut RelayProcess) {
+    pub fn supervise_after_the_last_fault(&mut self, outbox: &Outbox, relay: &mut Process) {
         let wait = Duration::from_secs(10);
         self.restarts += usize::from(outbox.restart_if_exited(relay, wait, &"the last fault"));
     }

@@ -13,9 +13,8 @@ pub enum CheckpointError {
     /// start it should be created; if a checkpoint was written before, the topic was
     /// deleted and the checkpoint with it.
     #[error(
-        "the checkpoint topic {topic} does not exist: on a first start, create it \
-         (compacted; the checkpoint store's ensure_topic does); if it existed before, it \
-         was deleted and the checkpoint with it"
+        "the checkpoint topic {topic} does not exist: on a first start it must be created \
+         (compacted); if it existed before, it was deleted and the checkpoint with it"
     )]
     TopicMissing { topic: String },
     /// The topic exists but is not compacted only: old segments get deleted, and with
@@ -63,6 +62,21 @@ pub enum CheckpointError {
         partition: i32,
         waited: Duration,
         position: i64,
+        end: i64,
+    },
+    /// A transaction left open (by a producer that died or hangs) holds back the
+    /// partition: the newest checkpoint may lie behind it.
+    #[error(
+        "the checkpoint topic {topic} (partition {partition}) has a Kafka transaction open \
+         that was not settled within {waited:?} (last stable offset {stable}, end {end}): \
+         its producer died or hangs; the broker aborts it after that producer's \
+         transaction.timeout.ms, and outboxd tries again"
+    )]
+    Unsettled {
+        topic: String,
+        partition: i32,
+        waited: Duration,
+        stable: i64,
         end: i64,
     },
     /// Kafka refused a request for another reason.

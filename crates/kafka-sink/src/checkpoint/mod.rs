@@ -53,6 +53,8 @@ pub struct CheckpointStore {
     brokers: String,
     timeout: Duration,
     config: SinkConfig,
+    /// Topic configs besides `cleanup.policy=compact` when the store creates the topic.
+    topic_configs: Vec<(String, String)>,
     /// Writes checkpoints and answers metadata requests. Its poll thread serves its
     /// log lines and errors; an admin client's would go unserved (rdkafka polls only
     /// its results), so admin clients are made per request.
@@ -103,8 +105,19 @@ impl CheckpointStore {
             brokers: config.brokers.clone(),
             timeout,
             config: config.clone(),
+            topic_configs: Vec::new(),
             producer,
         })
+    }
+
+    /// Topic configs (e.g. `min.insync.replicas`) to create the topic with, besides
+    /// `cleanup.policy=compact`, which stays.
+    pub fn with_topic_configs(mut self, configs: Vec<(String, String)>) -> CheckpointStore {
+        self.topic_configs = configs
+            .into_iter()
+            .filter(|(k, _)| k != "cleanup.policy")
+            .collect();
+        self
     }
 
     /// The topic's name.
@@ -180,6 +193,15 @@ impl CheckpointStore {
         match answered.await {
             Ok((Ok(latest), _)) => Ok(latest),
             Ok((Err(read::ReadError::Kafka(err)), last)) => Err(self.failure("read", err, last)),
+            Ok((Err(read::ReadError::Unsettled { stable, end }), _)) => {
+                Err(CheckpointError::Unsettled {
+                    topic: self.topic.clone(),
+                    partition,
+                    waited: self.timeout,
+                    stable,
+                    end,
+                })
+            }
             Ok((Err(read::ReadError::Timeout { position, end }), _)) => {
                 Err(CheckpointError::ReadTimeout {
                     topic: self.topic.clone(),

@@ -32,11 +32,20 @@ const READ_SETTINGS: &[(&str, &str)] = &[
     ("allow.auto.create.topics", "false"),
 ];
 
+/// How often the stable offset is asked for while a transaction holds it back.
+const SETTLE_POLL: Duration = Duration::from_millis(100);
+
 /// How long one poll waits, so that the deadline is checked regularly.
 const POLL_SLICE: Duration = Duration::from_millis(100);
 
 pub(super) enum ReadError {
     Kafka(KafkaError),
+    /// An open transaction (another producer's) still holds the partition's last
+    /// stable offset at `stable`, short of `end`, the end when the read began.
+    Unsettled {
+        stable: i64,
+        end: i64,
+    },
     /// The deadline passed at `position`, short of `end`.
     Timeout {
         position: i64,
@@ -46,6 +55,8 @@ pub(super) enum ReadError {
 
 pub(super) struct Reader {
     consumer: BaseConsumer<LoggingContext>,
+    /// Sees the partition's end including records of open transactions.
+    uncommitted: BaseConsumer<LoggingContext>,
     topic: String,
     partition: i32,
 }
@@ -59,11 +70,43 @@ impl Reader {
         let consumer = config
             .connection_config(READ_SETTINGS)
             .create_with_context(LoggingContext::default())?;
+        let uncommitted = config
+            .connection_config(READ_SETTINGS)
+            .set("isolation.level", "read_uncommitted")
+            .create_with_context(LoggingContext::default())?;
         Ok(Reader {
             consumer,
+            uncommitted,
             topic: topic.to_owned(),
             partition,
         })
+    }
+
+    /// The partition's start and its end once every record written before the read
+    /// began is settled. With `read_committed` the end is the last stable offset: a
+    /// transaction left open (a producer killed mid-transaction, until the broker's
+    /// timeout aborts it) hides everything after its first record, our newest
+    /// checkpoint included. Reading then would return an older checkpoint as the
+    /// latest; waiting until the stable offset reaches the end does not.
+    fn settled(&self, deadline: Instant) -> Result<(i64, i64), ReadError> {
+        let remaining = || deadline.saturating_duration_since(Instant::now());
+        let (_, end) = self
+            .uncommitted
+            .fetch_watermarks(&self.topic, self.partition, remaining())
+            .map_err(ReadError::Kafka)?;
+        loop {
+            let (low, stable) = self
+                .consumer
+                .fetch_watermarks(&self.topic, self.partition, remaining())
+                .map_err(ReadError::Kafka)?;
+            if stable >= end {
+                return Ok((low, stable));
+            }
+            if remaining() < SETTLE_POLL {
+                return Err(ReadError::Unsettled { stable, end });
+            }
+            std::thread::sleep(SETTLE_POLL);
+        }
     }
 
     /// The reason of the client's latest connection-level error, if any.
@@ -75,11 +118,7 @@ impl Reader {
     /// a tombstone is left out).
     pub(super) fn latest(&self, deadline: Instant) -> Result<HashMap<Vec<u8>, Bytes>, ReadError> {
         let remaining = || deadline.saturating_duration_since(Instant::now());
-        // With read_committed, the high offset is the last stable offset.
-        let (low, end) = self
-            .consumer
-            .fetch_watermarks(&self.topic, self.partition, remaining())
-            .map_err(ReadError::Kafka)?;
+        let (low, end) = self.settled(deadline)?;
         let mut latest = HashMap::new();
         if end <= low {
             return Ok(latest);
@@ -143,5 +182,6 @@ impl Reader {
 impl Drop for Reader {
     fn drop(&mut self) {
         self.consumer.context().closing();
+        self.uncommitted.context().closing();
     }
 }

@@ -74,12 +74,15 @@ impl CheckpointStore {
         replication_factor: i32,
     ) -> Result<(), CheckpointError> {
         let started = Instant::now();
-        let new = NewTopic::new(
+        let mut new = NewTopic::new(
             &self.topic,
             partitions,
             TopicReplication::Fixed(replication_factor),
         )
         .set("cleanup.policy", "compact");
+        for (key, value) in &self.topic_configs {
+            new = new.set(key, value);
+        }
         let admin = self.admin()?;
         let results = admin
             .create_topics([&new], &self.admin_options())

@@ -21,6 +21,8 @@ pub(crate) struct Loaded {
     /// The topic does not exist (then there is no checkpoint either).
     pub topic_missing: bool,
     pub ours: Option<Checkpoint>,
+    /// This relay's record exists but cannot be read (why, naming its key).
+    pub unreadable: Option<String>,
     /// A checkpoint for the same database and slot from another cluster.
     pub foreign: Option<Checkpoint>,
 }

@@ -11,15 +11,18 @@ use std::time::Duration;
 
 use outboxd_pgoutput::Lsn;
 use outboxd_replication::{
-    Admin, ConnectOptions, LogicalStream, ReaderConfig, ReplicationReader, SourceSession,
-    SourceSpec, Started, TableName,
+    Admin, ConnectOptions, LogicalStream, ReaderConfig, ReplicationReader, SlotInfo, SourceSession,
+    SourceSpec, Started, SystemIdentity, TableName, TimelineSwitch,
 };
 
 use crate::checkpoint::{self, Checkpoint, RelayIdentity};
-use crate::relay::checkpoints::Checkpoints;
+use crate::config::{Config, Delivery};
+use crate::relay::checkpoints::{Checkpoints, Loaded};
 use crate::relay::resume::{self, Plan, Situation, Stored};
 use crate::relay::source::{Connector, Fence, OpenRequest, Opened};
 use crate::relay::RelayError;
+use crate::router::Catalog;
+use crate::{settings, table_catalog};
 
 /// How often a standby looks whether the slot is free.
 const STANDBY_POLL: Duration = Duration::from_millis(250);
@@ -27,43 +30,38 @@ const STANDBY_POLL: Duration = Duration::from_millis(250);
 /// Opens replication sessions on PostgreSQL.
 #[derive(Debug)]
 pub(crate) struct PgConnector {
-    pub connect: ConnectOptions,
-    pub tables: Vec<TableName>,
-    pub create_publication: bool,
-    pub create_slot: bool,
+    connect: ConnectOptions,
+    tables: Vec<TableName>,
+    create_publication: bool,
+    create_slot: bool,
     /// Create the slot with failover enabled (PostgreSQL 17+).
-    pub failover_slot: bool,
+    failover_slot: bool,
     /// Take the slot before fencing and reading the checkpoint (exactly-once).
-    pub slot_first: bool,
-    pub spec: SourceSpec,
-    pub reader: ReaderConfig,
+    slot_first: bool,
+    spec: SourceSpec,
+    reader: ReaderConfig,
+    /// Read the outbox tables' column details for the router ([`Catalog`]).
+    load_catalog: bool,
     /// The standby's connection for watching the slot.
     watcher: Option<Admin>,
 }
 
 impl PgConnector {
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        connect: ConnectOptions,
-        tables: Vec<TableName>,
-        create_publication: bool,
-        create_slot: bool,
-        failover_slot: bool,
-        slot_first: bool,
-        spec: SourceSpec,
-        reader: ReaderConfig,
-    ) -> Self {
-        PgConnector {
-            connect,
-            tables,
-            create_publication,
-            create_slot,
-            failover_slot,
-            slot_first,
-            spec,
-            reader,
+    /// The PostgreSQL side as the configuration says; `load_catalog` when the
+    /// routing needs the tables' column details.
+    pub fn new(config: &Config, load_catalog: bool) -> Result<Self, RelayError> {
+        Ok(PgConnector {
+            connect: settings::connect_options(config)?,
+            tables: settings::outbox_tables(config)?,
+            create_publication: config.postgres.create_publication,
+            create_slot: config.postgres.create_slot,
+            failover_slot: config.postgres.failover_slot,
+            slot_first: config.kafka.delivery == Delivery::ExactlyOnce,
+            spec: settings::source_spec(config),
+            reader: settings::reader_config(config),
+            load_catalog,
             watcher: None,
-        }
+        })
     }
 
     async fn start(
@@ -82,6 +80,104 @@ impl PgConnector {
                 spec.settings.clone(),
             )
             .await?)
+    }
+}
+
+/// What the comparison of slot, server and checkpoint decided.
+struct Compared {
+    plan: Plan,
+    /// The operator accepted a gap to get this plan.
+    accepted: bool,
+}
+
+/// Compares the slot, the server and the checkpoint (`resume::plan`); a gap is
+/// refused unless the operator accepted it for this start.
+fn compare(
+    slot_name: &str,
+    server: &SystemIdentity,
+    history: &[TimelineSwitch],
+    slot: Option<&SlotInfo>,
+    loaded: &Loaded,
+    request: OpenRequest,
+) -> Result<Compared, RelayError> {
+    let stored = match (&loaded.ours, &loaded.foreign) {
+        _ if loaded.topic_missing => Stored::TopicMissing,
+        _ if loaded.unreadable.is_some() => {
+            Stored::Unreadable(loaded.unreadable.as_deref().unwrap_or_default())
+        }
+        (Some(c), _) => Stored::Ours(c),
+        (None, Some(c)) => Stored::Foreign(c),
+        (None, None) => Stored::Nothing,
+    };
+    let situation = Situation {
+        slot_name,
+        server,
+        history,
+        slot,
+        stored,
+        this_run: request.this_run,
+    };
+    match resume::plan(&situation) {
+        Ok(plan) => Ok(Compared {
+            plan,
+            accepted: false,
+        }),
+        Err(gap) if request.accept_gap && gap.overridable() => {
+            tracing::error!(slot = %gap.slot, range = %gap.range(), reason = %gap, "accepting a possible gap in the events (--accept-gap): events committed in this range may be missing from Kafka");
+            Ok(Compared {
+                plan: resume::accept(&gap, slot),
+                accepted: true,
+            })
+        }
+        Err(gap) => Err(RelayError::Gap(gap)),
+    }
+}
+
+/// What `outboxd check` shows about the slot and the checkpoint.
+#[derive(Debug)]
+pub struct Preview {
+    pub slot: Option<SlotInfo>,
+    pub checkpoint: Option<Checkpoint>,
+    /// Where `run` would resume (`None`: it would create the slot).
+    pub resume: Option<Lsn>,
+}
+
+impl PgConnector {
+    /// What a session would decide now, without taking the slot: the comparison of
+    /// slot, server and checkpoint, or the gap `run` would refuse.
+    pub async fn preview(&self, store: &impl Checkpoints) -> Result<Preview, RelayError> {
+        let admin = Admin::connect(&self.connect).await?;
+        let mut session = SourceSession::connect(&self.connect, &admin, &self.spec.slot).await?;
+        let history = session.timeline_history().await?;
+        let identity = RelayIdentity {
+            system_identifier: session.identity.system_id.clone(),
+            database: self.connect.database().to_owned(),
+            slot: self.spec.slot.clone(),
+        };
+        let loaded = store.load(&identity).await?;
+        let mut server = session.identity.clone();
+        server.xlog_pos = server.xlog_pos.max(admin.wal_end().await?);
+        let request = OpenRequest {
+            this_run: None,
+            accept_gap: false,
+        };
+        let slot = session.slot.clone();
+        let Compared { plan, .. } = compare(
+            &self.spec.slot,
+            &server,
+            &history,
+            slot.as_ref(),
+            &loaded,
+            request,
+        )?;
+        Ok(Preview {
+            slot,
+            checkpoint: loaded.ours,
+            resume: match plan {
+                Plan::CreateSlot => None,
+                Plan::Resume { start, .. } => Some(start),
+            },
+        })
     }
 }
 
@@ -109,9 +205,24 @@ impl Connector for PgConnector {
                 .ensure_publication(publication, &self.tables, self.create_publication)
                 .await?;
         }
+        let catalog = if self.load_catalog {
+            table_catalog::load(&admin, &self.tables).await?
+        } else {
+            Catalog::default()
+        };
         let mut session = SourceSession::connect(&self.connect, &admin, &self.spec.slot).await?;
-        let server = session.identity.clone();
+        let mut server = session.identity.clone();
         let slot = session.slot.clone();
+        if let Some(pid) = slot.as_ref().and_then(|s| s.active_pid) {
+            if !self.slot_first {
+                // A standby: nothing to compare while another relay holds the slot.
+                return Err(outboxd_replication::Error::SlotInUse {
+                    slot: self.spec.slot.clone(),
+                    pid: Some(pid),
+                }
+                .into());
+            }
+        }
         let history = session.timeline_history().await?;
         let identity = RelayIdentity {
             system_identifier: server.system_id.clone(),
@@ -126,28 +237,17 @@ impl Connector for PgConnector {
         };
         fence.fence(&identity).await?;
         let loaded = store.load(&identity).await?;
-        let stored = match (&loaded.ours, &loaded.foreign) {
-            _ if loaded.topic_missing => Stored::TopicMissing,
-            (Some(c), _) => Stored::Ours(c),
-            (None, Some(c)) => Stored::Foreign(c),
-            (None, None) => Stored::Nothing,
-        };
-        let situation = Situation {
-            slot_name: &self.spec.slot,
-            server: &server,
-            history: &history,
-            slot: slot.as_ref(),
-            stored,
-            this_run: request.this_run,
-        };
-        let (plan, accepted) = match resume::plan(&situation) {
-            Ok(plan) => (plan, false),
-            Err(gap) if request.accept_gap && gap.overridable() => {
-                tracing::error!(slot = %gap.slot, range = %gap.range(), reason = %gap, "accepting a possible gap in the events (--accept-gap): events committed in this range may be missing from Kafka");
-                (resume::accept(&gap, slot.as_ref()), true)
-            }
-            Err(gap) => return Err(RelayError::Gap(gap)),
-        };
+        // Read after the checkpoint: a relay that held the slot until just now may
+        // have recorded a WAL end newer than the one IDENTIFY_SYSTEM reported.
+        server.xlog_pos = server.xlog_pos.max(admin.wal_end().await?);
+        let Compared { plan, accepted } = compare(
+            &self.spec.slot,
+            &server,
+            &history,
+            slot.as_ref(),
+            &loaded,
+            request,
+        )?;
         if loaded.topic_missing && (accepted || plan == Plan::CreateSlot) {
             store.create_topic().await?;
         }
@@ -217,6 +317,7 @@ impl Connector for PgConnector {
             checkpoint,
             skip_before: start,
             skip_through,
+            catalog,
         })
     }
 

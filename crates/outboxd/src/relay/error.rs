@@ -1,11 +1,12 @@
 //! Why a session or the relay stopped, and whether reconnecting may help.
 
 use outboxd_kafka_sink::checkpoint::CheckpointError;
-use outboxd_kafka_sink::{DeliveryFailure, SinkError};
+use outboxd_kafka_sink::{DeliveryFailure, SinkError, TransactionError};
 use outboxd_pgoutput::Lsn;
 
 use crate::relay::resume::Gap;
 use crate::router::RouteError;
+use crate::topics::TopicError;
 
 /// Why the relay stopped (or a session ended).
 #[derive(Debug, thiserror::Error)]
@@ -14,7 +15,9 @@ pub enum RelayError {
     Replication(#[from] outboxd_replication::Error),
     #[error(
         "Kafka refused {failure}, so the slot stays at {confirmed}. Fix the cause (topic, \
-         ACLs, size limits) and restart; or set kafka.dead_letter_topic to divert such events"
+         ACLs, size limits) and restart; or, if kafka.dead_letter_topic is not set, set it \
+         to divert such events (exactly once, only records the producer refuses itself are \
+         diverted; docs/operations.md, \"An event stops the relay or is dead-lettered\")"
     )]
     Delivery {
         failure: DeliveryFailure,
@@ -37,9 +40,6 @@ pub enum RelayError {
     Gap(Gap),
     #[error(transparent)]
     Checkpoint(CheckpointError),
-    /// A stored checkpoint cannot be read (corrupt, or from a newer outboxd).
-    #[error("{0}")]
-    CheckpointUnreadable(String),
     /// Exactly-once: another relay registered the same transactional id.
     #[error("the exactly-once producer was fenced by another relay")]
     Fenced(#[source] SinkError),
@@ -49,9 +49,29 @@ pub enum RelayError {
     /// A session opened without a producer to relay to (a bug).
     #[error("a session opened without a Kafka producer")]
     NoProducer,
+    /// A topic to create before its first record (kafka.topic_creation).
+    #[error("{0}")]
+    Topic(Box<TopicError>),
 }
 
 impl RelayError {
+    /// A failed sink call: fenced (another relay took over), a failed Kafka
+    /// transaction worth a new session, or the end of this producer.
+    pub(crate) fn from_sink(e: SinkError) -> RelayError {
+        match &e {
+            SinkError::Transaction {
+                kind: TransactionError::Fenced,
+                ..
+            } => RelayError::Fenced(e),
+            SinkError::Transaction {
+                kind: TransactionError::Abortable | TransactionError::Retriable,
+                ..
+            }
+            | SinkError::Timeout { .. } => RelayError::TransactionFailed(e),
+            _ => RelayError::Producer(e),
+        }
+    }
+
     /// Whether a new session (after a backoff) may succeed without an operator.
     pub fn is_retryable(&self) -> bool {
         match self {
@@ -59,15 +79,17 @@ impl RelayError {
             RelayError::KafkaUnavailable(_)
             | RelayError::Fenced(_)
             | RelayError::TransactionFailed(_) => true,
+            RelayError::Topic(e) => e.is_retryable(),
             RelayError::Checkpoint(e) => matches!(
                 e,
-                CheckpointError::Unreachable { .. } | CheckpointError::ReadTimeout { .. }
+                CheckpointError::Unreachable { .. }
+                    | CheckpointError::ReadTimeout { .. }
+                    | CheckpointError::Unsettled { .. }
             ),
             RelayError::Delivery { .. }
             | RelayError::Unroutable(_)
             | RelayError::Producer(_)
             | RelayError::Gap(_)
-            | RelayError::CheckpointUnreadable(_)
             | RelayError::NoProducer => false,
         }
     }

@@ -122,6 +122,7 @@ impl Connector for FakeConnector {
                 checkpoint: checkpoint(already_delivered.0, None),
                 skip_before: already_delivered,
                 skip_through: self.skip_through.take(),
+                catalog: crate::router::Catalog::default(),
             }),
         }
     }
@@ -394,6 +395,10 @@ impl Sink for FakeSink {
 
     fn fatal_error(&self) -> Option<String> {
         None
+    }
+
+    fn fenced(&self) -> bool {
+        false
     }
 
     fn in_flight_records(&self) -> usize {

@@ -31,6 +31,7 @@ use outboxd_kafka_sink::checkpoint::CheckpointStore;
 use outboxd_pgoutput::Lsn;
 use tokio_util::sync::CancellationToken;
 
+pub use connector::Preview;
 pub use error::RelayError;
 pub use resume::Gap;
 pub use tracker::AckTracker;
@@ -41,6 +42,7 @@ use crate::health::Role;
 use crate::metrics::Metrics;
 use crate::router::Router;
 use crate::settings;
+use crate::topics::TopicCreator;
 use connector::PgConnector;
 use pipeline::{Mode, RelayState, Routing};
 use store::KafkaCheckpoints;
@@ -57,6 +59,33 @@ pub struct RunOptions {
     pub accept_gap: bool,
 }
 
+/// What a session would decide now about the slot and the checkpoint (for `outboxd
+/// check`), without taking the slot.
+pub async fn preview(config: &Config) -> Result<Preview, RelayError> {
+    let (connector, store) = connector_and_store(config, false)?;
+    connector.preview(&store).await
+}
+
+/// The PostgreSQL side and the checkpoint store, as the configuration says.
+fn connector_and_store(
+    config: &Config,
+    load_catalog: bool,
+) -> Result<(PgConnector, KafkaCheckpoints), RelayError> {
+    let connector = PgConnector::new(config, load_catalog)?;
+    let store = CheckpointStore::new(
+        &settings::sink_config(config),
+        &config.kafka.checkpoint_topic,
+        CHECKPOINT_TIMEOUT,
+    )
+    .map_err(RelayError::Checkpoint)?
+    .with_topic_configs(settings::checkpoint_topic_configs(config));
+    let store = KafkaCheckpoints {
+        store: Arc::new(store),
+        replication_factor: config.kafka.checkpoint_replication_factor,
+    };
+    Ok((connector, store))
+}
+
 /// Relays until `shutdown` is cancelled (`Ok`, after a graceful drain) or a fatal
 /// error.
 pub async fn run(
@@ -67,35 +96,17 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), RelayError> {
     let tables = settings::outbox_tables(config)?;
+    let router =
+        Router::new(&config.routing, &tables).map_err(outboxd_replication::Error::Config)?;
     let exactly_once = config.kafka.delivery == Delivery::ExactlyOnce;
-    let connector = PgConnector::new(
-        settings::connect_options(config)?,
-        tables.clone(),
-        config.postgres.create_publication,
-        config.postgres.create_slot,
-        config.postgres.failover_slot,
-        exactly_once,
-        settings::source_spec(config),
-        settings::reader_config(config),
-    );
-    let sink_config = settings::sink_config(config);
-    let store = KafkaCheckpoints {
-        store: Arc::new(
-            CheckpointStore::new(
-                &sink_config,
-                &config.kafka.checkpoint_topic,
-                CHECKPOINT_TIMEOUT,
-            )
-            .map_err(RelayError::Checkpoint)?,
-        ),
-        replication_factor: config.kafka.checkpoint_replication_factor,
-    };
+    let (connector, store) = connector_and_store(config, router.needs_catalog())?;
+    let topics = TopicCreator::new(&config.kafka, settings::sink_config(config))
+        .map_err(outboxd_replication::Error::Config)?;
     let state = RelayState {
         routing: Routing {
-            router: Router::new(config.routing.clone()),
-            tables,
-            message_prefix: config.routing.message_prefix.clone(),
+            router,
             dead_letter_topic: config.kafka.dead_letter_topic.clone(),
+            topics,
         },
         metrics,
         health,
@@ -118,7 +129,7 @@ pub async fn run(
     let exactly_once = exactly_once.then(|| config.kafka.transactional_id.clone());
     Supervisor::new(
         connector,
-        sink_config,
+        settings::sink_config(config),
         exactly_once,
         store,
         state,

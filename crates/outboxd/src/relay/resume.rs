@@ -17,6 +17,8 @@ pub(crate) enum Stored<'a> {
     Nothing,
     /// This relay's checkpoint.
     Ours(&'a Checkpoint),
+    /// This relay's record, which cannot be read (why).
+    Unreadable(&'a str),
     /// A checkpoint for this database and slot, written on another PostgreSQL
     /// cluster (another system identifier).
     Foreign(&'a Checkpoint),
@@ -72,6 +74,8 @@ pub(crate) enum GapKind {
     CheckpointAheadOfServer,
     /// The checkpoint topic is gone, but the slot exists.
     CheckpointTopicMissing,
+    /// This relay's record cannot be read (not a checkpoint, or a newer format).
+    CheckpointUnreadable { reason: String },
 }
 
 /// A refusal: what is wrong and which positions may be affected.
@@ -102,6 +106,7 @@ impl Gap {
                 "Refusal: the server is behind the checkpoint"
             }
             GapKind::CheckpointTopicMissing => "Refusal: the checkpoint topic is missing",
+            GapKind::CheckpointUnreadable { .. } => "Refusal: the checkpoint cannot be read",
         }
     }
 
@@ -181,6 +186,12 @@ impl fmt::Display for Gap {
                  made by `outboxd init --apply` or taken over from Debezium), create the \
                  topic with `outboxd init --apply`"
             )?,
+            GapKind::CheckpointUnreadable { reason } => write!(
+                f,
+                "{reason}; what was delivered from replication slot '{slot}' is unknown (a \
+                 newer outboxd's record: run that version; anything else: another program \
+                 writes to outboxd's checkpoint topic)"
+            )?,
         }
         write!(
             f,
@@ -209,6 +220,14 @@ pub(crate) fn plan(s: &Situation<'_>) -> Result<Plan, Gap> {
                 checkpoint_system: c.system_identifier.clone(),
             };
             return Err(gap(kind, c.confirmed_lsn, None));
+        }
+        Stored::Unreadable(reason) => {
+            let kind = GapKind::CheckpointUnreadable {
+                reason: reason.to_owned(),
+            };
+            // Nothing before the slot's position can be vouched for.
+            let to = s.slot.and_then(|slot| slot.confirmed_flush_lsn);
+            return Err(gap(kind, Lsn::ZERO, to));
         }
         Stored::TopicMissing | Stored::Nothing => None,
     };

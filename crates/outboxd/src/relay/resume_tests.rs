@@ -40,6 +40,7 @@ struct Case {
     stored: Option<crate::checkpoint::Checkpoint>,
     topic_missing: bool,
     foreign: bool,
+    unreadable: Option<&'static str>,
     this_run: Option<Lsn>,
 }
 
@@ -52,12 +53,14 @@ impl Case {
             stored: None,
             topic_missing: false,
             foreign: false,
+            unreadable: None,
             this_run: None,
         }
     }
 
     fn plan(&self) -> Result<Plan, Gap> {
         let stored = match &self.stored {
+            _ if self.unreadable.is_some() => Stored::Unreadable(self.unreadable.unwrap_or("")),
             Some(c) if self.foreign => Stored::Foreign(c),
             Some(c) => Stored::Ours(c),
             None if self.topic_missing => Stored::TopicMissing,
@@ -242,4 +245,25 @@ fn a_missing_checkpoint_topic_with_an_existing_slot_is_refused() {
     assert_eq!(gap.kind, GapKind::CheckpointTopicMissing);
     assert!(gap.to_string().contains("outboxd init --apply"), "{gap}");
     assert!(gap.overridable());
+}
+
+#[test]
+fn an_unreadable_checkpoint_is_refused_and_accepting_it_starts_from_the_slot() {
+    let mut case = Case::new();
+    case.unreadable = Some("the checkpoint under key 'k' is not an outboxd checkpoint");
+    let gap = case.plan().unwrap_err();
+    assert_eq!(
+        gap.kind,
+        GapKind::CheckpointUnreadable {
+            reason: "the checkpoint under key 'k' is not an outboxd checkpoint".to_owned()
+        }
+    );
+    assert_eq!(gap.range(), "after 0/0 up to 0/1000");
+    assert!(gap.overridable());
+    assert!(gap.to_string().contains("is unknown"), "{gap}");
+    assert_eq!(
+        accept(&gap, case.slot.as_ref()),
+        resume(0x1000, None, true),
+        "accepted: from the slot, with a new checkpoint over the unreadable one"
+    );
 }

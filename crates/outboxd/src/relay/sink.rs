@@ -23,6 +23,8 @@ pub(crate) trait Sink {
     fn purge(&self);
     /// The reason once the sink can no longer produce; it must then be replaced.
     fn fatal_error(&self) -> Option<String>;
+    /// Exactly-once: another relay's producer fenced this one.
+    fn fenced(&self) -> bool;
     fn in_flight_records(&self) -> usize;
     /// Payload bytes acknowledged since the previous call.
     fn take_bytes_delivered(&mut self) -> u64;
@@ -94,6 +96,10 @@ impl Sink for KafkaPort {
 
     fn fatal_error(&self) -> Option<String> {
         self.sink.fatal_error()
+    }
+
+    fn fenced(&self) -> bool {
+        self.sink.is_fenced()
     }
 
     fn in_flight_records(&self) -> usize {

@@ -7,6 +7,7 @@ use outboxd_replication::{ReplicationEvent, ReplicationReader, StreamPositions};
 use crate::checkpoint::{Checkpoint, EventPosition, RelayIdentity};
 use crate::relay::checkpoints::Checkpoints;
 use crate::relay::RelayError;
+use crate::router::Catalog;
 
 /// One session's stream of decoded messages.
 pub(crate) trait Source {
@@ -37,6 +38,8 @@ pub(crate) struct Opened<S> {
     pub skip_before: Lsn,
     /// Events up to here were delivered before (a partly delivered transaction).
     pub skip_through: Option<EventPosition>,
+    /// The outbox tables' column nullability and defaults, when the routing needs them.
+    pub catalog: Catalog,
 }
 
 /// Exactly-once: makes the sink's producer the only one of its transactional id,

@@ -37,14 +37,15 @@ impl Checkpoints for KafkaCheckpoints {
             .map_err(RelayError::Checkpoint)?;
         let ours_key = identity.key();
         let mut ours = None;
+        let mut unreadable = None;
         let mut foreign = None;
         for (key, value) in entries {
             let key = String::from_utf8_lossy(&key);
             if key == ours_key {
-                ours = Some(
-                    Checkpoint::from_json(&key, &value)
-                        .map_err(RelayError::CheckpointUnreadable)?,
-                );
+                match Checkpoint::from_json(&key, &value) {
+                    Ok(c) => ours = Some(c),
+                    Err(reason) => unreadable = Some(reason),
+                }
                 continue;
             }
             // Other relays' records are only looked at for the other-cluster check;
@@ -58,6 +59,7 @@ impl Checkpoints for KafkaCheckpoints {
         Ok(Loaded {
             topic_missing: false,
             ours,
+            unreadable,
             foreign,
         })
     }

@@ -64,9 +64,12 @@ impl Setup {
         let metrics = Arc::new(Metrics::default());
         let state = RelayState {
             routing: Routing {
-                router: Router::new(RoutingConfig::default()),
-                tables: vec![TableName::parse("public.outbox").expect("table")],
-                message_prefix: "outbox".to_owned(),
+                router: Router::new(
+                    &RoutingConfig::default(),
+                    &[TableName::parse("public.outbox").expect("table")],
+                )
+                .expect("router"),
+                topics: None,
                 dead_letter_topic: self.dead_letter_topic,
             },
             metrics: Arc::clone(&metrics),
@@ -310,7 +313,7 @@ async fn with_a_dead_letter_topic_an_unroutable_event_is_dead_lettered_and_the_r
     assert!(dead
         .headers
         .iter()
-        .any(|(k, v)| k == "outboxd.event.id" && v.as_ref() == b"e1"));
+        .any(|(k, v)| k == "outboxd.event.id" && v.as_deref() == Some(&b"e1"[..])));
     assert_eq!(run.observed.acknowledged.last(), Some(&b_end));
     assert_eq!(run.metrics.dead_lettered.get(), 1);
 }

@@ -9,7 +9,7 @@
 
 use std::time::Duration;
 
-use outboxd_kafka_sink::{SinkError, TransactionError, TxnId};
+use outboxd_kafka_sink::TxnId;
 use outboxd_pgoutput::Lsn;
 use tokio::time::Instant;
 
@@ -152,13 +152,13 @@ impl<S: Source, K: Sink, W: Checkpoints> Pipeline<'_, S, K, W> {
         self.sink
             .send(txn, record)
             .await
-            .map_err(RelayError::Producer)?;
+            .map_err(RelayError::from_sink)?;
         self.sink.end_transaction(txn, 1);
         let started = Instant::now();
         self.sink
             .commit_transaction(TRANSACTION_TIMEOUT)
             .await
-            .map_err(transaction_failed)?;
+            .map_err(RelayError::from_sink)?;
         let metrics = &self.state.metrics;
         metrics.kafka_transactions.inc();
         metrics
@@ -232,22 +232,5 @@ impl<S: Source, K: Sink, W: Checkpoints> Pipeline<'_, S, K, W> {
         if let Err(e) = self.sink.abort_transaction(TRANSACTION_TIMEOUT).await {
             tracing::debug!(error = %e, "aborting the Kafka transaction");
         }
-    }
-}
-
-/// A failed commit: fenced (another relay took over), worth a new session with a
-/// new producer, or the end of this producer.
-fn transaction_failed(e: SinkError) -> RelayError {
-    match &e {
-        SinkError::Transaction {
-            kind: TransactionError::Fenced,
-            ..
-        } => RelayError::Fenced(e),
-        SinkError::Transaction {
-            kind: TransactionError::Abortable | TransactionError::Retriable,
-            ..
-        }
-        | SinkError::Timeout { .. } => RelayError::TransactionFailed(e),
-        _ => RelayError::Producer(e),
     }
 }

@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime};
 use bytes::Bytes;
 use outboxd_kafka_sink::{dead_letter, headers, Completion, Record, RecordMeta, TxnId};
 use outboxd_pgoutput::{pg_time_to_system_time, Begin, LogicalMessage, Lsn, Message, Relation};
-use outboxd_replication::{ReplicationEvent, TableName};
+use outboxd_replication::ReplicationEvent;
 use tokio_util::sync::CancellationToken;
 
 use crate::checkpoint::EventPosition;
@@ -23,6 +23,7 @@ use crate::relay::source::{Opened, Source};
 use crate::relay::tracker::AckTracker;
 use crate::relay::RelayError;
 use crate::router::{RouteError, Router, SourcePosition};
+use crate::topics::TopicCreator;
 
 mod durability;
 
@@ -32,27 +33,25 @@ pub(crate) use durability::Mode;
 /// How often gauges are refreshed.
 const GAUGE_INTERVAL: Duration = Duration::from_secs(1);
 
-/// What is relayed and how: shared by every session.
+/// What is relayed and how: shared by every session. The router knows the outbox
+/// tables and message prefixes.
 #[derive(Debug)]
 pub(crate) struct Routing {
     pub router: Router,
-    pub tables: Vec<TableName>,
-    /// Prefix of outbox messages; empty: messages are not relayed.
-    pub message_prefix: String,
     pub dead_letter_topic: Option<String>,
+    /// Creates missing topics before their first record (kafka.topic_creation).
+    pub topics: Option<TopicCreator>,
 }
 
 impl Routing {
     /// Whether a change belongs to an outbox table (no allocation: this runs for
     /// every change).
     fn is_outbox(&self, relation: &Relation) -> bool {
-        self.tables
-            .iter()
-            .any(|t| t.schema == relation.namespace && t.name == relation.name)
+        self.router.is_outbox_table(relation)
     }
 
     fn is_outbox_message(&self, m: &Message) -> bool {
-        !self.message_prefix.is_empty() && m.prefix == self.message_prefix
+        self.router.relays_message(&m.prefix)
     }
 }
 
@@ -107,6 +106,7 @@ impl<'a, S: Source, K: Sink, W: Checkpoints> Pipeline<'a, S, K, W> {
         store: &'a W,
         state: &'a mut RelayState,
     ) -> Self {
+        state.routing.router.set_catalog(opened.catalog);
         Pipeline {
             source: opened.source,
             sink,
@@ -235,7 +235,27 @@ impl<'a, S: Source, K: Sink, W: Checkpoints> Pipeline<'a, S, K, W> {
                     .and_then(|e| router.route(e, position));
                 self.emit(txn, routed, position).await?;
             }
-            LogicalMessage::Update(_) | LogicalMessage::Delete(_) | LogicalMessage::Truncate(_) => {
+            LogicalMessage::Update(update) => {
+                // Debezium's router: an UPDATE of an outbox table is unexpected
+                // (routing.invalid_operation: warn, error or fatal).
+                let routing = &self.state.routing;
+                if let Some(relation) = event.relation.as_ref().filter(|r| routing.is_outbox(r)) {
+                    self.state.metrics.ignored_changes.inc();
+                    if let Some(open) = &self.current {
+                        let position = SourcePosition {
+                            commit_lsn: open.begin.final_lsn,
+                            index: open.events,
+                            commit_time: open.begin.commit_time,
+                            xid: open.begin.xid,
+                        };
+                        routing
+                            .router
+                            .unexpected_update(relation, &update.new, position)
+                            .map_err(RelayError::Unroutable)?;
+                    }
+                }
+            }
+            LogicalMessage::Delete(_) | LogicalMessage::Truncate(_) => {
                 // Only inserts are events (as with Debezium's router); deleting outbox
                 // rows in the same transaction is the supported way to keep the table
                 // small.
@@ -320,11 +340,17 @@ impl<'a, S: Source, K: Sink, W: Checkpoints> Pipeline<'a, S, K, W> {
                 }
             },
         };
+        if let Some(topics) = &self.state.routing.topics {
+            topics
+                .ensure(&record.topic)
+                .await
+                .map_err(|e| RelayError::Topic(Box::new(e)))?;
+        }
         let bytes = record.payload_size();
         self.sink
             .send(txn, record)
             .await
-            .map_err(RelayError::Producer)?;
+            .map_err(RelayError::from_sink)?;
         if let Some(open) = self.current.as_mut() {
             open.records += 1;
         }
@@ -337,6 +363,18 @@ impl<'a, S: Source, K: Sink, W: Checkpoints> Pipeline<'a, S, K, W> {
     }
 
     fn on_completion(&mut self, completion: Completion) -> Result<(), RelayError> {
+        if let Completion::Failed { failure, .. } = &completion {
+            // A fenced producer's records fail as purged: that is the news, not them.
+            if self.sink.fenced() {
+                return Err(RelayError::Fenced(
+                    outboxd_kafka_sink::SinkError::Transaction {
+                        call: "send",
+                        kind: outboxd_kafka_sink::TransactionError::Fenced,
+                        reason: failure.to_string(),
+                    },
+                ));
+            }
+        }
         let metrics = &self.state.metrics;
         match completion {
             Completion::Delivered {
