@@ -37,7 +37,5 @@ pub use kafka::{
 pub use load::{Load, LoadSpec};
 pub use outbox::{Endpoints, Outbox, AGGREGATE_TYPE};
 pub use pg_cluster::DedicatedPg;
-pub use process::{
-    http_get, metric, outboxd_command, tail, wait_for_metric, wait_ready, workspace_binary, Process,
-};
+pub use process::{http_get, metric, outboxd_command, tail, wait_ready, workspace_binary, Process};
 pub use report::{assert_no_holes, DeliveryReport, ScenarioResult};

@@ -217,29 +217,6 @@ pub fn metric(body: &str, name: &str) -> Option<f64> {
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
 }
 
-/// Polls the relay's `/metrics` on `port` until `name` reaches `at_least` (or
-/// `timeout`); the last value read, if any.
-pub async fn wait_for_metric(
-    port: u16,
-    name: &str,
-    at_least: f64,
-    timeout: Duration,
-) -> Option<f64> {
-    let deadline = Instant::now() + timeout;
-    let mut last = None;
-    while Instant::now() < deadline {
-        let body = tokio::task::spawn_blocking(move || http_get(port, "/metrics").1)
-            .await
-            .unwrap_or_default();
-        last = metric(&body, name).or(last);
-        if last.is_some_and(|v| v >= at_least) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    last
-}
-
 /// Waits until the relay's `/readyz` on `port` answers `status` (or `timeout`); true
 /// if it did.
 pub async fn wait_ready(port: u16, status: u16, timeout: Duration) -> bool {

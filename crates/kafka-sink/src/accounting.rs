@@ -8,7 +8,7 @@
 //! emits its transaction's completion, if that is due, and then releases its budget.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::BaseProducer;
@@ -68,6 +68,9 @@ pub(crate) struct Shared {
     stats: Counters,
     /// Records go into Kafka transactions (see `record_failed`).
     transactional: bool,
+    /// At least once: the first delivery that timed out. The sink sends nothing
+    /// after it (see [`Shared::stopped`]).
+    stopped: OnceLock<DeliveryFailure>,
 }
 
 impl Shared {
@@ -80,7 +83,14 @@ impl Shared {
             dead_letters: DeadLetterQueue::new(config.dead_letter_topic.clone()),
             stats: Counters::default(),
             transactional: config.transactional_id.is_some(),
+            stopped: OnceLock::new(),
         }
+    }
+
+    /// At least once, the delivery that timed out and stopped the sink: a younger
+    /// record reaching Kafka before its resend would break per-key order.
+    pub(crate) fn stopped(&self) -> Option<&DeliveryFailure> {
+        self.stopped.get()
     }
 
     /// Records that failed without being dead-lettered, since the sink was created.
@@ -160,6 +170,10 @@ impl Shared {
     /// Inside a Kafka transaction only a local refusal can be dead-lettered: a failed
     /// delivery report makes the transaction abortable, so its records, the
     /// dead-letter record included, would never be committed.
+    ///
+    /// Returns true when this failure stopped the sink (the first timeout, at least
+    /// once): the caller must purge the producer at once.
+    #[must_use]
     pub(crate) fn record_failed(
         &self,
         delivery: Box<Delivery>,
@@ -167,7 +181,7 @@ impl Shared {
         code: Option<RDKafkaErrorCode>,
         reason: String,
         content: impl FnOnce(&Delivery) -> Record,
-    ) {
+    ) -> bool {
         self.stats.delivery_errors.fetch_add(1, Ordering::Relaxed);
         let diverted = if self.transactional && refusal == Refusal::Delivery {
             let reason = match self.dead_letters.topic() {
@@ -187,18 +201,25 @@ impl Shared {
             self.dead_letters.divert(delivery, code, reason, content)
         };
         match diverted {
-            Diverted::Queued => {}
+            Diverted::Queued => false,
             Diverted::Fail {
                 delivery,
                 reason,
                 transient,
             } => {
                 self.stats.undelivered.fetch_add(1, Ordering::Relaxed);
-                let completion = lock(&self.ledger).settle_failed(delivery.txn, || {
-                    DeliveryFailure::new(&delivery.meta, &delivery.topic, reason, transient)
-                });
+                let failure =
+                    DeliveryFailure::new(&delivery.meta, &delivery.topic, reason, transient);
+                // Set before the completion goes out, so that no `send` after the
+                // caller learned of the failure can slip a younger record in.
+                let stops = transient
+                    && refusal == Refusal::Delivery
+                    && !self.transactional
+                    && self.stopped.set(failure.clone()).is_ok();
+                let completion = lock(&self.ledger).settle_failed(delivery.txn, || failure);
                 self.emit(completion);
                 self.budget.release(delivery.charged);
+                stops
             }
         }
     }
@@ -208,7 +229,8 @@ impl Shared {
     pub(crate) fn pump_dead_letters(&self, producer: &BaseProducer<SinkContext>) {
         self.dead_letters
             .pump(producer, |delivery, code, reason, record| {
-                self.record_failed(delivery, Refusal::Local, code, reason, |_| record);
+                // A local refusal is never a timeout: it cannot stop the sink.
+                let _ = self.record_failed(delivery, Refusal::Local, code, reason, |_| record);
             });
     }
 }

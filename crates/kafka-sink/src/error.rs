@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use rdkafka::error::KafkaError;
 
+use crate::record::DeliveryFailure;
+
 /// An error returned by a [`KafkaSink`](crate::KafkaSink) method.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -51,6 +53,12 @@ pub enum SinkError {
     /// or panicked).
     #[error("Kafka sink internal error: {0}")]
     Internal(String),
+    /// At least once, a record's delivery timed out: the sink dropped everything
+    /// queued behind it and sends nothing more, so that no younger record reaches
+    /// Kafka before that record is resent. Resend from the last confirmed position
+    /// with a new sink.
+    #[error("stopped after a delivery timeout: {0}")]
+    Stopped(DeliveryFailure),
 }
 
 /// What a failed transaction call leaves the caller to do.

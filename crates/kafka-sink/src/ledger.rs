@@ -117,7 +117,7 @@ impl Ledger {
         }
         state.failed = true;
         let failure = failure();
-        tracing::warn!(%txn, %failure, "transaction failed");
+        tracing::debug!(%txn, %failure, "transaction failed");
         self.finish(txn);
         Some(Completion::Failed { txn, failure })
     }

@@ -21,7 +21,7 @@
 //!
 //! | module | job |
 //! | --- | --- |
-//! | `sink` | [`KafkaSink`]: ordered enqueue, waiting for room, flush, purge, check |
+//! | `sink` | [`KafkaSink`]: ordered enqueue, waiting for room, flush, check |
 //! | `accounting` | composes the four below; emits the completions the ledger decides |
 //! | `ledger` | per-transaction counts (sent, settled, dead-lettered) → completions |
 //! | `budget` | in-flight records and bytes against the caps; wakes waiting senders |

@@ -11,7 +11,7 @@ use rdkafka::producer::{BaseProducer, Producer};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 
 use crate::accounting::{Refusal, Shared, SinkStats};
-use crate::client_logs::{ClientLogs, LoggingContext};
+use crate::client_logs::LoggingContext;
 use crate::cluster_check::ClusterCheck;
 use crate::config::{config_error, SinkConfig};
 use crate::context::SinkContext;
@@ -91,15 +91,13 @@ impl KafkaSink {
         config.validate()?;
         let (tx, rx) = unbounded_channel();
         let shared = Arc::new(Shared::new(tx, &config));
-        let context = SinkContext {
-            shared: Arc::clone(&shared),
-            logs: ClientLogs::default(),
-        };
+        let context = SinkContext::new(Arc::clone(&shared));
         let producer: BaseProducer<SinkContext> = config
             .client_config()
             .create_with_context(context)
             .map_err(config_error)?;
         let producer = Arc::new(producer);
+        producer.context().serve(&producer);
         let stop = Arc::new(AtomicBool::new(false));
         let poller = {
             let producer = Arc::clone(&producer);
@@ -155,6 +153,9 @@ impl KafkaSink {
                 } else {
                     SinkError::Fatal(fatal)
                 });
+            }
+            if let Some(failure) = self.shared.stopped() {
+                return Err(SinkError::Stopped(failure.clone()));
             }
             if !queue_full && has_room() {
                 self.begin_if_needed()?;
@@ -221,7 +222,9 @@ impl KafkaSink {
                     ),
                     _ => format!("{}; refused by the producer", describe(&err)),
                 };
-                self.shared
+                // A local refusal is never a timeout: it cannot stop the sink.
+                let _ = self
+                    .shared
                     .record_failed(delivery, Refusal::Local, code, reason, |_| record.clone());
                 self.shared.pump_dead_letters(&self.producer);
                 Ok(Enqueued::Accounted)
@@ -354,13 +357,6 @@ impl KafkaSink {
             .flat_map(|resource| resource.entries)
             .find(|entry| entry.name == name)
             .and_then(|entry| entry.value))
-    }
-
-    /// Drops everything queued or in flight, so that nothing after a failed record
-    /// reaches Kafka before that record is resent. Their completions report failure.
-    pub fn purge(&self) {
-        self.producer
-            .purge(rdkafka::producer::PurgeConfig::default().queue().inflight());
     }
 
     /// Counters since the sink was created.

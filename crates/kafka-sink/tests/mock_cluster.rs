@@ -212,8 +212,15 @@ async fn timeouts_are_not_dead_lettered() {
         ..config(&mock, &[("message.timeout.ms", "1000")])
     })
     .unwrap();
-    sink.send(TxnId(1), record("orders", 1, 0)).await.unwrap();
+    // The dead-letter topic is usable.
+    sink.send(TxnId(1), record("dlq", 1, 0)).await.unwrap();
     sink.end_transaction(TxnId(1), 1);
+    assert!(matches!(
+        next(&mut rx, Duration::from_secs(10)).await,
+        Completion::Delivered { txn: TxnId(1), .. }
+    ));
+    sink.send(TxnId(2), record("orders", 2, 0)).await.unwrap();
+    sink.end_transaction(TxnId(2), 1);
     let c = next(&mut rx, Duration::from_secs(15)).await;
     assert!(
         matches!(&c, Completion::Failed { failure, .. }
@@ -221,12 +228,10 @@ async fn timeouts_are_not_dead_lettered() {
         "{c:?}"
     );
     assert_eq!(sink.stats().dead_lettered, 0);
-    // The dead-letter topic itself was usable all along.
-    sink.send(TxnId(2), record("dlq", 2, 0)).await.unwrap();
-    sink.end_transaction(TxnId(2), 1);
+    // And the sink stopped: nothing younger goes out before the resend.
     assert!(matches!(
-        next(&mut rx, Duration::from_secs(10)).await,
-        Completion::Delivered { txn: TxnId(2), .. }
+        sink.send(TxnId(3), record("dlq", 3, 0)).await,
+        Err(SinkError::Stopped(_))
     ));
 }
 

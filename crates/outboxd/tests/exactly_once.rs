@@ -6,7 +6,10 @@
 
 use std::time::{Duration, Instant};
 
-use outboxd_tests::{free_port, seed, tail, wait_for_metric, Load, LoadSpec, Outbox, Process};
+use outboxd_tests::proxy::{FaultProxy, Mode};
+use outboxd_tests::{
+    free_port, http_get, metric, seed, services, tail, Load, LoadSpec, Outbox, Process,
+};
 use rand::{Rng, SeedableRng};
 
 const OUTBOXD: &str = env!("CARGO_BIN_EXE_outboxd");
@@ -205,9 +208,10 @@ async fn a_paused_relay_is_fenced_when_it_resumes() {
 /// the last committed event of that transaction: nothing twice, memory bounded.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_huge_transaction_killed_in_the_middle_gives_no_duplicate_in_bounded_memory() {
+    let proxy = FaultProxy::start(services().pg_addr());
     let mut outbox = Outbox::on_shared(
         OUTBOXD,
-        None,
+        Some(("127.0.0.1".to_owned(), proxy.port())),
         &[
             EXACTLY_ONCE,
             ("OUTBOXD_POSTGRES__MAX_BUFFERED_BYTES", "2097152"),
@@ -216,36 +220,36 @@ async fn a_huge_transaction_killed_in_the_middle_gives_no_duplicate_in_bounded_m
         ],
     )
     .await;
-    // One transaction of 100k events with 1 kB payloads: ~100 MB of records.
+    // One transaction of 100k events with 1 kB payloads: ~110 MB of WAL.
     outbox.commit_one_large_transaction(100_000).await;
-    // Kill it once the relay itself counts 30k delivered (a consumer would lag
-    // behind, and the relay might finish first).
-    let first_port = free_port();
-    outbox.set_env(
-        "OUTBOXD_SERVER__METRICS_ADDRESS",
-        &format!("127.0.0.1:{first_port}"),
-    );
     let first = outbox.start("eos-huge-1");
-    let published = wait_for_metric(
-        first_port,
-        "outboxd_events_published_total",
-        30_000.0,
-        Duration::from_secs(120),
-    )
-    .await
-    .unwrap_or(0.0);
+    // Let about a third of it through, then cut the relay off from PostgreSQL: it
+    // can commit only part of the transaction to Kafka, however fast it is.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while proxy.stats().to_client < 40 << 20 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    proxy.set_mode(Mode::Blackhole);
+    let seen = outbox
+        .read_events(1_000, Duration::from_secs(60))
+        .await
+        .len();
     let peak_first = first.peak_rss();
     first.signal("KILL");
     drop(first);
-    println!("killed after the relay had published {published} of 100000 events");
+    println!("killed after a read_committed consumer saw {seen} of 100000 events");
     assert!(
-        published >= 30_000.0,
-        "{published} events published in 120 s"
+        (1_000..100_000).contains(&seen),
+        "the kill must land in the middle"
     );
-    let second_port = free_port();
+    // The walsender of the killed relay goes with its connection.
+    proxy.set_mode(Mode::Reset);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    proxy.set_mode(Mode::Pass);
+    let metrics_port = free_port();
     outbox.set_env(
         "OUTBOXD_SERVER__METRICS_ADDRESS",
-        &format!("127.0.0.1:{second_port}"),
+        &format!("127.0.0.1:{metrics_port}"),
     );
     let mut second = outbox.start("eos-huge-2");
     exactly_once(
@@ -257,20 +261,16 @@ async fn a_huge_transaction_killed_in_the_middle_gives_no_duplicate_in_bounded_m
     let peak = peak_first.max(second.peak_rss());
     println!("peak RSS {} MB", peak >> 20);
     assert!(peak > 0 && peak < 100 << 20, "peak RSS {} MB", peak >> 20);
-    // The restart resumed inside the transaction: the events the killed relay had
-    // committed to Kafka were read again from PostgreSQL and left out.
-    let skipped = wait_for_metric(
-        second_port,
-        "outboxd_skipped_events_total",
-        1.0,
-        Duration::from_secs(30),
-    )
-    .await
-    .unwrap_or(0.0);
-    println!("the restart left out {skipped} events already committed to Kafka");
+    // The restart resumed inside the transaction: what the killed relay had
+    // committed to Kafka was read again from PostgreSQL and left out.
+    let body = tokio::task::spawn_blocking(move || http_get(metrics_port, "/metrics").1)
+        .await
+        .unwrap();
+    let skipped = metric(&body, "outboxd_skipped_events_total").unwrap_or(0.0);
+    println!("the restart left out {skipped} events already in Kafka");
     let log = second.log_text();
     assert!(
-        skipped > 0.0
+        skipped >= seen as f64
             && skipped < 100_000.0
             && log.contains("resuming inside a partly delivered transaction"),
         "skipped {skipped}\n{}",

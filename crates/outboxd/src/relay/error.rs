@@ -68,6 +68,7 @@ impl RelayError {
                 ..
             }
             | SinkError::Timeout { .. } => RelayError::TransactionFailed(e),
+            SinkError::Stopped(failure) => RelayError::KafkaUnavailable(failure.clone()),
             _ => RelayError::Producer(e),
         }
     }

@@ -66,7 +66,6 @@ pub struct Observed {
     /// Every record sent: (sink generation, transaction, record).
     pub sent: Vec<(usize, TxnId, Record)>,
     pub sinks_created: usize,
-    pub purges: usize,
     /// Exactly-once: transactional ids registered, and commits and aborts made.
     pub transactional_ids: Vec<String>,
     pub commits: usize,
@@ -387,10 +386,6 @@ impl Sink for FakeSink {
 
     async fn flush(&self, _timeout: Duration) -> Result<(), SinkError> {
         Ok(())
-    }
-
-    fn purge(&self) {
-        self.observed.borrow_mut().purges += 1;
     }
 
     fn fatal_error(&self) -> Option<String> {

@@ -19,8 +19,6 @@ pub(crate) trait Sink {
     fn discard_completions(&mut self);
     /// Waits (at most `timeout`) until nothing is in flight.
     async fn flush(&self, timeout: Duration) -> Result<(), SinkError>;
-    /// Drops everything queued or in flight (their transactions fail).
-    fn purge(&self);
     /// The reason once the sink can no longer produce; it must then be replaced.
     fn fatal_error(&self) -> Option<String>;
     /// Exactly-once: another relay's producer fenced this one.
@@ -88,10 +86,6 @@ impl Sink for KafkaPort {
 
     async fn flush(&self, timeout: Duration) -> Result<(), SinkError> {
         self.sink.flush(timeout).await
-    }
-
-    fn purge(&self) {
-        self.sink.purge();
     }
 
     fn fatal_error(&self) -> Option<String> {

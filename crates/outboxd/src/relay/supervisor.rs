@@ -200,9 +200,9 @@ impl<C: Connector, F: SinkFactory, W: Checkpoints> Supervisor<C, F, W> {
         };
         if self.exactly_once.is_some() || error.needs_new_producer() || sink.fatal_error().is_some()
         {
-            // Dropping the old producer purges its queue: nothing queued behind a
-            // timed-out record reaches Kafka before that record's replay. Exactly
-            // once, the next session's producer fences this one anyway.
+            // A sink stopped by a delivery timeout sends nothing more (it purged
+            // itself); a fatal one cannot. Exactly once, the next session's producer
+            // fences this one anyway.
             self.sink = None;
         } else {
             // What is in flight is unconfirmed and will be re-sent by the next

@@ -388,9 +388,9 @@ impl<'a, S: Source, K: Sink, W: Checkpoints> Pipeline<'a, S, K, W> {
             }
             Completion::Failed { txn, failure } if failure.transient => {
                 metrics.delivery_errors.inc();
+                // The sink stopped and purged itself in the delivery report: nothing
+                // younger reaches Kafka before this record's resend.
                 self.tracker.fail(txn);
-                // Younger records must not overtake this one: stop them now.
-                self.sink.purge();
                 tracing::warn!(event_id = %failure.event_id, lsn = %Lsn(failure.lsn), topic = %failure.topic, reason = %failure.reason, "delivery timed out");
                 Err(RelayError::KafkaUnavailable(failure))
             }
