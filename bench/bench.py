@@ -121,7 +121,7 @@ class Bench(Workload, Relays, DrainPhase, SweepPhase, LatencyPhase, TakeoverPhas
         if m:
             rdkafka = m.group(1)
         # outboxd's exactly-once transaction limits as its source has them (for the report).
-        config = (ROOT / "crates/outboxd/src/config.rs").read_text()
+        config = "".join(p.read_text() for p in sorted((ROOT / "crates/outboxd/src/config").glob("*.rs")))
         eos = {key: m.group(1) for key in ("transaction_max_ms", "transaction_max_bytes")
                if (m := re.search(rf"^\s*{key}: ([^,]+),$", config, re.M))}
         git = cmd_out(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"])
@@ -243,6 +243,8 @@ def main(argv=None) -> None:
     ap.add_argument("--takeover-rate", type=int, default=1000, help="events/s written during the takeovers")
     ap.add_argument("--takeover-k", type=int, default=1, help="events per transaction during the takeovers")
     ap.add_argument("--keep", action="store_true", help="leave PostgreSQL and Kafka running at the end")
+    ap.add_argument("--strict", action="store_true",
+                    help="exit 1 if any relay run failed (CI's smoke run: the harness must work end to end)")
     ap.add_argument("--report-only", metavar="RESULTS_JSON", help="only render a report from a results file")
     # Wiring from run.sh.
     ap.add_argument("--outboxd-bin", required=False)
@@ -314,7 +316,29 @@ def main(argv=None) -> None:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         raise SystemExit("another bench run holds bench/.work/bench.lock")
-    Bench(args, opts).execute()
+    bench = Bench(args, opts)
+    bench.execute()
+    failed = failures(bench.results)
+    for f in failed:
+        log(f"failed: {f}")
+    if failed and args.strict:
+        raise SystemExit(1)
+
+
+def failures(results: dict) -> list[str]:
+    """Every relay run of the results that failed, named."""
+    out = []
+    for e in results.get("drain", []) + ([results["sweep"]] if results.get("sweep") else []):
+        for name, r in e.get("runs", {}).items():
+            if not r.get("ok"):
+                out.append(f"drain {name} (k={e.get('k')}): {r.get('error')}")
+    for name, r in results.get("latency", {}).items():
+        if r.get("error"):
+            out.append(f"latency {name}: {r['error']}")
+    for mode, r in results.get("takeover", {}).get("modes", {}).items():
+        if r.get("error"):
+            out.append(f"takeover {mode}: {r['error']}")
+    return out
 
 
 if __name__ == "__main__":
