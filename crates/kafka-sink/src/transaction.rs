@@ -3,9 +3,10 @@
 //!
 //! A transaction begins with the first record sent after the previous one ended
 //! (`send` calls [`KafkaSink::begin_if_needed`]). librdkafka's blocking calls run off
-//! the async runtime. Before committing, the sink waits for its own delivery reports:
-//! librdkafka's commit flushes first, and a flush with anything outstanding costs at
-//! least 100 ms.
+//! the async runtime. Before committing, the sink waits for its own delivery reports,
+//! then until librdkafka has released them: rust-rdkafka's commit flushes first, and
+//! its flush polls for a whole 100 ms whenever librdkafka still counts a message (it
+//! did for ~2 % of commits, adding 100 ms to their events' latency).
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -17,6 +18,10 @@ use rdkafka::producer::{BaseProducer, Producer};
 use crate::context::SinkContext;
 use crate::error::{SinkError, TransactionError};
 use crate::sink::KafkaSink;
+
+/// How long a commit waits for librdkafka to release the delivery reports the sink
+/// already settled (normally microseconds).
+const REPORTS_RELEASED_WITHIN: Duration = Duration::from_millis(50);
 
 impl KafkaSink {
     /// Registers this producer's transactional id with the broker: any older producer
@@ -57,6 +62,7 @@ impl KafkaSink {
                 reason: format!("{failed} record(s) of the transaction failed delivery"),
             });
         }
+        self.reports_released(REPORTS_RELEASED_WITHIN).await;
         let remaining = timeout.saturating_sub(started.elapsed());
         let result = self
             .blocking("commit", move |p| p.commit_transaction(remaining))
@@ -65,6 +71,17 @@ impl KafkaSink {
             self.in_transaction.store(false, Ordering::Release);
         }
         result
+    }
+
+    /// Waits (at most `limit`) until librdkafka counts no message: the sink settles a
+    /// record inside its delivery report, and librdkafka releases the message only
+    /// after the poll thread returns from it. rust-rdkafka's commit flushes first,
+    /// and its flush polls for a whole 100 ms whenever a message is still counted.
+    async fn reports_released(&self, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        while self.producer.in_flight_count() > 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
     }
 
     /// Aborts the open transaction: its records are never visible to `read_committed`
