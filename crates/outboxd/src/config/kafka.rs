@@ -149,7 +149,7 @@ impl Default for KafkaConfig {
             topic_creation: TopicCreation::default(),
             delivery: Delivery::AtLeastOnce,
             transactional_id: None,
-            transaction_max_ms: 20,
+            transaction_max_ms: 10,
             transaction_max_bytes: 1 << 20,
         }
     }
