@@ -107,8 +107,13 @@ class TakeoverPhase:
 
     @staticmethod
     def stop_writer(writer: subprocess.Popen) -> None:
-        writer.send_signal(signal.SIGINT)
-        writer.wait(30)
+        # Not SIGINT: pgbench takes it as "cancel the running query" and goes on.
+        writer.terminate()
+        try:
+            writer.wait(10)
+        except subprocess.TimeoutExpired:
+            writer.kill()
+            writer.wait(10)
 
     def probe_standby(self, db: str, mode: str, env: dict, relays: list) -> dict:
         """Starts a standby under load a few times (each stopped again once it stands
