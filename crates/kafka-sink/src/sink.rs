@@ -55,6 +55,8 @@ pub struct KafkaSink {
     /// undelivered records when it began (one more since forbids its commit).
     pub(crate) in_transaction: AtomicBool,
     pub(crate) errors_at_begin: AtomicU64,
+    /// Transactional mode: when the last commit returned.
+    pub(crate) committed_at: std::sync::Mutex<Option<Instant>>,
     stop: Arc<AtomicBool>,
     poller: Option<JoinHandle<()>>,
 }
@@ -115,6 +117,7 @@ impl KafkaSink {
                 config,
                 in_transaction: AtomicBool::new(false),
                 errors_at_begin: AtomicU64::new(0),
+                committed_at: std::sync::Mutex::new(None),
                 stop,
                 poller: Some(poller),
             },
@@ -138,6 +141,7 @@ impl KafkaSink {
     /// enqueued and not counted.
     pub async fn send(&self, txn: TxnId, record: Record) -> Result<(), SinkError> {
         let _in_order = self.enqueue.lock().await;
+        self.after_the_last_commit().await;
         let bytes = record.in_flight_size();
         let budget = &self.shared.budget;
         let has_room = || budget.has_room(bytes);
