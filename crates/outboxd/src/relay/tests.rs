@@ -541,3 +541,33 @@ async fn exactly_once_aborts_after_a_failure_and_resends_from_the_commit() {
     );
     assert_eq!(run.observed.opened_after, [Lsn::ZERO, a_end]);
 }
+
+#[tokio::test(start_paused = true)]
+async fn exactly_once_commits_at_its_byte_limit_while_events_keep_coming() {
+    let mut wal = Wal::default();
+    let mut steps = Vec::new();
+    const IDS: [&str; 20] = [
+        "e0", "e1", "e2", "e3", "e4", "e5", "e6", "e7", "e8", "e9", "e10", "e11", "e12", "e13",
+        "e14", "e15", "e16", "e17", "e18", "e19",
+    ];
+    for id in IDS {
+        let (txn, _) = wal.transaction(&[Outbox(id, Some("t"), "k")]);
+        steps.push(txn);
+    }
+    steps.push(vec![Step::Shutdown]);
+    let mut setup = exactly_once(vec![session(steps, End::Quiet)]);
+    setup.mode = Mode::ExactlyOnce {
+        checkpoint_topic: "checkpoints".to_owned(),
+        max_age: Duration::from_secs(3600),
+        max_bytes: 1,
+    };
+    let run = setup.run().await;
+    run.result.expect("a clean stop");
+    // Every event reaches the byte limit: a commit before the next one is sent, not
+    // one for the whole backlog once the stream pauses.
+    assert!(
+        run.observed.commits >= 20,
+        "{} commits",
+        run.observed.commits
+    );
+}
