@@ -249,10 +249,10 @@ impl ConnectOptions {
             .connect_timeout(self.connect_timeout)
             // The replication connection's TCP settings (see `conn`), for the same
             // reason: a vanished peer must end the connection, not hang a query.
-            .keepalives_idle(crate::conn::TCP_KEEPALIVE_IDLE)
-            .keepalives_interval(crate::conn::TCP_KEEPALIVE_INTERVAL)
-            .keepalives_retries(crate::conn::TCP_KEEPALIVE_RETRIES)
-            .tcp_user_timeout(crate::conn::TCP_USER_TIMEOUT)
+            .keepalives_idle(crate::transport::TCP_KEEPALIVE_IDLE)
+            .keepalives_interval(crate::transport::TCP_KEEPALIVE_INTERVAL)
+            .keepalives_retries(crate::transport::TCP_KEEPALIVE_RETRIES)
+            .tcp_user_timeout(crate::transport::TCP_USER_TIMEOUT)
             .ssl_mode(match self.sslmode {
                 SslMode::Disable => tokio_postgres::config::SslMode::Disable,
                 SslMode::Prefer => tokio_postgres::config::SslMode::Prefer,

@@ -25,6 +25,7 @@ mod session_attrs;
 mod source;
 mod stream;
 mod tls;
+mod transport;
 
 pub use admin::{Admin, SlotInfo, TableName};
 pub use client::{ReplicationClient, StartOptions, SystemIdentity, TimelineSwitch};
