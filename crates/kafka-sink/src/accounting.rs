@@ -215,6 +215,7 @@ impl Shared {
                 let stops = transient
                     && refusal == Refusal::Delivery
                     && !self.transactional
+                    && self.stopped.get().is_none()
                     && self.stopped.set(failure.clone()).is_ok();
                 let completion = lock(&self.ledger).settle_failed(delivery.txn, || failure);
                 self.emit(completion);

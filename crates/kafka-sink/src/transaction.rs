@@ -86,7 +86,7 @@ impl KafkaSink {
     /// Before the first record of a transaction: waits out what is left of
     /// [`NEXT_TRANSACTION_AFTER`] since the last commit.
     pub(crate) async fn after_the_last_commit(&self) {
-        if self.in_transaction.load(Ordering::Acquire) {
+        if self.config.transactional_id.is_none() || self.in_transaction.load(Ordering::Acquire) {
             return;
         }
         let Some(at) = *lock(&self.committed_at) else {
