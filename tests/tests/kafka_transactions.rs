@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use outboxd_kafka_sink::{
-    KafkaSink, Record, RecordMeta, SinkConfig, SinkError, TransactionError, TxnId,
+    KafkaSink, Record, RecordMeta, Registration, SinkConfig, SinkError, TransactionError, TxnId,
 };
 use outboxd_tests::{consume_all, services, unique_name, TestTopics};
 
@@ -171,4 +171,72 @@ async fn a_record_that_failed_delivery_forbids_the_commit() {
         values(topic, 1, "read_committed").is_empty(),
         "nothing of the failed transaction is visible"
     );
+}
+
+/// Drops a sink off the runtime and waits until its producer is gone.
+async fn dispose(sink: KafkaSink) {
+    tokio::task::spawn_blocking(move || drop(sink))
+        .await
+        .expect("drop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_producer_refused_while_the_broker_aborts_is_replaced_and_never_fences_its_successor() {
+    let topics = TestTopics::create("takeover", 1, 1).await;
+    let topic = &topics.names()[0];
+    let id = unique_name("outboxd-test-takeover");
+    let dead = sink(&id);
+    dead.init_transactions(TIMEOUT).await.expect("init");
+    dead.send(TxnId(1), record(topic, "dead-open"))
+        .await
+        .expect("send");
+    dead.end_transaction(TxnId(1), 1);
+    dead.flush(TIMEOUT).await.expect("acknowledged");
+    // Dies with its transaction open: dropping a producer does not abort it.
+    dispose(dead).await;
+
+    let started = std::time::Instant::now();
+    let mut refused = 0;
+    let successor = loop {
+        let candidate = sink(&id);
+        match candidate
+            .try_init_transactions(TIMEOUT)
+            .await
+            .expect("an answer")
+        {
+            Registration::Registered => break candidate,
+            Registration::AbortInProgress => {
+                refused += 1;
+                assert!(refused < 20, "still refused after {refused} producers");
+                dispose(candidate).await;
+            }
+        }
+    };
+    eprintln!(
+        "registered after {:?}, {refused} producer(s) refused",
+        started.elapsed()
+    );
+    assert!(
+        refused >= 1,
+        "the broker refuses the first registration while it aborts the open transaction"
+    );
+    successor
+        .send(TxnId(1), record(topic, "first"))
+        .await
+        .expect("send");
+    successor.end_transaction(TxnId(1), 1);
+    successor.commit_transaction(TIMEOUT).await.expect("commit");
+    // Past librdkafka's 500 ms retry of the refused producers: had one survived, its
+    // retry would have fenced the successor by now.
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    successor
+        .send(TxnId(2), record(topic, "second"))
+        .await
+        .expect("send");
+    successor.end_transaction(TxnId(2), 1);
+    successor
+        .commit_transaction(TIMEOUT)
+        .await
+        .expect("commit: not fenced");
+    assert_eq!(values(topic, 2, "read_committed"), ["first", "second"]);
 }

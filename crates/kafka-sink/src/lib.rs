@@ -91,6 +91,7 @@ pub use murmur2::{murmur2, partition_for_key};
 pub use rdkafka::error::KafkaError;
 pub use record::{Completion, DeliveryFailure, HeaderName, PgLsn, Record, RecordMeta, TxnId};
 pub use sink::KafkaSink;
+pub use transaction::Registration;
 
 /// Locks a mutex whose data stays consistent even if a holder panicked (every
 /// critical section in this crate leaves the data valid at each step), so that a panic

@@ -20,6 +20,26 @@ use crate::error::{SinkError, TransactionError};
 use crate::lock;
 use crate::sink::KafkaSink;
 
+/// How long [`KafkaSink::try_init_transactions`] may wait to learn that the broker
+/// refused its registration. librdkafka asks again a fixed 500 ms after a refusal;
+/// dropped within this window, the producer never does, so it cannot fence its
+/// successor.
+const REFUSAL_WINDOW: Duration = Duration::from_millis(300);
+
+/// How often [`KafkaSink::try_init_transactions`] looks for a refusal.
+const REFUSAL_CHECK: Duration = Duration::from_millis(10);
+
+/// How a registration of a transactional producer ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Registration {
+    /// Registered: older producers with this transactional id are fenced.
+    Registered,
+    /// The broker refused it while it aborts an older producer's open transaction
+    /// (`CONCURRENT_TRANSACTIONS`; the abort has begun). Drop this sink and register
+    /// a new one: librdkafka itself would ask again only after 500 ms.
+    AbortInProgress,
+}
+
 /// How long a commit waits for librdkafka to release the delivery reports the sink
 /// already settled (normally microseconds).
 const REPORTS_RELEASED_WITHIN: Duration = Duration::from_millis(50);
@@ -40,6 +60,23 @@ impl KafkaSink {
         self.transactional_id()?;
         self.blocking("init", move |p| p.init_transactions(timeout))
             .await
+    }
+
+    /// Like [`init_transactions`](Self::init_transactions), but returns
+    /// [`Registration::AbortInProgress`] as soon as the broker refuses the first
+    /// request because an older producer's transaction is being aborted (what a
+    /// takeover after a crash meets). Drop the sink right away, before librdkafka's
+    /// own retry: that is what makes a new producer's request safe.
+    pub async fn try_init_transactions(
+        &self,
+        timeout: Duration,
+    ) -> Result<Registration, SinkError> {
+        self.transactional_id()?;
+        let producer = Arc::clone(&self.producer);
+        tokio::task::spawn_blocking(move || register(&producer, timeout))
+            .await
+            .map_err(|e| SinkError::Internal(format!("transaction init task: {e}")))?
+            .map_err(|e| transaction_error("init", e))
     }
 
     /// Commits the open transaction (everything sent since it began) once every
@@ -156,6 +193,35 @@ impl KafkaSink {
             .await
             .map_err(|e| SinkError::Internal(format!("transaction {call} task: {e}")))?
             .map_err(|e| transaction_error(call, e))
+    }
+}
+
+/// Registers `producer` in slices of [`REFUSAL_CHECK`], so that a refusal within
+/// [`REFUSAL_WINDOW`] is seen in time (librdkafka resumes an initialization that
+/// timed out, and reports the refusal that made it wait as the timeout's error).
+fn register(
+    producer: &BaseProducer<SinkContext>,
+    timeout: Duration,
+) -> Result<Registration, KafkaError> {
+    let started = Instant::now();
+    loop {
+        let watching = started.elapsed() < REFUSAL_WINDOW;
+        let slice = if watching {
+            REFUSAL_CHECK
+        } else {
+            timeout.saturating_sub(started.elapsed())
+        };
+        match producer.init_transactions(slice) {
+            Ok(()) => return Ok(Registration::Registered),
+            Err(KafkaError::Transaction(e))
+                if watching && e.code() == RDKafkaErrorCode::ConcurrentTransactions =>
+            {
+                return Ok(Registration::AbortInProgress)
+            }
+            Err(KafkaError::Transaction(e))
+                if watching && e.code() == RDKafkaErrorCode::OperationTimedOut => {}
+            Err(e) => return Err(e),
+        }
     }
 }
 

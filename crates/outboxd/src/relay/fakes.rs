@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use outboxd_kafka_sink::{Completion, DeliveryFailure, Record, SinkError, TxnId};
+use outboxd_kafka_sink::{Completion, DeliveryFailure, Record, Registration, SinkError, TxnId};
 use outboxd_pgoutput::{
     Begin, Column, ColumnValue, Commit, Insert, LogicalMessage, Lsn, Message, Relation,
     ReplicaIdentity, SharedRelation,
@@ -68,6 +68,8 @@ pub struct Observed {
     pub sinks_created: usize,
     /// Exactly-once: transactional ids registered, and commits and aborts made.
     pub transactional_ids: Vec<String>,
+    /// Registrations that waited out the broker's refusals.
+    pub patient_registrations: usize,
     pub commits: usize,
     pub aborts: usize,
 }
@@ -179,6 +181,10 @@ impl Source for FakeSource {
         }
     }
 
+    fn has_ready(&self) -> bool {
+        matches!(self.steps.front(), Some(Step::Event(_)))
+    }
+
     fn acknowledge(&self, lsn: Lsn) {
         let mut observed = self.observed.borrow_mut();
         observed.acknowledged.push(lsn);
@@ -255,11 +261,14 @@ pub enum Completing {
 
 /// Makes fake sinks that share one [`Observed`]; records whose event id is in
 /// `fail` fail their transaction (`transient` as given), in the first sink only.
+/// The first `refusals` transactional sinks are refused a quick registration (the
+/// broker still aborting an older producer's transaction).
 #[derive(Debug)]
 pub struct FakeSinks {
     pub observed: Shared,
     pub completing: Completing,
     pub fail: Vec<(&'static str, bool)>,
+    pub refusals: usize,
 }
 
 impl SinkFactory for FakeSinks {
@@ -283,10 +292,15 @@ impl SinkFactory for FakeSinks {
             } else {
                 Vec::new()
             },
+            refused: transactional_id.is_some() && generation <= self.refusals,
             state: RefCell::new(SinkState::default()),
             tx,
             rx,
         })
+    }
+
+    async fn dispose(&self, sink: FakeSink) {
+        drop(sink);
     }
 }
 
@@ -307,6 +321,7 @@ pub struct FakeSink {
     observed: Shared,
     completing: Completing,
     fail: Vec<(&'static str, bool)>,
+    refused: bool,
     state: RefCell<SinkState>,
     tx: tokio::sync::mpsc::UnboundedSender<Completion>,
     rx: tokio::sync::mpsc::UnboundedReceiver<Completion>,
@@ -408,7 +423,16 @@ impl Sink for FakeSink {
     }
 
     async fn init_transactions(&self, _timeout: Duration) -> Result<(), SinkError> {
+        self.observed.borrow_mut().patient_registrations += 1;
         Ok(())
+    }
+
+    async fn try_init_transactions(&self, _timeout: Duration) -> Result<Registration, SinkError> {
+        Ok(if self.refused {
+            Registration::AbortInProgress
+        } else {
+            Registration::Registered
+        })
     }
 
     async fn commit_transaction(&self, _timeout: Duration) -> Result<(), SinkError> {

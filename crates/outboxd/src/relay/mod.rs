@@ -20,6 +20,8 @@ mod supervisor;
 mod tracker;
 
 #[cfg(test)]
+mod exactly_once_tests;
+#[cfg(test)]
 mod fakes;
 #[cfg(test)]
 mod tests;

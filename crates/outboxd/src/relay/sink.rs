@@ -3,7 +3,9 @@
 
 use std::time::Duration;
 
-use outboxd_kafka_sink::{Completion, KafkaSink, Record, SinkConfig, SinkError, TxnId};
+use outboxd_kafka_sink::{
+    Completion, KafkaSink, Record, Registration, SinkConfig, SinkError, TxnId,
+};
 use tokio::sync::mpsc::UnboundedReceiver;
 
 /// Where records go, with one [`Completion`] per ended transaction.
@@ -28,6 +30,9 @@ pub(crate) trait Sink {
     fn take_bytes_delivered(&mut self) -> u64;
     /// Exactly-once: fences older producers with the same transactional id.
     async fn init_transactions(&self, timeout: Duration) -> Result<(), SinkError>;
+    /// Exactly-once: the same, but gives up at once when the broker is still
+    /// aborting an older producer's transaction; the sink must then be dropped.
+    async fn try_init_transactions(&self, timeout: Duration) -> Result<Registration, SinkError>;
     /// Exactly-once: makes everything sent since the last commit visible at once.
     async fn commit_transaction(&self, timeout: Duration) -> Result<(), SinkError>;
     /// Exactly-once: discards everything sent since the last commit.
@@ -39,6 +44,8 @@ pub(crate) trait Sink {
 pub(crate) trait SinkFactory {
     type Sink: Sink;
     fn create(&self, transactional_id: Option<&str>) -> Result<Self::Sink, SinkError>;
+    /// Drops `sink` and returns once it is gone: its producer sends nothing more.
+    async fn dispose(&self, sink: Self::Sink);
 }
 
 /// A [`KafkaSink`] and its completion channel.
@@ -64,6 +71,13 @@ impl SinkFactory for SinkConfig {
             completions,
             bytes_counted: 0,
         })
+    }
+
+    async fn dispose(&self, sink: KafkaPort) {
+        // Dropping a producer blocks (its threads stop): not on the runtime.
+        if let Err(e) = tokio::task::spawn_blocking(move || drop(sink)).await {
+            tracing::error!(error = %e, "dropping a Kafka producer failed");
+        }
     }
 }
 
@@ -109,6 +123,10 @@ impl Sink for KafkaPort {
 
     async fn init_transactions(&self, timeout: Duration) -> Result<(), SinkError> {
         self.sink.init_transactions(timeout).await
+    }
+
+    async fn try_init_transactions(&self, timeout: Duration) -> Result<Registration, SinkError> {
+        self.sink.try_init_transactions(timeout).await
     }
 
     async fn commit_transaction(&self, timeout: Duration) -> Result<(), SinkError> {

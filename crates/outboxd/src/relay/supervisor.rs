@@ -12,7 +12,10 @@
 
 use std::time::Duration;
 
+use outboxd_kafka_sink::Registration;
+
 use rand::Rng;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::checkpoint::RelayIdentity;
@@ -29,6 +32,10 @@ const SETTLE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How long registering an exactly-once producer (and fencing older ones) may take.
 const INIT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How many producers a takeover may drop because the broker was still aborting the
+/// previous holder's transaction, before one waits out librdkafka's 500 ms retries.
+const QUICK_REGISTRATIONS: usize = 5;
 
 /// Exactly-once: the configured transactional id, if any (else derived from the
 /// relay's identity). `None`: at least once.
@@ -216,6 +223,12 @@ impl<C: Connector, F: SinkFactory, W: Checkpoints> Supervisor<C, F, W> {
 /// Exactly-once: a fresh transactional producer per session, registered (which
 /// fences every older producer of the relay's transactional id) after the session
 /// took the slot.
+///
+/// When the previous holder died with a transaction open (a takeover under load),
+/// the broker refuses the first registration while it aborts that transaction, and
+/// librdkafka asks again only 500 ms later. A new producer asks at once instead;
+/// the refused one is dropped before its own retry, so it can never fence the new
+/// one (docs/architecture.md, "Fencing").
 struct Fencer<'a, F: SinkFactory> {
     sinks: &'a F,
     sink: &'a mut Option<F::Sink>,
@@ -229,10 +242,27 @@ impl<F: SinkFactory> Fence for Fencer<'_, F> {
         };
         let id = settings::transactional_id(configured.as_deref(), identity);
         *self.sink = None;
-        let sink = self.sinks.create(Some(&id)).map_err(RelayError::Producer)?;
-        sink.init_transactions(INIT_TIMEOUT)
-            .await
-            .map_err(RelayError::TransactionFailed)?;
+        let deadline = Instant::now() + INIT_TIMEOUT;
+        let mut refused = 0;
+        let sink = loop {
+            let sink = self.sinks.create(Some(&id)).map_err(RelayError::Producer)?;
+            let timeout = deadline.saturating_duration_since(Instant::now());
+            if refused == QUICK_REGISTRATIONS {
+                sink.init_transactions(timeout)
+                    .await
+                    .map_err(RelayError::TransactionFailed)?;
+                break sink;
+            }
+            match sink.try_init_transactions(timeout).await {
+                Ok(Registration::Registered) => break sink,
+                Ok(Registration::AbortInProgress) => {
+                    refused += 1;
+                    tracing::debug!(transactional_id = %id, refused, "the broker is still aborting the previous producer's transaction; registering a new producer");
+                    self.sinks.dispose(sink).await;
+                }
+                Err(e) => return Err(RelayError::TransactionFailed(e)),
+            }
+        };
         tracing::info!(transactional_id = %id, "exactly-once producer registered; older producers with this id are fenced");
         *self.sink = Some(sink);
         Ok(())

@@ -72,11 +72,16 @@ impl Durability {
         }
     }
 
-    /// Waits until there is something to do. Cancellation-safe.
-    pub async fn next(&mut self, store: &impl Checkpoints) -> Result<Next, RelayError> {
+    /// Waits until there is something to do; `more_received`: the source has
+    /// messages waiting. Cancellation-safe.
+    pub async fn next(
+        &mut self,
+        store: &impl Checkpoints,
+        more_received: bool,
+    ) -> Result<Next, RelayError> {
         match self {
             Durability::AtLeastOnce(c) => c.next_durable(store).await.map(Next::Durable),
-            Durability::ExactlyOnce(c) => match c.due() {
+            Durability::ExactlyOnce(c) => match c.due(more_received) {
                 Some(at) => {
                     tokio::time::sleep_until(at).await;
                     Ok(Next::CommitDue)
@@ -88,10 +93,10 @@ impl Durability {
 }
 
 impl<S: Source, K: Sink, W: Checkpoints> Pipeline<'_, S, K, W> {
-    /// An event record of `bytes` was sent.
-    pub(super) fn record_sent(&mut self, bytes: usize, at: EventPosition) {
+    /// An event record of `bytes` was sent; its change arrived at `received_at`.
+    pub(super) fn record_sent(&mut self, bytes: usize, at: EventPosition, received_at: Instant) {
         if let Durability::ExactlyOnce(c) = &mut self.durability {
-            c.sent(bytes, at);
+            c.sent(bytes, at, received_at);
         }
     }
 
