@@ -24,11 +24,14 @@ use crate::log_limiter::{LogLimiter, Verdict};
 const WINDOW: Duration = Duration::from_secs(30);
 
 /// Errors a client retries on its own that resolve without anyone acting: the
-/// coordinator of a fresh or restarted broker is loading its log.
+/// coordinator of a fresh or restarted broker is loading its log; a transactional
+/// producer taking over is refused while the broker aborts its predecessor's open
+/// transaction (CONCURRENT_TRANSACTIONS).
 const SELF_HEALING: &[&str] = &[
     "Coordinator load in progress",
     "Coordinator not available",
     "Not coordinator",
+    "another concurrent operation on the same transaction",
 ];
 
 /// Emits a `tracing` event at a level chosen at run time.
@@ -193,6 +196,13 @@ mod tests {
         assert_eq!(
             shown_level(Level::WARN, getpid, Verdict::Show { suppressed: 59 }),
             Some(Level::WARN)
+        );
+        let takeover = "Failed to acquire transactional PID from broker 127.0.0.1:19092/1: \
+                        Broker: Producer attempted to update a transaction while another \
+                        concurrent operation on the same transaction was ongoing: retrying";
+        assert_eq!(
+            shown_level(Level::WARN, takeover, FIRST),
+            Some(Level::DEBUG)
         );
     }
 

@@ -108,10 +108,12 @@ impl KafkaSink {
                 reason: format!("{failed} record(s) of the transaction failed delivery"),
             });
         }
-        self.reports_released(REPORTS_RELEASED_WITHIN).await;
         let remaining = timeout.saturating_sub(started.elapsed());
         let result = self
-            .blocking("commit", move |p| p.commit_transaction(remaining))
+            .blocking("commit", move |p| {
+                reports_released(p, REPORTS_RELEASED_WITHIN);
+                p.commit_transaction(remaining)
+            })
             .await;
         if result.is_ok() {
             self.in_transaction.store(false, Ordering::Release);
@@ -130,17 +132,6 @@ impl KafkaSink {
             return;
         };
         tokio::time::sleep_until((at + NEXT_TRANSACTION_AFTER).into()).await;
-    }
-
-    /// Waits (at most `limit`) until librdkafka counts no message: the sink settles a
-    /// record inside its delivery report, and librdkafka releases the message only
-    /// after the poll thread returns from it. rust-rdkafka's commit flushes first,
-    /// and its flush polls for a whole 100 ms whenever a message is still counted.
-    async fn reports_released(&self, limit: Duration) {
-        let deadline = Instant::now() + limit;
-        while self.producer.in_flight_count() > 0 && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
     }
 
     /// Aborts the open transaction: its records are never visible to `read_committed`
@@ -193,6 +184,19 @@ impl KafkaSink {
             .await
             .map_err(|e| SinkError::Internal(format!("transaction {call} task: {e}")))?
             .map_err(|e| transaction_error(call, e))
+    }
+}
+
+/// Waits (at most `limit`, on a blocking thread) until librdkafka counts no message:
+/// the sink settles a record inside its delivery report, and librdkafka releases the
+/// message only after the poll thread returns from it. rust-rdkafka's commit flushes
+/// first, and its flush polls for a whole 100 ms whenever a message is still
+/// counted. The release takes microseconds: a runtime timer (1 ms granularity) added
+/// ~2 ms to one commit in ten.
+fn reports_released(producer: &BaseProducer<SinkContext>, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    while producer.in_flight_count() > 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_micros(50));
     }
 }
 

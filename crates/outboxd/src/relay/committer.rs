@@ -118,18 +118,7 @@ impl Committer {
     /// The checkpoint record that closes the open transaction.
     pub fn checkpoint_record(&self) -> (Checkpoint, Record) {
         let checkpoint = self.committed.advanced(self.confirmed, self.last_event);
-        let key = checkpoint.identity().key();
-        let record = Record {
-            topic: self.topic.clone(),
-            key: Some(key.into_bytes().into()),
-            value: Some(checkpoint.to_json().into()),
-            meta: RecordMeta {
-                event_id: "checkpoint".to_owned(),
-                lsn: checkpoint.confirmed_lsn.0,
-                index: 0,
-            },
-            ..Record::default()
-        };
+        let record = record_of(&self.topic, &checkpoint);
         (checkpoint, record)
     }
 
@@ -143,6 +132,21 @@ impl Committer {
             confirmed: self.committed.confirmed_lsn,
             records: std::mem::take(&mut self.records),
         }
+    }
+}
+
+/// `checkpoint` as a record of the checkpoint topic `topic`.
+fn record_of(topic: &str, checkpoint: &Checkpoint) -> Record {
+    Record {
+        topic: topic.to_owned(),
+        key: Some(checkpoint.identity().key().into_bytes().into()),
+        value: Some(checkpoint.to_json().into()),
+        meta: RecordMeta {
+            event_id: "checkpoint".to_owned(),
+            lsn: checkpoint.confirmed_lsn.0,
+            index: 0,
+        },
+        ..Record::default()
     }
 }
 
