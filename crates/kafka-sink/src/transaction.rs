@@ -203,13 +203,20 @@ fn reports_released(producer: &BaseProducer<SinkContext>, limit: Duration) {
 /// Registers `producer` in slices of [`REFUSAL_CHECK`], so that a refusal within
 /// [`REFUSAL_WINDOW`] is seen in time (librdkafka resumes an initialization that
 /// timed out, and reports the refusal that made it wait as the timeout's error).
+///
+/// Only a `CONCURRENT_TRANSACTIONS` refusal as the first answer gives up: librdkafka
+/// then asks again only from its 500 ms timer. After other refusals (a coordinator
+/// moving or loading) it may ask again at once, so a request could be in flight
+/// when the producer is dropped, and reach the broker after its successor's: that
+/// one would be fenced. Those registrations wait for librdkafka instead.
 fn register(
     producer: &BaseProducer<SinkContext>,
     timeout: Duration,
 ) -> Result<Registration, KafkaError> {
     let started = Instant::now();
+    let mut watching = true;
     loop {
-        let watching = started.elapsed() < REFUSAL_WINDOW;
+        watching &= started.elapsed() < REFUSAL_WINDOW;
         let slice = if watching {
             REFUSAL_CHECK
         } else {
@@ -217,13 +224,14 @@ fn register(
         };
         match producer.init_transactions(slice) {
             Ok(()) => return Ok(Registration::Registered),
-            Err(KafkaError::Transaction(e))
-                if watching && e.code() == RDKafkaErrorCode::ConcurrentTransactions =>
-            {
-                return Ok(Registration::AbortInProgress)
-            }
-            Err(KafkaError::Transaction(e))
-                if watching && e.code() == RDKafkaErrorCode::OperationTimedOut => {}
+            Err(KafkaError::Transaction(e)) if watching => match e.code() {
+                RDKafkaErrorCode::ConcurrentTransactions => {
+                    return Ok(Registration::AbortInProgress)
+                }
+                RDKafkaErrorCode::OperationTimedOut => {}
+                _ if e.is_retriable() => watching = false,
+                _ => return Err(KafkaError::Transaction(e)),
+            },
             Err(e) => return Err(e),
         }
     }

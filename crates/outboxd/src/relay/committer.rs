@@ -12,6 +12,11 @@ use tokio::time::Instant;
 
 use crate::checkpoint::{Checkpoint, EventPosition};
 
+/// Behind a backlog a Kafka transaction stays open at least this long after its
+/// first send (or until `transaction_max_bytes`): latency is lost already, and a
+/// commit every `transaction_max_ms` would spend much of the time committing.
+const BACKLOG_MIN_AGE: Duration = Duration::from_millis(100);
+
 /// The state of the open Kafka transaction.
 #[derive(Debug)]
 pub(crate) struct Committer {
@@ -97,11 +102,12 @@ impl Committer {
     /// The age limit counts from the first record's arrival, so that records that
     /// waited behind the previous commit do not wait a whole transaction more; but
     /// only once the transaction has taken what had arrived. Otherwise, behind a
-    /// backlog, every record would be due at once, one commit each.
+    /// backlog, every record would be due at once, one commit each; there it counts
+    /// from the first send, and is at least [`BACKLOG_MIN_AGE`].
     pub fn due(&self, more_received: bool) -> Option<Instant> {
         match self.opened {
             Some(_) if self.bytes >= self.max_bytes => Some(Instant::now()),
-            Some(opened) if more_received => Some(opened.sent + self.max_age),
+            Some(opened) if more_received => Some(opened.sent + self.max_age.max(BACKLOG_MIN_AGE)),
             Some(opened) => Some(opened.arrived + self.max_age),
             // Only a position to record (an idle WAL end, or transactions without
             // events): a commit with just the checkpoint.
@@ -209,8 +215,8 @@ mod tests {
         );
         assert_eq!(
             c.due(true),
-            Some(arrived + Duration::from_millis(35)),
-            "while more has arrived, the limit counts from the first send"
+            Some(arrived + Duration::from_millis(15) + BACKLOG_MIN_AGE),
+            "behind a backlog, the limit counts from the first send and is longer"
         );
     }
 
