@@ -74,7 +74,7 @@ def method(results: dict) -> list[str]:
           "`kafka.delivery=exactly-once` and otherwise the same defaults"
           + (f" (`kafka.transaction_max_ms={env['eos_defaults']['transaction_max_ms']}`, "
              f"`kafka.transaction_max_bytes={env['eos_defaults']['transaction_max_bytes']}` as "
-             "`crates/outboxd/src/config/kafka.rs` has them; the transactional producer's `linger.ms` is 0)" if env.get("eos_defaults") else "") + ".",
+             "`crates/outboxd/src/config/kafka.rs` has them; the transactional producer's `linger.ms` is 2)" if env.get("eos_defaults") else "") + ".",
           "- Debezium: `connector.class=io.debezium.connector.postgresql.PostgresConnector`, "
           "`plugin.name=pgoutput`, the pre-created slot and publication "
           "(`publication.autocreate.mode=disabled`), `snapshot.mode=no_data`, "
