@@ -70,7 +70,9 @@ pub enum CheckpointError {
         "the checkpoint topic {topic} (partition {partition}) has a Kafka transaction open \
          that was not settled within {waited:?} (last stable offset {stable}, end {end}): \
          its producer died or hangs; the broker aborts it after that producer's \
-         transaction.timeout.ms, and outboxd tries again"
+         transaction.timeout.ms, and outboxd tries again. If this repeats past that \
+         timeout, the transaction is hanging: see docs/operations.md, \"The checkpoint \
+         topic is held by an open transaction\""
     )]
     Unsettled {
         topic: String,
