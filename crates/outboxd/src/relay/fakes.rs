@@ -181,10 +181,6 @@ impl Source for FakeSource {
         }
     }
 
-    fn has_ready(&self) -> bool {
-        matches!(self.steps.front(), Some(Step::Event(_)))
-    }
-
     fn acknowledge(&self, lsn: Lsn) {
         let mut observed = self.observed.borrow_mut();
         observed.acknowledged.push(lsn);

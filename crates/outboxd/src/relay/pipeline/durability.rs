@@ -72,21 +72,11 @@ impl Durability {
         }
     }
 
-    /// Waits until there is something to do; `more_received`: the source has
-    /// messages waiting. Cancellation-safe.
-    pub async fn next(
-        &mut self,
-        store: &impl Checkpoints,
-        more_received: bool,
-    ) -> Result<Next, RelayError> {
+    /// Waits until there is something to do. Cancellation-safe.
+    pub async fn next(&mut self, store: &impl Checkpoints) -> Result<Next, RelayError> {
         match self {
             Durability::AtLeastOnce(c) => c.next_durable(store).await.map(Next::Durable),
-            Durability::ExactlyOnce(c) => match c.due(more_received) {
-                // Not through a timer: the runtime's timer wheel only learns the
-                // time when it turns, which a relay busy with a backlog seldom lets
-                // it do; a timer created anew each loop for a passed deadline then
-                // stays pending (seen: a 150,000-event transaction past its limits).
-                Some(at) if at <= Instant::now() => Ok(Next::CommitDue),
+            Durability::ExactlyOnce(c) => match c.due() {
                 Some(at) => {
                     tokio::time::sleep_until(at).await;
                     Ok(Next::CommitDue)
@@ -98,10 +88,10 @@ impl Durability {
 }
 
 impl<S: Source, K: Sink, W: Checkpoints> Pipeline<'_, S, K, W> {
-    /// An event record of `bytes` was sent; its change arrived at `received_at`.
-    pub(super) fn record_sent(&mut self, bytes: usize, at: EventPosition, received_at: Instant) {
+    /// An event record of `bytes` was sent.
+    pub(super) fn record_sent(&mut self, bytes: usize, at: EventPosition) {
         if let Durability::ExactlyOnce(c) = &mut self.durability {
-            c.sent(bytes, at, received_at);
+            c.sent(bytes, at);
         }
     }
 
