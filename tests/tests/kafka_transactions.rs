@@ -87,13 +87,7 @@ async fn a_newer_producer_with_the_same_id_fences_the_older_one() {
     let topics = TestTopics::create("fence", 1, 1).await;
     let topic = &topics.names()[0];
     let id = unique_name("outboxd-test-fence");
-    let old = sink(&id);
-    old.init_transactions(TIMEOUT).await.expect("init old");
-    old.send(TxnId(1), record(topic, "old-open"))
-        .await
-        .expect("send");
-    old.end_transaction(TxnId(1), 1);
-    old.flush(TIMEOUT).await.expect("acknowledged");
+    let old = with_open_transaction(&id, topic, "old-open").await;
 
     let new = sink(&id);
     new.init_transactions(TIMEOUT)
@@ -173,6 +167,20 @@ async fn a_record_that_failed_delivery_forbids_the_commit() {
     );
 }
 
+/// A registered producer of `id` whose open transaction holds one acknowledged
+/// record, `value`, on `topic`.
+async fn with_open_transaction(id: &str, topic: &str, value: &str) -> KafkaSink {
+    let producer = sink(id);
+    producer.init_transactions(TIMEOUT).await.expect("init");
+    producer
+        .send(TxnId(1), record(topic, value))
+        .await
+        .expect("send");
+    producer.end_transaction(TxnId(1), 1);
+    producer.flush(TIMEOUT).await.expect("acknowledged");
+    producer
+}
+
 /// Drops a sink off the runtime and waits until its producer is gone.
 async fn dispose(sink: KafkaSink) {
     tokio::task::spawn_blocking(move || drop(sink))
@@ -185,13 +193,7 @@ async fn a_producer_refused_while_the_broker_aborts_is_replaced_and_never_fences
     let topics = TestTopics::create("takeover", 1, 1).await;
     let topic = &topics.names()[0];
     let id = unique_name("outboxd-test-takeover");
-    let dead = sink(&id);
-    dead.init_transactions(TIMEOUT).await.expect("init");
-    dead.send(TxnId(1), record(topic, "dead-open"))
-        .await
-        .expect("send");
-    dead.end_transaction(TxnId(1), 1);
-    dead.flush(TIMEOUT).await.expect("acknowledged");
+    let dead = with_open_transaction(&id, topic, "dead-open").await;
     // Dies with its transaction open: dropping a producer does not abort it.
     dispose(dead).await;
 

@@ -72,11 +72,7 @@ impl KafkaSink {
         timeout: Duration,
     ) -> Result<Registration, SinkError> {
         self.transactional_id()?;
-        let producer = Arc::clone(&self.producer);
-        tokio::task::spawn_blocking(move || register(&producer, timeout))
-            .await
-            .map_err(|e| SinkError::Internal(format!("transaction init task: {e}")))?
-            .map_err(|e| transaction_error("init", e))
+        self.blocking("init", move |p| register(p, timeout)).await
     }
 
     /// Commits the open transaction (everything sent since it began) once every
@@ -174,11 +170,11 @@ impl KafkaSink {
     }
 
     /// Runs a blocking librdkafka transaction call on a thread of the blocking pool.
-    async fn blocking(
+    async fn blocking<T: Send + 'static>(
         &self,
         call: &'static str,
-        f: impl FnOnce(&BaseProducer<SinkContext>) -> Result<(), KafkaError> + Send + 'static,
-    ) -> Result<(), SinkError> {
+        f: impl FnOnce(&BaseProducer<SinkContext>) -> Result<T, KafkaError> + Send + 'static,
+    ) -> Result<T, SinkError> {
         let producer: Arc<BaseProducer<SinkContext>> = Arc::clone(&self.producer);
         tokio::task::spawn_blocking(move || f(&producer))
             .await

@@ -7,7 +7,7 @@ use outboxd_pgoutput::Lsn;
 
 use super::fakes::{Change::Outbox, End, Script, Step, Wal};
 use super::pipeline::Mode;
-use super::tests::{session, Setup};
+use super::tests::{session, Run, Setup};
 
 fn exactly_once(scripts: Vec<Script>) -> Setup {
     let mut setup = Setup::new(scripts);
@@ -112,14 +112,21 @@ async fn exactly_once_commits_at_its_byte_limit_while_events_keep_coming() {
     );
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_takeover_replaces_producers_the_broker_refused_while_it_aborts() {
+/// One session relaying one event, after the first `refusals` producers were refused
+/// a quick registration; the run and the event's end LSN.
+async fn after_refusals(refusals: usize) -> (Run, Lsn) {
     let mut wal = Wal::default();
     let (a, a_end) = wal.transaction(&[Outbox("e1", Some("t"), "k")]);
     let mut setup = exactly_once(vec![session(vec![a, vec![Step::Shutdown]], End::Quiet)]);
-    setup.refusals = 2;
+    setup.refusals = refusals;
     let run = setup.run().await;
-    run.result.expect("a clean stop");
+    run.result.as_ref().expect("a clean stop");
+    (run, a_end)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_takeover_replaces_producers_the_broker_refused_while_it_aborts() {
+    let (run, a_end) = after_refusals(2).await;
     assert_eq!(
         run.observed.transactional_ids.len(),
         3,
@@ -138,12 +145,7 @@ async fn a_takeover_replaces_producers_the_broker_refused_while_it_aborts() {
 
 #[tokio::test(start_paused = true)]
 async fn a_broker_that_keeps_refusing_is_waited_out_after_a_few_producers() {
-    let mut wal = Wal::default();
-    let (a, a_end) = wal.transaction(&[Outbox("e1", Some("t"), "k")]);
-    let mut setup = exactly_once(vec![session(vec![a, vec![Step::Shutdown]], End::Quiet)]);
-    setup.refusals = 100;
-    let run = setup.run().await;
-    run.result.expect("a clean stop");
+    let (run, a_end) = after_refusals(100).await;
     assert_eq!(
         run.observed.transactional_ids.len(),
         6,

@@ -13,7 +13,6 @@
 use std::time::Duration;
 
 use outboxd_kafka_sink::Registration;
-
 use rand::Rng;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -241,7 +240,9 @@ impl<F: SinkFactory> Fence for Fencer<'_, F> {
             return Ok(());
         };
         let id = settings::transactional_id(configured.as_deref(), identity);
-        *self.sink = None;
+        if let Some(previous) = self.sink.take() {
+            self.sinks.dispose(previous).await;
+        }
         let deadline = Instant::now() + INIT_TIMEOUT;
         let mut refused = 0;
         let sink = loop {
