@@ -10,6 +10,7 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 
 use crate::env::{free_port, unique_name};
+use crate::process::tail;
 use crate::proxy::FaultProxy;
 
 fn repo_root() -> PathBuf {
@@ -54,7 +55,8 @@ pub(crate) fn kafka_script(
 
 /// A Kafka broker of the test's own (scripts/kafka.sh with KAFKA_STATE_DIR and
 /// ports), with a second listener reached through a [`FaultProxy`]
-/// that advertises the proxy's address. Stopped and wiped when dropped.
+/// that advertises the proxy's address. Stopped and wiped when dropped (kept, with
+/// its logs' ends printed, when the test panicked).
 #[derive(Debug)]
 pub struct DedicatedKafka {
     pub port: u16,
@@ -151,14 +153,34 @@ impl DedicatedKafka {
         .join()
         .expect("create_topic thread");
     }
+
+    /// Prints the ends of the broker's logs (scripts/kafka.sh writes them to its
+    /// state directory): the evidence of a failed test.
+    fn print_logs(&self) {
+        for log in ["server.log", "console.log"] {
+            let path = self.state.join(log);
+            let text = std::fs::read(&path)
+                .map(|bytes| tail(&String::from_utf8_lossy(&bytes)))
+                .unwrap_or_else(|e| format!("({e})"));
+            eprintln!("---- end of {} ----\n{text}", path.display());
+        }
+    }
 }
 
 impl Drop for DedicatedKafka {
+    /// Stops the broker and wipes its state, but keeps the state (and prints the
+    /// logs' ends first, before `stop` adds to them) when the test failed.
     fn drop(&mut self) {
+        let failed = std::thread::panicking();
+        if failed {
+            self.print_logs();
+        }
         let _ = self.script("stop");
-        let _ = std::fs::remove_dir_all(&self.state);
-        let _ = std::fs::remove_file(self.state.with_extension("lock"));
-        let lock = format!("{}.lock", self.state.display());
-        let _ = std::fs::remove_file(lock);
+        if failed {
+            eprintln!("dedicated Kafka's state kept in {}", self.state.display());
+        } else {
+            let _ = std::fs::remove_dir_all(&self.state);
+        }
+        let _ = std::fs::remove_file(format!("{}.lock", self.state.display()));
     }
 }
