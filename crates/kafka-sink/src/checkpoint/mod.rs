@@ -24,6 +24,7 @@ mod read;
 mod topic;
 
 use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -59,6 +60,20 @@ pub struct CheckpointStore {
     /// log lines and errors; an admin client's would go unserved (rdkafka polls only
     /// its results), so admin clients are made per request.
     producer: ThreadedProducer<StoreContext>,
+    /// Asks for the offsets of the partition of the key given to
+    /// [`offsets`](Self::offsets); made on the first call, kept for the next.
+    probe: Mutex<Option<Arc<read::Reader>>>,
+}
+
+/// Where a checkpoint partition stands ([`CheckpointStore::offsets`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PartitionOffsets {
+    /// The end, records of open transactions included (the high watermark).
+    pub end: i64,
+    /// The last stable offset: the end as a `read_committed` consumer sees it. Once
+    /// it reaches an `end` read earlier, every transaction that wrote below that end
+    /// has settled (committed or aborted).
+    pub stable: i64,
 }
 
 impl std::fmt::Debug for CheckpointStore {
@@ -107,6 +122,7 @@ impl CheckpointStore {
             config: config.clone(),
             topic_configs: Vec::new(),
             producer,
+            probe: Mutex::new(None),
         })
     }
 
@@ -162,6 +178,36 @@ impl CheckpointStore {
         let partition = partition_for_key(key, partitions as i32);
         let mut latest = self.read_partition(partition, deadline).await?;
         Ok(latest.remove(key))
+    }
+
+    /// Where the partition of `key` stands, within the store's timeout.
+    pub async fn offsets(&self, key: &[u8]) -> Result<PartitionOffsets, CheckpointError> {
+        let probe = self.probe(key).await?;
+        let timeout = self.timeout;
+        let answer = tokio::task::spawn_blocking(move || {
+            let end = probe.end(timeout)?;
+            let (_, stable) = probe.stable(timeout)?;
+            Ok(PartitionOffsets { end, stable })
+        })
+        .await
+        .map_err(|join| {
+            let reason = format!("the offsets task failed: {join}");
+            self.failure("read", KafkaError::Canceled, Some(reason))
+        })?;
+        answer.map_err(|e| self.failure("read", e, self.last_client_error()))
+    }
+
+    async fn probe(&self, key: &[u8]) -> Result<Arc<read::Reader>, CheckpointError> {
+        if let Some(probe) = crate::lock(&self.probe).as_ref() {
+            return Ok(Arc::clone(probe));
+        }
+        let partitions = self.describe("read").await?.partitions;
+        let partition = partition_for_key(key, partitions as i32);
+        let reader = read::Reader::new(&self.config, &self.topic, partition)
+            .map_err(|e| config_failure(config_error(e)))?;
+        let probe = Arc::new(reader);
+        *crate::lock(&self.probe) = Some(Arc::clone(&probe));
+        Ok(probe)
     }
 
     /// The latest value of every key in the topic (tombstoned keys left out), all

@@ -90,15 +90,9 @@ impl Reader {
     /// latest; waiting until the stable offset reaches the end does not.
     fn settled(&self, deadline: Instant) -> Result<(i64, i64), ReadError> {
         let remaining = || deadline.saturating_duration_since(Instant::now());
-        let (_, end) = self
-            .uncommitted
-            .fetch_watermarks(&self.topic, self.partition, remaining())
-            .map_err(ReadError::Kafka)?;
+        let end = self.end(remaining()).map_err(ReadError::Kafka)?;
         loop {
-            let (low, stable) = self
-                .consumer
-                .fetch_watermarks(&self.topic, self.partition, remaining())
-                .map_err(ReadError::Kafka)?;
+            let (low, stable) = self.stable(remaining()).map_err(ReadError::Kafka)?;
             if stable >= end {
                 return Ok((low, stable));
             }
@@ -107,6 +101,22 @@ impl Reader {
             }
             std::thread::sleep(SETTLE_POLL);
         }
+    }
+
+    /// The partition's end, records of open transactions included (its high
+    /// watermark).
+    pub(super) fn end(&self, timeout: Duration) -> Result<i64, KafkaError> {
+        self.uncommitted
+            .fetch_watermarks(&self.topic, self.partition, timeout)
+            .map(|(_, end)| end)
+    }
+
+    /// The partition's start and its last stable offset: the end as a
+    /// `read_committed` consumer sees it, short of the first record of any open
+    /// transaction.
+    pub(super) fn stable(&self, timeout: Duration) -> Result<(i64, i64), KafkaError> {
+        self.consumer
+            .fetch_watermarks(&self.topic, self.partition, timeout)
     }
 
     /// The reason of the client's latest connection-level error, if any.

@@ -6,6 +6,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
 
+use outboxd_kafka_sink::checkpoint::PartitionOffsets;
 use outboxd_pgoutput::Lsn;
 use tokio::time::Instant;
 
@@ -35,6 +36,8 @@ pub(crate) trait Checkpoints {
     async fn create_topic(&self) -> Result<(), RelayError>;
     /// Starts writing `checkpoint`; the future completes once it is durable.
     fn write(&self, checkpoint: &Checkpoint) -> Write;
+    /// Where the partition holding `identity`'s checkpoint stands.
+    async fn offsets(&self, identity: &RelayIdentity) -> Result<PartitionOffsets, RelayError>;
 }
 
 /// A session's checkpoint writer.

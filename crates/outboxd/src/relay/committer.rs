@@ -10,7 +10,7 @@ use outboxd_kafka_sink::{Record, RecordMeta, TxnId};
 use outboxd_pgoutput::Lsn;
 use tokio::time::Instant;
 
-use crate::checkpoint::{Checkpoint, EventPosition};
+use crate::checkpoint::{Checkpoint, EventPosition, RelayIdentity};
 
 /// The state of the open Kafka transaction.
 #[derive(Debug)]
@@ -90,6 +90,11 @@ impl Committer {
             None if self.confirmed > self.committed.confirmed_lsn => Some(Instant::now()),
             None => None,
         }
+    }
+
+    /// The relay whose checkpoints these are.
+    pub fn identity(&self) -> RelayIdentity {
+        self.committed.identity()
     }
 
     /// Whether records or a position wait to be committed.

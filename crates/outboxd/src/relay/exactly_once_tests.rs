@@ -61,7 +61,8 @@ async fn exactly_once_aborts_after_a_failure_and_resends_from_the_commit() {
     let (b, _) = wal.transaction(&[Outbox("e2", Some("t"), "k")]);
     let mut setup = exactly_once(vec![
         session(
-            vec![a, vec![Step::Pause(Duration::from_millis(50))], b],
+            // Long enough for a's checkpoint to be seen visible and confirmed.
+            vec![a, vec![Step::Pause(Duration::from_millis(250))], b],
             End::Quiet,
         ),
         session(vec![vec![Step::Shutdown]], End::Quiet),
@@ -79,6 +80,7 @@ async fn exactly_once_aborts_after_a_failure_and_resends_from_the_commit() {
         run.observed.acknowledged.iter().all(|l| *l <= a_end),
         "b was never confirmed"
     );
+    assert_eq!(run.observed.acknowledged.last(), Some(&a_end));
     assert_eq!(run.observed.opened_after, [Lsn::ZERO, a_end]);
 }
 

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use outboxd_kafka_sink::checkpoint::PartitionOffsets;
 use outboxd_kafka_sink::{Completion, DeliveryFailure, Record, Registration, SinkError, TxnId};
 use outboxd_pgoutput::{
     Begin, Column, ColumnValue, Commit, Insert, LogicalMessage, Lsn, Message, Relation,
@@ -242,6 +243,15 @@ impl Checkpoints for FakeStore {
             tokio::time::sleep(delay).await;
             observed.borrow_mut().checkpoints.push(checkpoint);
             Ok(())
+        })
+    }
+
+    /// Every checkpoint committed is visible at once: one record each.
+    async fn offsets(&self, _identity: &RelayIdentity) -> Result<PartitionOffsets, RelayError> {
+        let written = self.observed.borrow().checkpoints.len() as i64;
+        Ok(PartitionOffsets {
+            end: written,
+            stable: written,
         })
     }
 }

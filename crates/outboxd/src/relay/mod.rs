@@ -18,6 +18,7 @@ mod source;
 mod store;
 mod supervisor;
 mod tracker;
+mod visibility;
 
 #[cfg(test)]
 mod exactly_once_tests;

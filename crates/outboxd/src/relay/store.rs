@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use outboxd_kafka_sink::checkpoint::{CheckpointError, CheckpointStore};
+use outboxd_kafka_sink::checkpoint::{CheckpointError, CheckpointStore, PartitionOffsets};
 
 use crate::checkpoint::{Checkpoint, RelayIdentity};
 use crate::relay::checkpoints::{Checkpoints, Loaded, Write};
@@ -82,5 +82,12 @@ impl Checkpoints for KafkaCheckpoints {
                 .await
                 .map_err(RelayError::Checkpoint)
         })
+    }
+
+    async fn offsets(&self, identity: &RelayIdentity) -> Result<PartitionOffsets, RelayError> {
+        self.store
+            .offsets(identity.key().as_bytes())
+            .await
+            .map_err(RelayError::Checkpoint)
     }
 }

@@ -4,8 +4,8 @@
 //!   tracker turns that into a completed prefix; a checkpoint write records it; then
 //!   the source may confirm it.
 //! - Exactly once: records go into a Kafka transaction; a commit, with the
-//!   checkpoint inside, makes them and their record visible together; then the
-//!   source may confirm it.
+//!   checkpoint inside, makes them and their record visible together; once the
+//!   checkpoint record is visible, the source may confirm it.
 
 use std::time::Duration;
 
@@ -19,6 +19,7 @@ use crate::relay::checkpoints::{Checkpointer, Checkpoints};
 use crate::relay::committer::Committer;
 use crate::relay::sink::Sink;
 use crate::relay::source::Source;
+use crate::relay::visibility::Visibility;
 use crate::relay::RelayError;
 
 /// How long one Kafka transaction call may take.
@@ -42,7 +43,7 @@ pub(crate) enum Mode {
 
 pub(super) enum Durability {
     AtLeastOnce(Checkpointer),
-    ExactlyOnce(Committer),
+    ExactlyOnce(Committer, Visibility),
 }
 
 /// What the durability side has to say.
@@ -51,6 +52,8 @@ pub(super) enum Next {
     Durable(Lsn),
     /// The open Kafka transaction is due for its commit.
     CommitDue,
+    /// Time to see whether committed checkpoints have become visible.
+    CheckVisibility,
 }
 
 impl Durability {
@@ -63,12 +66,10 @@ impl Durability {
                 checkpoint_topic,
                 max_age,
                 max_bytes,
-            } => Durability::ExactlyOnce(Committer::new(
-                from,
-                checkpoint_topic.clone(),
-                *max_age,
-                *max_bytes,
-            )),
+            } => Durability::ExactlyOnce(
+                Committer::new(from, checkpoint_topic.clone(), *max_age, *max_bytes),
+                Visibility::new(),
+            ),
         }
     }
 
@@ -76,13 +77,21 @@ impl Durability {
     pub async fn next(&mut self, store: &impl Checkpoints) -> Result<Next, RelayError> {
         match self {
             Durability::AtLeastOnce(c) => c.next_durable(store).await.map(Next::Durable),
-            Durability::ExactlyOnce(c) => match c.due() {
-                Some(at) => {
-                    tokio::time::sleep_until(at).await;
-                    Ok(Next::CommitDue)
+            Durability::ExactlyOnce(c, v) => {
+                let commit = c.due().map(|at| (at, Next::CommitDue));
+                let check = v.due().map(|at| (at, Next::CheckVisibility));
+                match [commit, check]
+                    .into_iter()
+                    .flatten()
+                    .min_by_key(|(at, _)| *at)
+                {
+                    Some((at, next)) => {
+                        tokio::time::sleep_until(at).await;
+                        Ok(next)
+                    }
+                    None => std::future::pending().await,
                 }
-                None => std::future::pending().await,
-            },
+            }
         }
     }
 }
@@ -90,14 +99,14 @@ impl Durability {
 impl<S: Source, K: Sink, W: Checkpoints> Pipeline<'_, S, K, W> {
     /// An event record of `bytes` was sent.
     pub(super) fn record_sent(&mut self, bytes: usize, at: EventPosition) {
-        if let Durability::ExactlyOnce(c) = &mut self.durability {
+        if let Durability::ExactlyOnce(c, _) = &mut self.durability {
             c.sent(bytes, at);
         }
     }
 
     /// A PostgreSQL transaction's records were all sent; it ended at `end_lsn`.
     pub(super) fn transaction_ended(&mut self, txn: TxnId, end_lsn: Lsn) {
-        if let Durability::ExactlyOnce(c) = &mut self.durability {
+        if let Durability::ExactlyOnce(c, _) = &mut self.durability {
             c.ended(txn, end_lsn);
         }
     }
@@ -126,7 +135,7 @@ impl<S: Source, K: Sink, W: Checkpoints> Pipeline<'_, S, K, W> {
         }
         match &mut self.durability {
             Durability::AtLeastOnce(c) => c.want(wal_end, None),
-            Durability::ExactlyOnce(c) => c.idle(wal_end),
+            Durability::ExactlyOnce(c, _) => c.idle(wal_end),
         }
     }
 
@@ -137,13 +146,17 @@ impl<S: Source, K: Sink, W: Checkpoints> Pipeline<'_, S, K, W> {
                 Ok(())
             }
             Next::CommitDue => self.commit().await,
+            Next::CheckVisibility => {
+                self.check_visibility().await;
+                Ok(())
+            }
         }
     }
 
     /// Exactly once: closes the open Kafka transaction with the checkpoint of its
     /// last event and commits it; then its PostgreSQL transactions are complete.
     async fn commit(&mut self) -> Result<(), RelayError> {
-        let Durability::ExactlyOnce(committer) = &mut self.durability else {
+        let Durability::ExactlyOnce(committer, visibility) = &mut self.durability else {
             return Ok(());
         };
         let (checkpoint, record) = committer.checkpoint_record();
@@ -170,8 +183,33 @@ impl<S: Source, K: Sink, W: Checkpoints> Pipeline<'_, S, K, W> {
         for txn in done.ended {
             self.tracker.complete(txn);
         }
-        self.confirm(done.confirmed);
+        visibility.committed(done.confirmed);
         Ok(())
+    }
+
+    /// Exactly once: confirms the newest committed position whose checkpoint record
+    /// has become visible. Unanswered, it asks again later: only the confirmation
+    /// waits.
+    async fn check_visibility(&mut self) {
+        let Durability::ExactlyOnce(committer, _) = &self.durability else {
+            return;
+        };
+        let identity = committer.identity();
+        let offsets = self.store.offsets(&identity).await;
+        let Durability::ExactlyOnce(_, visibility) = &mut self.durability else {
+            return;
+        };
+        match offsets {
+            Ok(offsets) => {
+                if let Some(lsn) = visibility.observe(offsets) {
+                    self.confirm(lsn);
+                }
+            }
+            Err(e) => {
+                visibility.retry_later();
+                tracing::debug!(error = %e, "reading the checkpoint partition's offsets; asking again");
+            }
+        }
     }
 
     /// Something is durable up to `lsn`: the source may confirm it.
@@ -196,9 +234,9 @@ impl<S: Source, K: Sink, W: Checkpoints> Pipeline<'_, S, K, W> {
         }
         let last = match &self.durability {
             Durability::AtLeastOnce(_) => Last::Flush,
-            Durability::ExactlyOnce(_) if !ok => Last::Abort,
-            Durability::ExactlyOnce(c) if c.pending() => Last::Commit,
-            Durability::ExactlyOnce(_) => Last::Nothing,
+            Durability::ExactlyOnce(..) if !ok => Last::Abort,
+            Durability::ExactlyOnce(c, _) if c.pending() => Last::Commit,
+            Durability::ExactlyOnce(..) => Last::Nothing,
         };
         match last {
             Last::Flush => {
@@ -224,6 +262,28 @@ impl<S: Source, K: Sink, W: Checkpoints> Pipeline<'_, S, K, W> {
             },
             Last::Abort => self.abort().await,
             Last::Nothing => {}
+        }
+        if ok {
+            self.await_visibility(deadline).await;
+        }
+    }
+
+    /// Exactly once, at the end of a session: waits (until `deadline`) for what
+    /// committed to become visible, and confirms it. What is left is confirmed by the
+    /// next session; the slot only lags behind meanwhile.
+    async fn await_visibility(&mut self, deadline: tokio::time::Instant) {
+        loop {
+            let Durability::ExactlyOnce(_, visibility) = &self.durability else {
+                return;
+            };
+            let Some(at) = visibility.due() else {
+                return;
+            };
+            if at > deadline {
+                return;
+            }
+            tokio::time::sleep_until(at).await;
+            self.check_visibility().await;
         }
     }
 
