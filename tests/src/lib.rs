@@ -23,6 +23,7 @@ mod report;
 pub mod connect;
 pub mod fake_walsender;
 pub mod faults;
+pub mod hanging;
 pub mod pg_cluster;
 pub mod proxy;
 pub mod secure_kafka;

@@ -1,0 +1,126 @@
+//! The operator of docs/operations.md, "A Kafka transaction hangs", for tests whose
+//! single broker stops cleanly: Kafka then skips the markers of a transaction whose
+//! partitions have no leader at that moment (docs/architecture.md, "Lost commit
+//! markers"), and the transaction hangs. The operator aborts it with Kafka's own
+//! tool once the relay reports it stuck; outboxd must then resend its events, with
+//! nothing lost or doubled.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+/// What the relay logs while a hanging transaction keeps it from reading its
+/// checkpoint.
+const STUCK: &str = "has a Kafka transaction open that was not settled";
+
+/// How often the relay's log is looked at.
+const WATCH_EVERY: Duration = Duration::from_secs(2);
+
+/// Watches a relay's log and aborts hanging transactions whenever the relay reports
+/// one anew. Stopped by [`finish`](Self::finish).
+pub struct HangingTransactionOperator {
+    stop: Arc<AtomicBool>,
+    aborted: Arc<AtomicUsize>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl HangingTransactionOperator {
+    /// Starts watching `relay_log`; aborts on the broker at `brokers`.
+    pub fn start(brokers: String, relay_log: PathBuf) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let aborted = Arc::new(AtomicUsize::new(0));
+        let thread = {
+            let (stop, aborted) = (Arc::clone(&stop), Arc::clone(&aborted));
+            std::thread::spawn(move || {
+                let mut reports_seen = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(WATCH_EVERY);
+                    let log = std::fs::read_to_string(&relay_log).unwrap_or_default();
+                    let reports = log.matches(STUCK).count();
+                    if reports > reports_seen {
+                        reports_seen = reports;
+                        let n = abort_hanging_transactions(&brokers);
+                        aborted.fetch_add(n, Ordering::Relaxed);
+                    }
+                }
+            })
+        };
+        HangingTransactionOperator {
+            stop,
+            aborted,
+            thread: Some(thread),
+        }
+    }
+
+    /// Stops watching; returns how many transactions were aborted.
+    pub fn finish(mut self) -> usize {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+        self.aborted.load(Ordering::Relaxed)
+    }
+}
+
+/// Finds the transactions the coordinators no longer expect markers for and aborts
+/// each (`kafka-transactions.sh find-hanging`, then `abort`); returns how many.
+pub fn abort_hanging_transactions(brokers: &str) -> usize {
+    let found = transactions_tool(
+        brokers,
+        &[
+            "find-hanging",
+            "--broker-id",
+            "1",
+            "--max-transaction-timeout",
+            "0",
+        ],
+    );
+    let mut aborted = 0;
+    // Columns: Topic Partition ProducerId ProducerEpoch CoordinatorEpoch StartOffset …
+    for row in found.lines().skip(1) {
+        let cols: Vec<&str> = row.split_whitespace().collect();
+        let [topic, partition, _, _, _, start_offset, ..] = cols[..] else {
+            continue;
+        };
+        println!("aborting a hanging transaction: {row}");
+        transactions_tool(
+            brokers,
+            &[
+                "abort",
+                "--topic",
+                topic,
+                "--partition",
+                partition,
+                "--start-offset",
+                start_offset,
+            ],
+        );
+        aborted += 1;
+    }
+    aborted
+}
+
+/// Runs Kafka's `TransactionsCommand` (what `kafka-transactions.sh` runs); its
+/// standard output.
+fn transactions_tool(brokers: &str, args: &[&str]) -> String {
+    let script = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/kafka.sh"));
+    let out = Command::new(script)
+        .args([
+            "tool",
+            "org.apache.kafka.tools.TransactionsCommand",
+            "--bootstrap-server",
+            brokers,
+        ])
+        .args(args)
+        .output()
+        .expect("scripts/kafka.sh tool runs");
+    assert!(
+        out.status.success(),
+        "kafka-transactions {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
