@@ -5,7 +5,8 @@
 //! tool once the relay reports it stuck; outboxd must then resend its events, with
 //! nothing lost or doubled.
 
-use std::path::PathBuf;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -35,16 +36,10 @@ impl HangingTransactionOperator {
         let thread = {
             let (stop, aborted) = (Arc::clone(&stop), Arc::clone(&aborted));
             std::thread::spawn(move || {
-                let mut reports_seen = 0;
+                let mut watch = StuckRelayWatch::default();
                 while !stop.load(Ordering::Relaxed) {
                     std::thread::sleep(WATCH_EVERY);
-                    let log = std::fs::read_to_string(&relay_log).unwrap_or_default();
-                    let reports = log.matches(STUCK).count();
-                    if reports > reports_seen {
-                        reports_seen = reports;
-                        let n = abort_hanging_transactions(&brokers);
-                        aborted.fetch_add(n, Ordering::Relaxed);
-                    }
+                    aborted.fetch_add(watch.check(&relay_log, &brokers), Ordering::Relaxed);
                 }
             })
         };
@@ -62,6 +57,27 @@ impl HangingTransactionOperator {
             let _ = thread.join();
         }
         self.aborted.load(Ordering::Relaxed)
+    }
+}
+
+/// Remembers how often each relay log reported the relay stuck.
+#[derive(Debug, Default)]
+pub struct StuckRelayWatch {
+    reports_seen: HashMap<PathBuf, usize>,
+}
+
+impl StuckRelayWatch {
+    /// Aborts the hanging transactions when `relay_log` reports the relay stuck
+    /// anew; returns how many it aborted. Blocking.
+    pub fn check(&mut self, relay_log: &Path, brokers: &str) -> usize {
+        let log = std::fs::read_to_string(relay_log).unwrap_or_default();
+        let reports = log.matches(STUCK).count();
+        let seen = self.reports_seen.entry(relay_log.to_owned()).or_default();
+        if reports <= *seen {
+            return 0;
+        }
+        *seen = reports;
+        abort_hanging_transactions(brokers)
     }
 }
 

@@ -15,6 +15,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use outboxd_tests::faults::outbox_on_kafka;
+use outboxd_tests::hanging::StuckRelayWatch;
 use outboxd_tests::{
     env_or, pg_connect, seed, tail, unique_name, workspace_binary, DedicatedKafka, Load, LoadSpec,
     Outbox, Process, TestDb,
@@ -150,11 +151,16 @@ async fn chaos(delivery: Option<&str>) {
     let service = pg_connect(&sink.url).await;
     let count = "SELECT count(*) FROM order_timeline";
     let deadline = Instant::now() + Duration::from_secs(180);
+    // The broker's clean restart can leave a transaction hanging (Kafka skips a
+    // commit's markers); an operator then aborts it (docs/operations.md).
+    let mut watch = StuckRelayWatch::default();
+    let mut aborted = 0;
     loop {
         let applied: i64 = service.query_one(count, &[]).await.expect("count").get(0);
         if applied >= events || Instant::now() > deadline {
             break;
         }
+        aborted += tokio::task::block_in_place(|| watch.check(&relay.log, &kafka.brokers()));
         restart_exited(
             &outbox,
             &mut relay,
@@ -166,7 +172,7 @@ async fn chaos(delivery: Option<&str>) {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     println!(
-        "caught up {:.1} s after the writers stopped",
+        "caught up {:.1} s after the writers stopped; hanging transactions aborted: {aborted}",
         writes_ended.elapsed().as_secs_f64()
     );
     // A moment for copies still on their way, which must be skipped too.
