@@ -18,26 +18,27 @@
 //! after failures, and lets users tune `acks`; a checkpoint write must instead end in
 //! an answer. Its order relative to event records does not matter: the relay writes a
 //! checkpoint only after the records it covers were acknowledged.
+//!
+//! That producer and the offsets probe live between calls; a call that finds Kafka
+//! unreachable replaces them, since a librdkafka client can stay stuck after network
+//! faults (`clients.rs`).
 
+mod clients;
 mod error;
 mod read;
 mod topic;
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use rdkafka::client::ClientContext;
-use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::producer::{DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use tokio::sync::oneshot;
 
 pub use error::CheckpointError;
 pub use topic::CheckpointTopic;
 
-use crate::client_logs::LoggingContext;
 use crate::config::{config_error, SinkConfig};
 use crate::delivery::base_record;
 use crate::error::SinkError;
@@ -56,13 +57,9 @@ pub struct CheckpointStore {
     config: SinkConfig,
     /// Topic configs besides `cleanup.policy=compact` when the store creates the topic.
     topic_configs: Vec<(String, String)>,
-    /// Writes checkpoints and answers metadata requests. Its poll thread serves its
-    /// log lines and errors; an admin client's would go unserved (rdkafka polls only
-    /// its results), so admin clients are made per request.
-    producer: ThreadedProducer<StoreContext>,
-    /// Asks for the offsets of the partition of the key given to
-    /// [`offsets`](Self::offsets); made on the first call, kept for the next.
-    probe: Mutex<Option<Arc<read::Reader>>>,
+    /// The producer and the offsets probe, kept between calls; replaced after they
+    /// could not reach Kafka.
+    clients: clients::Renewable,
 }
 
 /// Where a checkpoint partition stands ([`CheckpointStore::offsets`]).
@@ -102,18 +99,7 @@ impl CheckpointStore {
             ));
         }
         config.validate().map_err(config_failure)?;
-        let timeout_ms = timeout.as_millis().clamp(1, i32::MAX as u128).to_string();
-        let producer = config
-            .producer_config(&[
-                ("enable.idempotence", "true"),
-                ("acks", "all"),
-                ("linger.ms", "0"),
-                ("message.timeout.ms", &timeout_ms),
-                // Metadata requests must not make a broker create the topic with its
-                // default (deleting) cleanup policy.
-                ("allow.auto.create.topics", "false"),
-            ])
-            .create_with_context(StoreContext::default())
+        let clients = clients::Renewable::new(config, timeout)
             .map_err(|e| config_failure(config_error(e)))?;
         Ok(CheckpointStore {
             topic,
@@ -121,8 +107,7 @@ impl CheckpointStore {
             timeout,
             config: config.clone(),
             topic_configs: Vec::new(),
-            producer,
-            probe: Mutex::new(None),
+            clients,
         })
     }
 
@@ -155,8 +140,9 @@ impl CheckpointStore {
         let (ack, acked) = oneshot::channel();
         let partition = partition_for_key(key, partitions as i32);
         let base = base_record(&record, Box::new(ack)).partition(partition);
-        if let Err((err, _)) = self.producer.send(base) {
-            return Err(self.failure("write", err, self.last_client_error()));
+        let clients = self.clients.current();
+        if let Err((err, _)) = clients.producer.send(base) {
+            return Err(self.client_failure(&clients, "write", err));
         }
         let answer = tokio::time::timeout(self.timeout + ACK_GRACE, acked).await;
         let err = match answer {
@@ -166,7 +152,7 @@ impl CheckpointStore {
             Ok(Err(_)) => KafkaError::Canceled,
             Err(_) => KafkaError::MessageProduction(RDKafkaErrorCode::MessageTimedOut),
         };
-        Err(self.failure("write", err, self.last_client_error()))
+        Err(self.client_failure(&clients, "write", err))
     }
 
     /// The latest value of `key`: `None` if it was never written, or its latest record
@@ -182,7 +168,8 @@ impl CheckpointStore {
 
     /// Where the partition of `key` stands, within the store's timeout.
     pub async fn offsets(&self, key: &[u8]) -> Result<PartitionOffsets, CheckpointError> {
-        let probe = self.probe(key).await?;
+        let clients = self.clients.current();
+        let probe = self.probe(&clients, key).await?;
         let timeout = self.timeout;
         let answer = tokio::task::spawn_blocking(move || {
             let end = probe.end(timeout)?;
@@ -194,19 +181,24 @@ impl CheckpointStore {
             let reason = format!("the offsets task failed: {join}");
             self.failure("read", KafkaError::Canceled, Some(reason))
         })?;
-        answer.map_err(|e| self.failure("read", e, self.last_client_error()))
+        answer.map_err(|e| self.client_failure(&clients, "read", e))
     }
 
-    async fn probe(&self, key: &[u8]) -> Result<Arc<read::Reader>, CheckpointError> {
-        if let Some(probe) = crate::lock(&self.probe).as_ref() {
-            return Ok(Arc::clone(probe));
+    /// The probe of `clients`, made on the first call (for the partition of `key`).
+    async fn probe(
+        &self,
+        clients: &clients::Clients,
+        key: &[u8],
+    ) -> Result<Arc<read::Reader>, CheckpointError> {
+        if let Some(probe) = clients.probe() {
+            return Ok(probe);
         }
         let partitions = self.describe("read").await?.partitions;
         let partition = partition_for_key(key, partitions as i32);
         let reader = read::Reader::new(&self.config, &self.topic, partition)
             .map_err(|e| config_failure(config_error(e)))?;
         let probe = Arc::new(reader);
-        *crate::lock(&self.probe) = Some(Arc::clone(&probe));
+        clients.keep_probe(Arc::clone(&probe));
         Ok(probe)
     }
 
@@ -267,7 +259,22 @@ impl CheckpointStore {
 
     /// The reason of the latest connection-level error of the store's producer.
     fn last_client_error(&self) -> Option<String> {
-        self.producer.context().0.health.last_client_error()
+        self.clients.current().last_client_error()
+    }
+
+    /// A failure of one of the store's long-lived `clients`: when it says Kafka could
+    /// not be reached, they may be stuck, so the next call gets new ones.
+    fn client_failure(
+        &self,
+        clients: &Arc<clients::Clients>,
+        operation: &'static str,
+        source: KafkaError,
+    ) -> CheckpointError {
+        let err = self.failure(operation, source, clients.last_client_error());
+        if matches!(err, CheckpointError::Unreachable { .. }) {
+            self.clients.replace(clients, &self.topic);
+        }
+        err
     }
 
     /// Maps a Kafka error of `operation` to the distinct cases of [`CheckpointError`].
@@ -301,40 +308,9 @@ impl CheckpointStore {
     }
 }
 
-impl Drop for CheckpointStore {
-    fn drop(&mut self) {
-        self.producer.context().0.closing();
-    }
-}
-
 fn config_failure(err: SinkError) -> CheckpointError {
     match err {
         SinkError::Config(message) => CheckpointError::Config(message),
         other => CheckpointError::Config(other.to_string()),
-    }
-}
-
-/// The store producer's context: logging as the other helper clients, and each
-/// delivery report forwarded to the write waiting for it.
-#[derive(Debug, Default)]
-struct StoreContext(LoggingContext);
-
-impl ClientContext for StoreContext {
-    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
-        self.0.log(level, fac, log_message);
-    }
-
-    fn error(&self, error: KafkaError, reason: &str) {
-        self.0.error(error, reason);
-    }
-}
-
-impl ProducerContext for StoreContext {
-    type DeliveryOpaque = Box<oneshot::Sender<Result<(), KafkaError>>>;
-
-    fn delivery(&self, result: &DeliveryResult<'_>, ack: Self::DeliveryOpaque) {
-        let result = result.as_ref().map(|_| ()).map_err(|(err, _)| err.clone());
-        // A dropped receiver: the write gave up waiting; it already returned an error.
-        let _ = ack.send(result);
     }
 }

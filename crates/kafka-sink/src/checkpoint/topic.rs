@@ -151,7 +151,8 @@ impl CheckpointStore {
         &self,
         operation: &'static str,
     ) -> Result<CheckpointTopic, CheckpointError> {
-        let producer = self.producer.clone();
+        let clients = self.clients.current();
+        let producer = clients.producer.clone();
         let name = self.topic.clone();
         let timeout = self.timeout;
         let metadata = tokio::task::spawn_blocking(move || {
@@ -162,7 +163,7 @@ impl CheckpointStore {
             let reason = format!("the metadata task failed: {join}");
             self.failure(operation, KafkaError::Canceled, Some(reason))
         })?
-        .map_err(|e| self.failure(operation, e, self.last_client_error()))?;
+        .map_err(|e| self.client_failure(&clients, operation, e))?;
         let Some(found) = metadata.topics().iter().find(|t| t.name() == self.topic) else {
             return Err(CheckpointError::TopicMissing {
                 topic: self.topic.clone(),
