@@ -286,3 +286,43 @@ async fn values_of_aborted_or_open_kafka_transactions_are_not_read() {
         Some(&b"newer"[..])
     );
 }
+
+/// What the exactly-once relay confirms by (docs/architecture.md, "Lost commit
+/// markers"): a committed checkpoint counts as visible once the partition's last
+/// stable offset reaches an end read after the commit; an open transaction below
+/// that end holds it back until it ends.
+#[tokio::test]
+async fn offsets_show_a_commit_visible_only_once_every_transaction_below_it_settled() {
+    let name = unique_name("ckpt_offsets");
+    let _created = Created(name.clone());
+    let store = store(&name);
+    store.ensure_topic(1, 1).await.expect("created");
+    store.write(b"k", b"first").await.unwrap();
+    let settled = store.offsets(b"k").await.expect("offsets");
+    assert_eq!(settled.stable, settled.end, "nothing open: {settled:?}");
+
+    let open = transactional_producer();
+    produce_in_transaction(&open, &name, b"other", b"open");
+    let committing = transactional_producer();
+    produce_in_transaction(&committing, &name, b"k", b"committed");
+    committing.commit_transaction(TIMEOUT).expect("commit");
+    let after_commit = store.offsets(b"k").await.expect("offsets");
+    assert!(
+        after_commit.end >= settled.end + 2,
+        "both records are below the end (the marker may come later): {after_commit:?}"
+    );
+    assert!(
+        after_commit.stable < after_commit.end,
+        "the open transaction holds the stable offset back: {after_commit:?}"
+    );
+    open.commit_transaction(TIMEOUT).expect("commit");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let now = store.offsets(b"k").await.expect("offsets");
+        if now.stable >= after_commit.end {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never settled: {now:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
