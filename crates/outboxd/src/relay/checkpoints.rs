@@ -16,6 +16,9 @@ use crate::relay::RelayError;
 /// A checkpoint write in progress; it owns what it needs.
 pub(crate) type Write = Pin<Box<dyn Future<Output = Result<(), RelayError>>>>;
 
+/// A question for the checkpoint partition's offsets; it owns what it needs.
+pub(crate) type OffsetsQuery = Pin<Box<dyn Future<Output = Result<PartitionOffsets, RelayError>>>>;
+
 /// What the checkpoint topic holds for a relay.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(crate) struct Loaded {
@@ -36,8 +39,8 @@ pub(crate) trait Checkpoints {
     async fn create_topic(&self) -> Result<(), RelayError>;
     /// Starts writing `checkpoint`; the future completes once it is durable.
     fn write(&self, checkpoint: &Checkpoint) -> Write;
-    /// Where the partition holding `identity`'s checkpoint stands.
-    async fn offsets(&self, identity: &RelayIdentity) -> Result<PartitionOffsets, RelayError>;
+    /// Starts asking where the partition holding `identity`'s checkpoint stands.
+    fn offsets(&self, identity: &RelayIdentity) -> OffsetsQuery;
 }
 
 /// A session's checkpoint writer.

@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::checkpoint::tests::checkpoint;
 use crate::checkpoint::{Checkpoint, EventPosition, RelayIdentity};
-use crate::relay::checkpoints::{Checkpoints, Loaded, Write};
+use crate::relay::checkpoints::{Checkpoints, Loaded, OffsetsQuery, Write};
 use crate::relay::sink::{Sink, SinkFactory};
 use crate::relay::source::{Connector, Fence, OpenRequest, Opened, Source};
 use crate::relay::RelayError;
@@ -247,12 +247,12 @@ impl Checkpoints for FakeStore {
     }
 
     /// Every checkpoint committed is visible at once: one record each.
-    async fn offsets(&self, _identity: &RelayIdentity) -> Result<PartitionOffsets, RelayError> {
+    fn offsets(&self, _identity: &RelayIdentity) -> OffsetsQuery {
         let written = self.observed.borrow().checkpoints.len() as i64;
-        Ok(PartitionOffsets {
+        Box::pin(std::future::ready(Ok(PartitionOffsets {
             end: written,
             stable: written,
-        })
+        })))
     }
 }
 

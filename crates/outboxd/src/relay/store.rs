@@ -2,10 +2,10 @@
 
 use std::sync::Arc;
 
-use outboxd_kafka_sink::checkpoint::{CheckpointError, CheckpointStore, PartitionOffsets};
+use outboxd_kafka_sink::checkpoint::{CheckpointError, CheckpointStore};
 
 use crate::checkpoint::{Checkpoint, RelayIdentity};
-use crate::relay::checkpoints::{Checkpoints, Loaded, Write};
+use crate::relay::checkpoints::{Checkpoints, Loaded, OffsetsQuery, Write};
 use crate::relay::RelayError;
 
 /// Checkpoints as JSON values under [`RelayIdentity::key`] in a compacted topic.
@@ -84,10 +84,14 @@ impl Checkpoints for KafkaCheckpoints {
         })
     }
 
-    async fn offsets(&self, identity: &RelayIdentity) -> Result<PartitionOffsets, RelayError> {
-        self.store
-            .offsets(identity.key().as_bytes())
-            .await
-            .map_err(RelayError::Checkpoint)
+    fn offsets(&self, identity: &RelayIdentity) -> OffsetsQuery {
+        let store = Arc::clone(&self.store);
+        let key = identity.key();
+        Box::pin(async move {
+            store
+                .offsets(key.as_bytes())
+                .await
+                .map_err(RelayError::Checkpoint)
+        })
     }
 }

@@ -16,12 +16,14 @@ use outboxd_kafka_sink::checkpoint::PartitionOffsets;
 use outboxd_pgoutput::Lsn;
 use tokio::time::Instant;
 
+use crate::checkpoint::RelayIdentity;
+use crate::relay::checkpoints::{Checkpoints, OffsetsQuery};
+
 /// How often the checkpoint partition's offsets are asked for while a committed
 /// position waits to be confirmed.
 pub(crate) const CHECK_INTERVAL: Duration = Duration::from_millis(100);
 
 /// Committed positions on their way to being confirmed.
-#[derive(Debug)]
 pub(crate) struct Visibility {
     /// The newest committed position not yet waited for.
     committed: Option<Lsn>,
@@ -29,6 +31,18 @@ pub(crate) struct Visibility {
     /// visible once the last stable offset reaches that end.
     awaited: Option<(Lsn, i64)>,
     next_check: Instant,
+    /// The offsets asked for, not answered yet.
+    in_flight: Option<OffsetsQuery>,
+}
+
+impl std::fmt::Debug for Visibility {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Visibility")
+            .field("committed", &self.committed)
+            .field("awaited", &self.awaited)
+            .field("asking", &self.in_flight.is_some())
+            .finish()
+    }
 }
 
 impl Visibility {
@@ -37,6 +51,7 @@ impl Visibility {
             committed: None,
             awaited: None,
             next_check: Instant::now(),
+            in_flight: None,
         }
     }
 
@@ -48,20 +63,47 @@ impl Visibility {
         self.committed = Some(self.committed.map_or(lsn, |c| c.max(lsn)));
     }
 
-    /// When to ask for the offsets next; `None` while nothing waits.
-    pub fn due(&self) -> Option<Instant> {
-        (self.committed.is_some() || self.awaited.is_some()).then_some(self.next_check)
+    /// Whether a committed position waits to be confirmed.
+    pub fn waiting(&self) -> bool {
+        self.committed.is_some() || self.awaited.is_some()
     }
 
-    /// The offsets could not be read: ask again after the interval.
-    pub fn retry_later(&mut self) {
-        self.next_check = Instant::now() + CHECK_INTERVAL;
+    /// Waits until a committed position of `identity` has become visible, asking
+    /// `store` every [`CHECK_INTERVAL`], and returns it. Pending while nothing
+    /// waits. Cancellation-safe: a question asked continues on the next call. An
+    /// unanswered question is asked again later: only the confirmation waits.
+    pub async fn next_visible(
+        &mut self,
+        store: &impl Checkpoints,
+        identity: &RelayIdentity,
+    ) -> Lsn {
+        loop {
+            if let Some(query) = self.in_flight.as_mut() {
+                let answer = query.await;
+                self.in_flight = None;
+                self.next_check = Instant::now() + CHECK_INTERVAL;
+                match answer {
+                    Ok(offsets) => {
+                        if let Some(lsn) = self.observe(offsets) {
+                            return lsn;
+                        }
+                    }
+                    Err(e) => {
+                        tracing::debug!(error = %e, "reading the checkpoint partition's offsets; asking again");
+                    }
+                }
+            }
+            if !self.waiting() {
+                std::future::pending::<()>().await;
+            }
+            tokio::time::sleep_until(self.next_check).await;
+            self.in_flight = Some(store.offsets(identity));
+        }
     }
 
     /// What the checkpoint partition's offsets, read now, say: the position that has
     /// become visible, if one has.
-    pub fn observe(&mut self, offsets: PartitionOffsets) -> Option<Lsn> {
-        self.next_check = Instant::now() + CHECK_INTERVAL;
+    fn observe(&mut self, offsets: PartitionOffsets) -> Option<Lsn> {
         let visible = match self.awaited {
             Some((lsn, end)) if offsets.stable >= end => {
                 self.awaited = None;
@@ -88,9 +130,9 @@ mod tests {
     #[test]
     fn confirms_a_commit_once_the_stable_offset_passes_an_end_read_after_it() {
         let mut v = Visibility::new();
-        assert_eq!(v.due(), None, "nothing committed");
+        assert!(!v.waiting(), "nothing committed");
         v.committed(Lsn(100));
-        assert!(v.due().is_some());
+        assert!(v.waiting());
         assert_eq!(v.observe(at(10, 8)), None, "the end after the commit is 10");
         v.committed(Lsn(200));
         assert_eq!(v.observe(at(12, 9)), None, "not settled up to 10 yet");
@@ -98,7 +140,7 @@ mod tests {
         // 200 committed before the read that answered end 14.
         assert_eq!(v.observe(at(15, 13)), None);
         assert_eq!(v.observe(at(16, 14)), Some(Lsn(200)));
-        assert_eq!(v.due(), None, "everything confirmed");
+        assert!(!v.waiting(), "everything confirmed");
     }
 
     #[test]
@@ -110,6 +152,6 @@ mod tests {
         for _ in 0..5 {
             assert_eq!(v.observe(at(11, 9)), None, "a transaction hangs at 9");
         }
-        assert!(v.due().is_some(), "still waiting");
+        assert!(v.waiting(), "still waiting");
     }
 }

@@ -48,12 +48,11 @@ pub(super) enum Durability {
 
 /// What the durability side has to say.
 pub(super) enum Next {
-    /// A checkpoint write finished: up to here is durable.
+    /// A checkpoint write finished, or a committed checkpoint became visible: up to
+    /// here is durable.
     Durable(Lsn),
     /// The open Kafka transaction is due for its commit.
     CommitDue,
-    /// Time to see whether committed checkpoints have become visible.
-    CheckVisibility,
 }
 
 impl Durability {
@@ -78,18 +77,16 @@ impl Durability {
         match self {
             Durability::AtLeastOnce(c) => c.next_durable(store).await.map(Next::Durable),
             Durability::ExactlyOnce(c, v) => {
-                let commit = c.due().map(|at| (at, Next::CommitDue));
-                let check = v.due().map(|at| (at, Next::CheckVisibility));
-                match [commit, check]
-                    .into_iter()
-                    .flatten()
-                    .min_by_key(|(at, _)| *at)
-                {
-                    Some((at, next)) => {
-                        tokio::time::sleep_until(at).await;
-                        Ok(next)
+                let identity = c.identity();
+                let commit_due = async {
+                    match c.due() {
+                        Some(at) => tokio::time::sleep_until(at).await,
+                        None => std::future::pending().await,
                     }
-                    None => std::future::pending().await,
+                };
+                tokio::select! {
+                    lsn = v.next_visible(store, &identity) => Ok(Next::Durable(lsn)),
+                    () = commit_due => Ok(Next::CommitDue),
                 }
             }
         }
@@ -146,10 +143,6 @@ impl<S: Source, K: Sink, W: Checkpoints> Pipeline<'_, S, K, W> {
                 Ok(())
             }
             Next::CommitDue => self.commit().await,
-            Next::CheckVisibility => {
-                self.check_visibility().await;
-                Ok(())
-            }
         }
     }
 
@@ -185,31 +178,6 @@ impl<S: Source, K: Sink, W: Checkpoints> Pipeline<'_, S, K, W> {
         }
         visibility.committed(done.confirmed);
         Ok(())
-    }
-
-    /// Exactly once: confirms the newest committed position whose checkpoint record
-    /// has become visible. Unanswered, it asks again later: only the confirmation
-    /// waits.
-    async fn check_visibility(&mut self) {
-        let Durability::ExactlyOnce(committer, _) = &self.durability else {
-            return;
-        };
-        let identity = committer.identity();
-        let offsets = self.store.offsets(&identity).await;
-        let Durability::ExactlyOnce(_, visibility) = &mut self.durability else {
-            return;
-        };
-        match offsets {
-            Ok(offsets) => {
-                if let Some(lsn) = visibility.observe(offsets) {
-                    self.confirm(lsn);
-                }
-            }
-            Err(e) => {
-                visibility.retry_later();
-                tracing::debug!(error = %e, "reading the checkpoint partition's offsets; asking again");
-            }
-        }
     }
 
     /// Something is durable up to `lsn`: the source may confirm it.
@@ -273,17 +241,19 @@ impl<S: Source, K: Sink, W: Checkpoints> Pipeline<'_, S, K, W> {
     /// next session; the slot only lags behind meanwhile.
     async fn await_visibility(&mut self, deadline: tokio::time::Instant) {
         loop {
-            let Durability::ExactlyOnce(_, visibility) = &self.durability else {
+            let store = self.store;
+            let Durability::ExactlyOnce(committer, visibility) = &mut self.durability else {
                 return;
             };
-            let Some(at) = visibility.due() else {
-                return;
-            };
-            if at > deadline {
+            if !visibility.waiting() {
                 return;
             }
-            tokio::time::sleep_until(at).await;
-            self.check_visibility().await;
+            let identity = committer.identity();
+            let next = visibility.next_visible(store, &identity);
+            let Ok(lsn) = tokio::time::timeout_at(deadline, next).await else {
+                return;
+            };
+            self.confirm(lsn);
         }
     }
 
