@@ -35,9 +35,9 @@ pub const DEFAULT_PROPERTIES: &[(&str, &str)] = &[
 /// `linger.ms` of a transactional producer. A record is visible only once its Kafka
 /// transaction commits, and the commit waits for the last records' linger (and the
 /// checkpoint record's): 2 ms instead of 5 cut the p50 at 1,000 events/s from 25 to
-/// 15 ms (docs/benchmarks.md). 0 committed faster still, but both CI runs with it
-/// had an exactly-once broker-fault test fail (docs/benchmarks.md); 2 ms is the
-/// setting of every earlier green run.
+/// 15 ms (docs/benchmarks.md). 0 committed faster still, but the two CI runs with it
+/// each had an exactly-once broker-fault test fail (docs/benchmarks.md): 2 ms is
+/// what every fault test passed with.
 pub const TRANSACTIONAL_LINGER_MS: &str = "2";
 
 /// librdkafka properties known under several names. `ClientConfig` applies its

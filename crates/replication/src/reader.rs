@@ -53,6 +53,9 @@ pub struct ReplicationEvent {
     pub wal_start: Lsn,
     pub message: LogicalMessage,
     pub relation: Option<SharedRelation>,
+    /// When the reader took it off the socket: how long it has waited since, so
+    /// that a consumer can bound an event's wait rather than only its own.
+    pub received_at: Instant,
     /// The event's share of the reader's buffer; `None` for events made elsewhere.
     _budget: Option<OwnedSemaphorePermit>,
 }
@@ -65,6 +68,7 @@ impl ReplicationEvent {
             wal_start,
             message,
             relation,
+            received_at: Instant::now(),
             _budget: None,
         }
     }
@@ -122,6 +126,12 @@ impl ReplicationReader {
             self.batch = batch;
         }
         self.batch.pop()
+    }
+
+    /// Whether a message is already waiting: [`recv`](Self::recv) would return it at
+    /// once.
+    pub fn has_ready(&self) -> bool {
+        !self.batch.is_empty() || !self.events.is_empty()
     }
 
     /// Everything up to `lsn` (the end LSN of a fully delivered transaction) is
@@ -213,6 +223,7 @@ async fn run(
                 // transaction we are asked to stop after.
                 let mut batch = Vec::new();
                 let mut consumer_gone = false;
+                let received_at = Instant::now();
                 let mut next = Some(event?);
                 while let Some(event) = next.take() {
                     match event {
@@ -233,7 +244,7 @@ async fn run(
                                     wait_for_budget(&mut stream, &budget, charge, acks).await?
                                 }
                             };
-                            batch.push(ReplicationEvent { wal_start, message, relation, _budget: Some(permit) });
+                            batch.push(ReplicationEvent { wal_start, message, relation, received_at, _budget: Some(permit) });
                         }
                         StreamEvent::Keepalive { .. } => {
                             positions.send_replace(stream.positions());

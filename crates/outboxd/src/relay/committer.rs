@@ -12,6 +12,11 @@ use tokio::time::Instant;
 
 use crate::checkpoint::{Checkpoint, EventPosition, RelayIdentity};
 
+/// Behind a backlog a Kafka transaction stays open at least this long after its
+/// first send (or until `transaction_max_bytes`): latency is lost already, and a
+/// commit every `transaction_max_ms` would spend much of the time committing.
+const BACKLOG_MIN_AGE: Duration = Duration::from_millis(100);
+
 /// The state of the open Kafka transaction.
 #[derive(Debug)]
 pub(crate) struct Committer {
@@ -22,7 +27,7 @@ pub(crate) struct Committer {
     max_age: Duration,
     max_bytes: usize,
     /// When the open Kafka transaction got its first record, if one is open.
-    opened_at: Option<Instant>,
+    opened: Option<Opened>,
     bytes: usize,
     /// Event records sent since the last commit.
     records: u64,
@@ -33,6 +38,14 @@ pub(crate) struct Committer {
     confirmed: Lsn,
     /// The last event sent.
     last_event: Option<EventPosition>,
+}
+
+/// When the open transaction's first record was sent, and when its change arrived
+/// from PostgreSQL (earlier when it waited behind the previous commit).
+#[derive(Debug, Clone, Copy)]
+struct Opened {
+    sent: Instant,
+    arrived: Instant,
 }
 
 /// What a commit made durable.
@@ -53,16 +66,20 @@ impl Committer {
             topic,
             max_age,
             max_bytes,
-            opened_at: None,
+            opened: None,
             bytes: 0,
             records: 0,
             ended: Vec::new(),
         }
     }
 
-    /// An event record of `bytes` went into the open transaction.
-    pub fn sent(&mut self, bytes: usize, event: EventPosition) {
-        self.opened_at.get_or_insert_with(Instant::now);
+    /// An event record of `bytes` went into the open transaction; its change
+    /// arrived at `received_at`.
+    pub fn sent(&mut self, bytes: usize, event: EventPosition, received_at: Instant) {
+        self.opened.get_or_insert_with(|| Opened {
+            sent: Instant::now(),
+            arrived: received_at,
+        });
         self.bytes += bytes;
         self.records += 1;
         self.last_event = Some(event);
@@ -80,11 +97,18 @@ impl Committer {
     }
 
     /// When the open transaction must be committed; `None` while there is nothing
-    /// to commit.
-    pub fn due(&self) -> Option<Instant> {
-        match self.opened_at {
+    /// to commit. `more_received`: changes that arrived already wait to be sent.
+    ///
+    /// The age limit counts from the first record's arrival, so that records that
+    /// waited behind the previous commit do not wait a whole transaction more; but
+    /// only once the transaction has taken what had arrived. Otherwise, behind a
+    /// backlog, every record would be due at once, one commit each; there it counts
+    /// from the first send, and is at least [`BACKLOG_MIN_AGE`].
+    pub fn due(&self, more_received: bool) -> Option<Instant> {
+        match self.opened {
             Some(_) if self.bytes >= self.max_bytes => Some(Instant::now()),
-            Some(at) => Some(at + self.max_age),
+            Some(opened) if more_received => Some(opened.sent + self.max_age.max(BACKLOG_MIN_AGE)),
+            Some(opened) => Some(opened.arrived + self.max_age),
             // Only a position to record (an idle WAL end, or transactions without
             // events): a commit with just the checkpoint.
             None if self.confirmed > self.committed.confirmed_lsn => Some(Instant::now()),
@@ -99,37 +123,41 @@ impl Committer {
 
     /// Whether records or a position wait to be committed.
     pub fn pending(&self) -> bool {
-        self.opened_at.is_some() || self.confirmed > self.committed.confirmed_lsn
+        self.opened.is_some() || self.confirmed > self.committed.confirmed_lsn
     }
 
     /// The checkpoint record that closes the open transaction.
     pub fn checkpoint_record(&self) -> (Checkpoint, Record) {
         let checkpoint = self.committed.advanced(self.confirmed, self.last_event);
-        let key = checkpoint.identity().key();
-        let record = Record {
-            topic: self.topic.clone(),
-            key: Some(key.into_bytes().into()),
-            value: Some(checkpoint.to_json().into()),
-            meta: RecordMeta {
-                event_id: "checkpoint".to_owned(),
-                lsn: checkpoint.confirmed_lsn.0,
-                index: 0,
-            },
-            ..Record::default()
-        };
+        let record = record_of(&self.topic, &checkpoint);
         (checkpoint, record)
     }
 
     /// The transaction with `checkpoint` committed.
     pub fn committed(&mut self, checkpoint: Checkpoint) -> Committed {
         self.committed = checkpoint;
-        self.opened_at = None;
+        self.opened = None;
         self.bytes = 0;
         Committed {
             ended: std::mem::take(&mut self.ended),
             confirmed: self.committed.confirmed_lsn,
             records: std::mem::take(&mut self.records),
         }
+    }
+}
+
+/// `checkpoint` as a record of the checkpoint topic `topic`.
+fn record_of(topic: &str, checkpoint: &Checkpoint) -> Record {
+    Record {
+        topic: topic.to_owned(),
+        key: Some(checkpoint.identity().key().into_bytes().into()),
+        value: Some(checkpoint.to_json().into()),
+        meta: RecordMeta {
+            event_id: "checkpoint".to_owned(),
+            lsn: checkpoint.confirmed_lsn.0,
+            index: 0,
+        },
+        ..Record::default()
     }
 }
 
@@ -157,12 +185,12 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn commits_by_age_or_size_and_records_a_partial_transaction() {
         let mut c = committer();
-        assert_eq!(c.due(), None, "nothing to commit");
-        c.sent(100, at(0x200, 0));
-        let due = c.due().expect("a transaction is open");
+        assert_eq!(c.due(false), None, "nothing to commit");
+        c.sent(100, at(0x200, 0), Instant::now());
+        let due = c.due(false).expect("a transaction is open");
         assert_eq!(due, Instant::now() + Duration::from_millis(20));
-        c.sent(900, at(0x200, 1));
-        assert_eq!(c.due(), Some(Instant::now()), "big enough: at once");
+        c.sent(900, at(0x200, 1), Instant::now());
+        assert_eq!(c.due(false), Some(Instant::now()), "big enough: at once");
         // The PostgreSQL transaction is not over: the checkpoint keeps the last end
         // LSN and names the last event inside it.
         let (cp, record) = c.checkpoint_record();
@@ -172,13 +200,35 @@ mod tests {
         let done = c.committed(cp);
         assert!(done.ended.is_empty());
         assert_eq!(done.records, 2);
-        assert_eq!(c.due(), None);
+        assert_eq!(c.due(false), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_age_limit_counts_from_the_first_record_s_arrival() {
+        let mut c = committer();
+        let arrived = Instant::now();
+        // The record waited 15 ms (behind the previous commit) before its send.
+        tokio::time::advance(Duration::from_millis(15)).await;
+        c.sent(10, at(0x200, 0), arrived);
+        assert_eq!(c.due(false), Some(arrived + Duration::from_millis(20)));
+        tokio::time::advance(Duration::from_millis(1)).await;
+        c.sent(10, at(0x200, 1), Instant::now());
+        assert_eq!(
+            c.due(false),
+            Some(arrived + Duration::from_millis(20)),
+            "later records do not move the deadline"
+        );
+        assert_eq!(
+            c.due(true),
+            Some(arrived + Duration::from_millis(15) + BACKLOG_MIN_AGE),
+            "behind a backlog, the limit counts from the first send and is longer"
+        );
     }
 
     #[tokio::test(start_paused = true)]
     async fn ended_transactions_and_idle_wal_ends_are_committed_with_the_checkpoint() {
         let mut c = committer();
-        c.sent(10, at(0x200, 0));
+        c.sent(10, at(0x200, 0), Instant::now());
         c.ended(TxnId(7), Lsn(0x208));
         c.idle(Lsn(0x150));
         let (cp, _) = c.checkpoint_record();
@@ -187,7 +237,11 @@ mod tests {
         assert_eq!(done.ended, [TxnId(7)]);
         assert_eq!(done.confirmed, Lsn(0x208));
         c.idle(Lsn(0x900));
-        assert_eq!(c.due(), Some(Instant::now()), "a checkpoint-only commit");
+        assert_eq!(
+            c.due(false),
+            Some(Instant::now()),
+            "a checkpoint-only commit"
+        );
         let (cp, _) = c.checkpoint_record();
         assert_eq!(
             (cp.confirmed_lsn, cp.last_event),

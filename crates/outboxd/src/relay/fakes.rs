@@ -182,6 +182,10 @@ impl Source for FakeSource {
         }
     }
 
+    fn has_ready(&self) -> bool {
+        matches!(self.steps.front(), Some(Step::Event(_)))
+    }
+
     fn acknowledge(&self, lsn: Lsn) {
         let mut observed = self.observed.borrow_mut();
         observed.acknowledged.push(lsn);

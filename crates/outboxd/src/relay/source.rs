@@ -16,6 +16,8 @@ pub(crate) trait Source {
     /// or because of an error that [`close`](Source::close) returns).
     /// Cancellation-safe: a message is either returned or stays queued.
     async fn recv(&mut self) -> Option<ReplicationEvent>;
+    /// Whether a message is already waiting (`recv` would return at once).
+    fn has_ready(&self) -> bool;
     /// Everything up to `lsn` (the end LSN of a transaction) is durable downstream.
     fn acknowledge(&self, lsn: Lsn);
     /// Finish the transaction in progress, then end the stream.
@@ -75,6 +77,10 @@ pub(crate) trait Connector {
 impl Source for ReplicationReader {
     async fn recv(&mut self) -> Option<ReplicationEvent> {
         ReplicationReader::recv(self).await
+    }
+
+    fn has_ready(&self) -> bool {
+        ReplicationReader::has_ready(self)
     }
 
     fn acknowledge(&self, lsn: Lsn) {

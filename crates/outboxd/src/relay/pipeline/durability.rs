@@ -72,14 +72,24 @@ impl Durability {
         }
     }
 
-    /// Waits until there is something to do. Cancellation-safe.
-    pub async fn next(&mut self, store: &impl Checkpoints) -> Result<Next, RelayError> {
+    /// Waits until there is something to do; `more_received`: the source has
+    /// messages waiting. Cancellation-safe.
+    pub async fn next(
+        &mut self,
+        store: &impl Checkpoints,
+        more_received: bool,
+    ) -> Result<Next, RelayError> {
         match self {
             Durability::AtLeastOnce(c) => c.next_durable(store).await.map(Next::Durable),
             Durability::ExactlyOnce(c, v) => {
                 let identity = c.identity();
                 let commit_due = async {
-                    match c.due() {
+                    match c.due(more_received) {
+                        // Not through a timer when passed: the runtime's timer wheel
+                        // learns the time only when it turns, which a relay busy with
+                        // a backlog seldom lets it do (seen: a 150,000-event
+                        // transaction far past both limits).
+                        Some(at) if at <= Instant::now() => {}
                         Some(at) => tokio::time::sleep_until(at).await,
                         None => std::future::pending().await,
                     }
@@ -94,10 +104,10 @@ impl Durability {
 }
 
 impl<S: Source, K: Sink, W: Checkpoints> Pipeline<'_, S, K, W> {
-    /// An event record of `bytes` was sent.
-    pub(super) fn record_sent(&mut self, bytes: usize, at: EventPosition) {
+    /// An event record of `bytes` was sent; its change arrived at `received_at`.
+    pub(super) fn record_sent(&mut self, bytes: usize, at: EventPosition, received_at: Instant) {
         if let Durability::ExactlyOnce(c, _) = &mut self.durability {
-            c.sent(bytes, at);
+            c.sent(bytes, at, received_at);
         }
     }
 

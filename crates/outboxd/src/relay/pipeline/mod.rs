@@ -12,6 +12,7 @@ use bytes::Bytes;
 use outboxd_kafka_sink::{dead_letter, headers, Completion, Record, RecordMeta, TxnId};
 use outboxd_pgoutput::{pg_time_to_system_time, Begin, LogicalMessage, Lsn, Message, Relation};
 use outboxd_replication::ReplicationEvent;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::checkpoint::EventPosition;
@@ -131,6 +132,7 @@ impl<'a, S: Source, K: Sink, W: Checkpoints> Pipeline<'a, S, K, W> {
             self.source.stop_at_transaction_boundary();
         }
         let outcome = loop {
+            let more_received = self.source.has_ready();
             tokio::select! {
                 biased;
                 () = shutdown.cancelled(), if !stopping => {
@@ -143,7 +145,7 @@ impl<'a, S: Source, K: Sink, W: Checkpoints> Pipeline<'a, S, K, W> {
                         break Err(e);
                     }
                 }
-                next = self.durability.next(self.store) => {
+                next = self.durability.next(self.store, more_received) => {
                     let done = match next {
                         Ok(next) => self.on_durability(next).await,
                         Err(e) => Err(e),
@@ -189,6 +191,7 @@ impl<'a, S: Source, K: Sink, W: Checkpoints> Pipeline<'a, S, K, W> {
     }
 
     async fn on_event(&mut self, event: ReplicationEvent) -> Result<(), RelayError> {
+        let received_at = event.received_at;
         match event.message {
             LogicalMessage::Begin(begin) => {
                 self.state.last_txn += 1;
@@ -215,7 +218,7 @@ impl<'a, S: Source, K: Sink, W: Checkpoints> Pipeline<'a, S, K, W> {
                 let routed = router
                     .event_from_row(&relation, &insert.new, position)
                     .and_then(|e| router.route(e, position));
-                self.emit(txn, routed, position).await?;
+                self.emit(txn, routed, position, received_at).await?;
             }
             LogicalMessage::Message(m) => {
                 if !self.state.routing.is_outbox_message(&m) {
@@ -233,7 +236,7 @@ impl<'a, S: Source, K: Sink, W: Checkpoints> Pipeline<'a, S, K, W> {
                 let routed = router
                     .event_from_message(&m.content, position)
                     .and_then(|e| router.route(e, position));
-                self.emit(txn, routed, position).await?;
+                self.emit(txn, routed, position, received_at).await?;
             }
             LogicalMessage::Update(update) => {
                 // Debezium's router: an UPDATE of an outbox table is unexpected
@@ -312,12 +315,14 @@ impl<'a, S: Source, K: Sink, W: Checkpoints> Pipeline<'a, S, K, W> {
     }
 
     /// Sends a routed record, or handles the routing failure: dead-letter it when a
-    /// dead-letter topic is configured, stop otherwise.
+    /// dead-letter topic is configured, stop otherwise. `received_at`: when its
+    /// change came off the replication socket.
     async fn emit(
         &mut self,
         txn: TxnId,
         routed: Result<Record, RouteError>,
         position: SourcePosition,
+        received_at: Instant,
     ) -> Result<(), RelayError> {
         let record = match routed {
             Ok(record) => record,
@@ -358,7 +363,7 @@ impl<'a, S: Source, K: Sink, W: Checkpoints> Pipeline<'a, S, K, W> {
             commit_lsn: position.commit_lsn,
             index: position.index,
         };
-        self.record_sent(bytes, at);
+        self.record_sent(bytes, at, received_at);
         Ok(())
     }
 
