@@ -35,9 +35,8 @@ pub const DEFAULT_PROPERTIES: &[(&str, &str)] = &[
 /// `linger.ms` of a transactional producer. A record is visible only once its Kafka
 /// transaction commits, and the commit waits for the last records' linger (and the
 /// checkpoint record's): 2 ms instead of 5 cut the p50 at 1,000 events/s from 25 to
-/// 15 ms (docs/benchmarks.md). 0 committed faster still, but the two CI runs with it
-/// each had an exactly-once broker-fault test fail (docs/benchmarks.md): 2 ms is
-/// what every fault test passed with.
+/// 15 ms. 0 commits ~1.5 ms faster but drained a backlog of transactions of 10 at
+/// 0.82× at-least-once instead of 0.93× (docs/benchmarks.md).
 pub const TRANSACTIONAL_LINGER_MS: &str = "2";
 
 /// librdkafka properties known under several names. `ClientConfig` applies its
