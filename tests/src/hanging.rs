@@ -1,7 +1,7 @@
-//! The operator of docs/operations.md, "A Kafka transaction hangs", for tests whose
-//! single broker stops cleanly: Kafka then skips the markers of a transaction whose
-//! partitions have no leader at that moment (docs/architecture.md, "Lost commit
-//! markers"), and the transaction hangs. The operator aborts it with Kafka's own
+//! The operator of docs/operations.md, "The checkpoint topic is held by an open
+//! transaction", for tests whose single broker stops cleanly: Kafka then skips the
+//! markers of a transaction whose partitions have no leader at that moment
+//! (docs/architecture.md, "Lost commit markers"), and the transaction hangs. The operator aborts it with Kafka's own
 //! tool once the relay reports it stuck; outboxd must then resend its events, with
 //! nothing lost or doubled.
 

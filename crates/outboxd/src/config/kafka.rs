@@ -38,7 +38,7 @@ pub struct KafkaConfig {
     /// milliseconds after its first record...
     pub transaction_max_ms: u64,
     /// ... or once its records reach this many bytes. Only a backlog fills a
-    /// transaction this far; 8 MiB rather than 1 drained a backlog 0.92-0.97x as
+    /// transaction this far; 8 MiB rather than 1 drained a backlog 0.92-0.95x as
     /// fast as at-least-once instead of 0.7-0.76x (docs/benchmarks.md). Nothing is
     /// held in memory for it: acknowledged records wait in the broker.
     pub transaction_max_bytes: usize,

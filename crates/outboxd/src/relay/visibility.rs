@@ -27,6 +27,10 @@ pub(crate) const CHECK_INTERVAL: Duration = Duration::from_millis(100);
 pub(crate) struct Visibility {
     /// The newest committed position not yet waited for.
     committed: Option<Lsn>,
+    /// The newest position committed before the question in flight was asked:
+    /// the end in its answer was read after that commit. Commits made while it is
+    /// in flight wait for the next question.
+    asked_for: Option<Lsn>,
     /// A committed position and the partition's end read after its commit: it is
     /// visible once the last stable offset reaches that end.
     awaited: Option<(Lsn, i64)>,
@@ -39,6 +43,7 @@ impl std::fmt::Debug for Visibility {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Visibility")
             .field("committed", &self.committed)
+            .field("asked_for", &self.asked_for)
             .field("awaited", &self.awaited)
             .field("asking", &self.in_flight.is_some())
             .finish()
@@ -49,6 +54,7 @@ impl Visibility {
     pub fn new() -> Self {
         Visibility {
             committed: None,
+            asked_for: None,
             awaited: None,
             next_check: Instant::now(),
             in_flight: None,
@@ -57,15 +63,15 @@ impl Visibility {
 
     /// A Kafka transaction whose checkpoint records `lsn` committed.
     pub fn committed(&mut self, lsn: Lsn) {
-        if self.committed.is_none() && self.awaited.is_none() {
+        if !self.waiting() {
             self.next_check = Instant::now() + CHECK_INTERVAL;
         }
-        self.committed = Some(self.committed.map_or(lsn, |c| c.max(lsn)));
+        self.committed = newest(self.committed, Some(lsn));
     }
 
     /// Whether a committed position waits to be confirmed.
     pub fn waiting(&self) -> bool {
-        self.committed.is_some() || self.awaited.is_some()
+        self.committed.is_some() || self.asked_for.is_some() || self.awaited.is_some()
     }
 
     /// Waits until a committed position of `identity` has become visible, asking
@@ -84,11 +90,12 @@ impl Visibility {
                 self.next_check = Instant::now() + CHECK_INTERVAL;
                 match answer {
                     Ok(offsets) => {
-                        if let Some(lsn) = self.observe(offsets) {
+                        if let Some(lsn) = self.answer(offsets) {
                             return lsn;
                         }
                     }
                     Err(e) => {
+                        self.committed = newest(self.committed, self.asked_for.take());
                         tracing::debug!(error = %e, "reading the checkpoint partition's offsets; asking again");
                     }
                 }
@@ -97,13 +104,19 @@ impl Visibility {
                 std::future::pending::<()>().await;
             }
             tokio::time::sleep_until(self.next_check).await;
+            self.ask();
             self.in_flight = Some(store.offsets(identity));
         }
     }
 
-    /// What the checkpoint partition's offsets, read now, say: the position that has
-    /// become visible, if one has.
-    fn observe(&mut self, offsets: PartitionOffsets) -> Option<Lsn> {
+    /// A question is about to be asked: its answer covers what committed so far.
+    fn ask(&mut self) {
+        self.asked_for = newest(self.asked_for, self.committed.take());
+    }
+
+    /// The answer to the last question: the position that has become visible, if
+    /// one has.
+    fn answer(&mut self, offsets: PartitionOffsets) -> Option<Lsn> {
         let visible = match self.awaited {
             Some((lsn, end)) if offsets.stable >= end => {
                 self.awaited = None;
@@ -113,10 +126,17 @@ impl Visibility {
         };
         if self.awaited.is_none() {
             // Read after these commits returned, so their records lie below it.
-            self.awaited = self.committed.take().map(|lsn| (lsn, offsets.end));
+            self.awaited = self.asked_for.take().map(|lsn| (lsn, offsets.end));
+        } else {
+            // Still waiting for an older one: ask for these again later.
+            self.committed = newest(self.committed, self.asked_for.take());
         }
         visible
     }
+}
+
+fn newest(a: Option<Lsn>, b: Option<Lsn>) -> Option<Lsn> {
+    a.max(b)
 }
 
 #[cfg(test)]
@@ -127,30 +147,54 @@ mod tests {
         PartitionOffsets { end, stable }
     }
 
+    /// Asks, then answers with `offsets`.
+    fn check(v: &mut Visibility, offsets: PartitionOffsets) -> Option<Lsn> {
+        v.ask();
+        v.answer(offsets)
+    }
+
     #[test]
     fn confirms_a_commit_once_the_stable_offset_passes_an_end_read_after_it() {
         let mut v = Visibility::new();
         assert!(!v.waiting(), "nothing committed");
         v.committed(Lsn(100));
         assert!(v.waiting());
-        assert_eq!(v.observe(at(10, 8)), None, "the end after the commit is 10");
+        assert_eq!(
+            check(&mut v, at(10, 8)),
+            None,
+            "the end after the commit is 10"
+        );
         v.committed(Lsn(200));
-        assert_eq!(v.observe(at(12, 9)), None, "not settled up to 10 yet");
-        assert_eq!(v.observe(at(14, 10)), Some(Lsn(100)));
-        // 200 committed before the read that answered end 14.
-        assert_eq!(v.observe(at(15, 13)), None);
-        assert_eq!(v.observe(at(16, 14)), Some(Lsn(200)));
+        assert_eq!(check(&mut v, at(12, 9)), None, "not settled up to 10 yet");
+        assert_eq!(check(&mut v, at(14, 10)), Some(Lsn(100)));
+        // 200 committed before the question that answered end 14.
+        assert_eq!(check(&mut v, at(15, 13)), None);
+        assert_eq!(check(&mut v, at(16, 14)), Some(Lsn(200)));
         assert!(!v.waiting(), "everything confirmed");
+    }
+
+    #[test]
+    fn a_commit_during_a_question_waits_for_the_next_one() {
+        let mut v = Visibility::new();
+        v.committed(Lsn(100));
+        v.ask();
+        // Committed while the question is on its way: the end in its answer may
+        // have been read before this commit's checkpoint record was written.
+        v.committed(Lsn(200));
+        assert_eq!(v.answer(at(10, 10)), None);
+        assert_eq!(check(&mut v, at(12, 10)), Some(Lsn(100)));
+        assert_eq!(check(&mut v, at(12, 11)), None, "200's end is 12, not 10");
+        assert_eq!(check(&mut v, at(12, 12)), Some(Lsn(200)));
     }
 
     #[test]
     fn a_commit_whose_markers_never_come_is_never_confirmed() {
         let mut v = Visibility::new();
         v.committed(Lsn(100));
-        assert_eq!(v.observe(at(10, 9)), None);
+        assert_eq!(check(&mut v, at(10, 9)), None);
         v.committed(Lsn(200));
         for _ in 0..5 {
-            assert_eq!(v.observe(at(11, 9)), None, "a transaction hangs at 9");
+            assert_eq!(check(&mut v, at(11, 9)), None, "a transaction hangs at 9");
         }
         assert!(v.waiting(), "still waiting");
     }
