@@ -23,6 +23,9 @@ use crate::relay::checkpoints::{Checkpoints, OffsetsQuery};
 /// position waits to be confirmed.
 pub(crate) const CHECK_INTERVAL: Duration = Duration::from_millis(100);
 
+/// A commit not visible after this long is reported: its markers are late or lost.
+const REPORT_AFTER: Duration = Duration::from_secs(10);
+
 /// Committed positions on their way to being confirmed.
 pub(crate) struct Visibility {
     /// The newest committed position not yet waited for.
@@ -34,6 +37,8 @@ pub(crate) struct Visibility {
     /// A committed position and the partition's end read after its commit: it is
     /// visible once the last stable offset reaches that end.
     awaited: Option<(Lsn, i64)>,
+    /// Since when `awaited` waits, and whether that was reported.
+    awaited_since: (Instant, bool),
     next_check: Instant,
     /// The offsets asked for, not answered yet.
     in_flight: Option<OffsetsQuery>,
@@ -56,6 +61,7 @@ impl Visibility {
             committed: None,
             asked_for: None,
             awaited: None,
+            awaited_since: (Instant::now(), false),
             next_check: Instant::now(),
             in_flight: None,
         }
@@ -127,11 +133,25 @@ impl Visibility {
         if self.awaited.is_none() {
             // Read after these commits returned, so their records lie below it.
             self.awaited = self.asked_for.take().map(|lsn| (lsn, offsets.end));
+            self.awaited_since = (Instant::now(), false);
         } else {
+            self.report_if_late(offsets);
             // Still waiting for an older one: ask for these again later.
             self.committed = newest(self.committed, self.asked_for.take());
         }
         visible
+    }
+
+    /// Warns once when the awaited commit stays invisible for [`REPORT_AFTER`].
+    fn report_if_late(&mut self, offsets: PartitionOffsets) {
+        let (since, reported) = self.awaited_since;
+        if reported || since.elapsed() < REPORT_AFTER {
+            return;
+        }
+        self.awaited_since.1 = true;
+        if let Some((lsn, end)) = self.awaited {
+            tracing::warn!(confirmed = %lsn, end, stable = offsets.stable, waited_secs = REPORT_AFTER.as_secs(), "a committed Kafka transaction's checkpoint is still not visible: a transaction below it is open or hangs (Kafka may have skipped its markers); the slot is not confirmed past it meanwhile. If this lasts, follow docs/operations.md, \"The checkpoint topic is held by an open transaction\"");
+        }
     }
 }
 
