@@ -35,10 +35,12 @@ else
     mapfile -t majors < <(scripts/pg-versions.sh majors | grep -vx "${debian:-none}")
 fi
 
-# A TCP port on 127.0.0.1 that nothing listens on.
+# A TCP port on 127.0.0.1 that nothing listens on, below Linux's ephemeral range
+# (32768-60999): a port there can be held by a client's outgoing connection, which
+# no probe sees, and the server then fails to bind it (seen in CI).
 free_port() {
     local port
-    for ((port = 55400 + RANDOM % 2000; ; port++)); do
+    for ((port = 25400 + RANDOM % 2000; ; port++)); do
         (: </dev/tcp/127.0.0.1/"$port") 2>/dev/null || { echo "$port"; return; }
     done
 }
