@@ -150,7 +150,7 @@ impl Visibility {
         }
         self.awaited_since.1 = true;
         if let Some((lsn, end)) = self.awaited {
-            tracing::warn!(confirmed = %lsn, end, stable = offsets.stable, waited_secs = REPORT_AFTER.as_secs(), "a committed Kafka transaction's checkpoint is still not visible: a transaction below it is open or hangs (Kafka may have skipped its markers); the slot is not confirmed past it meanwhile. If this lasts, follow docs/operations.md, \"The checkpoint topic is held by an open transaction\"");
+            tracing::warn!(committed = %lsn, end, stable = offsets.stable, waited_secs = REPORT_AFTER.as_secs(), "a committed Kafka transaction's checkpoint is still not visible: a transaction below it is open or hangs (Kafka may have skipped its markers); the slot is not confirmed past it meanwhile. If this lasts, follow docs/operations.md, \"The checkpoint topic is held by an open transaction\"");
         }
     }
 }
