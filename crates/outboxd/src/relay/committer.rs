@@ -10,7 +10,7 @@ use outboxd_kafka_sink::{Record, RecordMeta, TxnId};
 use outboxd_pgoutput::Lsn;
 use tokio::time::Instant;
 
-use crate::checkpoint::{Checkpoint, EventPosition, RelayIdentity};
+use crate::checkpoint::{Checkpoint, EventPosition};
 
 /// Behind a backlog a Kafka transaction stays open at least this long after its
 /// first send (or until `transaction_max_bytes`): latency is lost already, and a
@@ -114,11 +114,6 @@ impl Committer {
             None if self.confirmed > self.committed.confirmed_lsn => Some(Instant::now()),
             None => None,
         }
-    }
-
-    /// The relay whose checkpoints these are.
-    pub fn identity(&self) -> RelayIdentity {
-        self.committed.identity()
     }
 
     /// Whether records or a position wait to be committed.

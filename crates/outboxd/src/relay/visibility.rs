@@ -42,6 +42,8 @@ pub(crate) struct Visibility {
     next_check: Instant,
     /// The offsets asked for, not answered yet.
     in_flight: Option<OffsetsQuery>,
+    /// Whose checkpoint partition is asked about.
+    identity: RelayIdentity,
 }
 
 impl std::fmt::Debug for Visibility {
@@ -56,8 +58,9 @@ impl std::fmt::Debug for Visibility {
 }
 
 impl Visibility {
-    pub fn new() -> Self {
+    pub fn new(identity: RelayIdentity) -> Self {
         Visibility {
+            identity,
             committed: None,
             asked_for: None,
             awaited: None,
@@ -80,15 +83,11 @@ impl Visibility {
         self.committed.is_some() || self.asked_for.is_some() || self.awaited.is_some()
     }
 
-    /// Waits until a committed position of `identity` has become visible, asking
+    /// Waits until a committed position has become visible, asking
     /// `store` every [`CHECK_INTERVAL`], and returns it. Pending while nothing
     /// waits. Cancellation-safe: a question asked continues on the next call. An
     /// unanswered question is asked again later: only the confirmation waits.
-    pub async fn next_visible(
-        &mut self,
-        store: &impl Checkpoints,
-        identity: &RelayIdentity,
-    ) -> Lsn {
+    pub async fn next_visible(&mut self, store: &impl Checkpoints) -> Lsn {
         loop {
             if let Some(query) = self.in_flight.as_mut() {
                 let answer = query.await;
@@ -111,7 +110,7 @@ impl Visibility {
             }
             tokio::time::sleep_until(self.next_check).await;
             self.ask();
-            self.in_flight = Some(store.offsets(identity));
+            self.in_flight = Some(store.offsets(&self.identity));
         }
     }
 
@@ -163,6 +162,10 @@ fn newest(a: Option<Lsn>, b: Option<Lsn>) -> Option<Lsn> {
 mod tests {
     use super::*;
 
+    fn identity() -> RelayIdentity {
+        crate::checkpoint::tests::checkpoint(0x100, None).identity()
+    }
+
     fn at(end: i64, stable: i64) -> PartitionOffsets {
         PartitionOffsets { end, stable }
     }
@@ -175,7 +178,7 @@ mod tests {
 
     #[test]
     fn confirms_a_commit_once_the_stable_offset_passes_an_end_read_after_it() {
-        let mut v = Visibility::new();
+        let mut v = Visibility::new(identity());
         assert!(!v.waiting(), "nothing committed");
         v.committed(Lsn(100));
         assert!(v.waiting());
@@ -195,7 +198,7 @@ mod tests {
 
     #[test]
     fn a_commit_during_a_question_waits_for_the_next_one() {
-        let mut v = Visibility::new();
+        let mut v = Visibility::new(identity());
         v.committed(Lsn(100));
         v.ask();
         // Committed while the question is on its way: the end in its answer may
@@ -209,7 +212,7 @@ mod tests {
 
     #[test]
     fn a_commit_whose_markers_never_come_is_never_confirmed() {
-        let mut v = Visibility::new();
+        let mut v = Visibility::new(identity());
         v.committed(Lsn(100));
         assert_eq!(check(&mut v, at(10, 9)), None);
         v.committed(Lsn(200));

@@ -65,10 +65,13 @@ impl Durability {
                 checkpoint_topic,
                 max_age,
                 max_bytes,
-            } => Durability::ExactlyOnce(
-                Committer::new(from, checkpoint_topic.clone(), *max_age, *max_bytes),
-                Visibility::new(),
-            ),
+            } => {
+                let visibility = Visibility::new(from.identity());
+                Durability::ExactlyOnce(
+                    Committer::new(from, checkpoint_topic.clone(), *max_age, *max_bytes),
+                    visibility,
+                )
+            }
         }
     }
 
@@ -82,7 +85,6 @@ impl Durability {
         match self {
             Durability::AtLeastOnce(c) => c.next_durable(store).await.map(Next::Durable),
             Durability::ExactlyOnce(c, v) => {
-                let identity = c.identity();
                 let commit_due = async {
                     match c.due(more_received) {
                         // Not through a timer when passed: the runtime's timer wheel
@@ -95,7 +97,7 @@ impl Durability {
                     }
                 };
                 tokio::select! {
-                    lsn = v.next_visible(store, &identity) => Ok(Next::Durable(lsn)),
+                    lsn = v.next_visible(store) => Ok(Next::Durable(lsn)),
                     () = commit_due => Ok(Next::CommitDue),
                 }
             }
@@ -252,14 +254,13 @@ impl<S: Source, K: Sink, W: Checkpoints> Pipeline<'_, S, K, W> {
     async fn await_visibility(&mut self, deadline: tokio::time::Instant) {
         loop {
             let store = self.store;
-            let Durability::ExactlyOnce(committer, visibility) = &mut self.durability else {
+            let Durability::ExactlyOnce(_, visibility) = &mut self.durability else {
                 return;
             };
             if !visibility.waiting() {
                 return;
             }
-            let identity = committer.identity();
-            let next = visibility.next_visible(store, &identity);
+            let next = visibility.next_visible(store);
             let Ok(lsn) = tokio::time::timeout_at(deadline, next).await else {
                 return;
             };
