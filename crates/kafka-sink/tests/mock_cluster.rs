@@ -102,6 +102,16 @@ fn header(m: &rdkafka::message::OwnedMessage, name: &str) -> Option<String> {
         .map(|v| String::from_utf8_lossy(v).into_owned())
 }
 
+/// The completion of transaction `txn` with `records` records, `dead_lettered` of
+/// them in the dead-letter topic.
+fn delivered(txn: u64, records: usize, dead_lettered: usize) -> Completion {
+    Completion::Delivered {
+        txn: TxnId(txn),
+        records,
+        dead_lettered,
+    }
+}
+
 #[tokio::test]
 async fn empty_transaction_completes_at_once() {
     let mock = mock_with_topics(&[]);
@@ -109,14 +119,7 @@ async fn empty_transaction_completes_at_once() {
     sink.end_transaction(TxnId(7), 0);
     // No await in between: the completion is in the channel when end_transaction
     // returns.
-    assert_eq!(
-        rx.try_recv().unwrap(),
-        Completion::Delivered {
-            txn: TxnId(7),
-            records: 0,
-            dead_lettered: 0
-        }
-    );
+    assert_eq!(rx.try_recv().unwrap(), delivered(7, 0, 0));
 }
 
 #[tokio::test]
@@ -133,14 +136,7 @@ async fn completion_waits_for_end_transaction_even_when_all_acks_are_in() {
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert!(rx.try_recv().is_err(), "completed before end_transaction");
     sink.end_transaction(TxnId(1), 5);
-    assert_eq!(
-        rx.try_recv().unwrap(),
-        Completion::Delivered {
-            txn: TxnId(1),
-            records: 5,
-            dead_lettered: 0
-        }
-    );
+    assert_eq!(rx.try_recv().unwrap(), delivered(1, 5, 0));
 }
 
 #[tokio::test]
@@ -288,11 +284,7 @@ async fn record_refused_by_the_broker_goes_to_the_dead_letter_topic() {
     sink.end_transaction(TxnId(2), 1);
     assert_eq!(
         next(&mut rx, Duration::from_secs(10)).await,
-        Completion::Delivered {
-            txn: TxnId(2),
-            records: 1,
-            dead_lettered: 1
-        }
+        delivered(2, 1, 1)
     );
     let stats = sink.stats();
     assert_eq!(stats.dead_lettered, 1);
@@ -393,11 +385,7 @@ async fn record_too_large_for_the_producer_is_dead_lettered_without_its_value() 
     sink.end_transaction(TxnId(6), 3);
     assert_eq!(
         next(&mut rx, Duration::from_secs(10)).await,
-        Completion::Delivered {
-            txn: TxnId(6),
-            records: 3,
-            dead_lettered: 1
-        }
+        delivered(6, 3, 1)
     );
     let dead = read_topic(&mock, "dlq", 1);
     assert_eq!(dead.len(), 1);
