@@ -31,6 +31,11 @@ impl Report {
             }
         }
     }
+
+    /// A risk that does not stop `run`: said, not counted as a failure.
+    fn warn(&mut self, what: &str, why: &str) {
+        println!("warn  {what}: {why}");
+    }
 }
 
 fn plain(r: Result<(), Error>) -> Result<String, String> {

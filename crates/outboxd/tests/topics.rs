@@ -139,6 +139,30 @@ groups = [{{ name = "invoices", include = [".*\\.invoice"], partitions = 2 }}]
         )),
         "{shown}"
     );
+    // Exactly once, an unreplicated checkpoint topic is a risk to say, not a failure.
+    let check = std::process::Command::new(OUTBOXD)
+        .arg("check")
+        .envs(outbox.env.iter().map(|(k, v)| (k, v)))
+        .env("OUTBOXD_KAFKA__DELIVERY", "exactly-once")
+        .output()
+        .unwrap();
+    let shown = String::from_utf8_lossy(&check.stdout);
+    assert!(
+        shown.contains(&format!(
+            "ok    checkpoint topic '{checkpoints}' compacted (1 partition(s), replication factor 1)"
+        )),
+        "{shown}"
+    );
+    assert!(
+        shown.contains(&format!(
+            "warn  checkpoint topic '{checkpoints}' replicated: replication factor 1: exactly once"
+        )),
+        "{shown}"
+    );
+    assert!(
+        !shown.contains("FAIL  checkpoint"),
+        "a warning only: {shown}"
+    );
     let names: Vec<String> = [dlq, checkpoints, odd].into_iter().chain(topics).collect();
     let refs: Vec<&str> = names.iter().map(String::as_str).collect();
     let _ = kafka_admin()

@@ -8,7 +8,7 @@ use outboxd_kafka_sink::checkpoint::CheckpointStore;
 use outboxd_replication::{Admin, ConnectOptions, TargetSessionAttrs};
 
 use super::{explained, Report};
-use crate::config::Config;
+use crate::config::{Config, Delivery};
 use crate::relay::{self, RelayError};
 use crate::settings::{connect_options, sink_config};
 
@@ -22,14 +22,35 @@ pub(super) async fn check_checkpoint(config: &Config, report: &mut Report) {
         Ok(store) => store,
         Err(e) => return report.line(&what, Err(e.to_string())),
     };
-    let checked = match store.check().await {
+    let described = store.check().await;
+    let checked = match &described {
         Ok(t) => t
             .verify()
-            .map(|()| format!(" ({} partition(s))", t.partitions))
+            .map(|()| {
+                format!(
+                    " ({} partition(s), replication factor {})",
+                    t.partitions, t.replication_factor
+                )
+            })
             .map_err(|e| e.to_string()),
         Err(e) => Err(e.to_string()),
     };
     report.line(&what, checked);
+    let exactly_once = config.kafka.delivery == Delivery::ExactlyOnce;
+    let unreplicated = described.ok().filter(|t| t.replication_factor < 2);
+    if let Some(t) = unreplicated.filter(|_| exactly_once) {
+        report.warn(
+            &format!("checkpoint topic '{topic}' replicated"),
+            &format!(
+                "replication factor {}: exactly once, a broker that stops cleanly while it \
+                 alone holds the checkpoint partition can leave a committed Kafka \
+                 transaction hanging, and the relay then waits for an operator \
+                 (docs/delivery.md, \"Transaction timeouts\"); give it and the outbox \
+                 topics a replication factor of at least 2 in production",
+                t.replication_factor
+            ),
+        );
+    }
     let agreement = match relay::preview(config).await {
         Ok(preview) => Ok(match (&preview.checkpoint, preview.resume) {
             (Some(c), Some(resume)) => format!(
