@@ -19,6 +19,21 @@ pub struct LoadSpec {
     pub txn_rate: Option<f64>,
 }
 
+impl LoadSpec {
+    /// The fault scenarios' load: 4 writers, 200 aggregates, 5 events per
+    /// transaction, `txn_rate` transactions per second per writer, until stopped.
+    pub fn steady(seed: u64, txn_rate: f64) -> LoadSpec {
+        LoadSpec {
+            writers: 4,
+            aggregates: 200,
+            per_txn: 5,
+            seed,
+            events_per_writer: None,
+            txn_rate: Some(txn_rate),
+        }
+    }
+}
+
 /// Concurrent writers that keep going through failures: a transaction that fails
 /// (or whose commit outcome is unknown) is given up and the writer reconnects. Each
 /// event carries its aggregate's next sequence number taken under the aggregate's

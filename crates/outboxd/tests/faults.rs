@@ -48,17 +48,7 @@ async fn postgres_link_faults_and_kills_lose_nothing() {
     )
     .await;
     let started = Instant::now();
-    let load = Load::start(
-        &outbox.endpoints.pg_url,
-        LoadSpec {
-            writers: 4,
-            aggregates: 200,
-            per_txn: 5,
-            seed,
-            events_per_writer: None,
-            txn_rate: Some(60.0),
-        },
-    );
+    let load = Load::start(&outbox.endpoints.pg_url, LoadSpec::steady(seed, 60.0));
     let mut relay = outbox.start("pgfaults");
     assert!(
         wait_ready(metrics_port, 200, Duration::from_secs(30)).await,
@@ -335,17 +325,7 @@ async fn kafka_faults(delivery: Option<&str>) {
         outbox.set_env("OUTBOXD_KAFKA__DELIVERY", delivery);
     }
     let started = Instant::now();
-    let load = Load::start(
-        &outbox.endpoints.pg_url,
-        LoadSpec {
-            writers: 4,
-            aggregates: 200,
-            per_txn: 5,
-            seed,
-            events_per_writer: None,
-            txn_rate: Some(40.0),
-        },
-    );
+    let load = Load::start(&outbox.endpoints.pg_url, LoadSpec::steady(seed, 40.0));
     let mut relay = outbox.start("kafkafaults");
     let schedule = Schedule {
         kinds: vec![
@@ -449,17 +429,7 @@ async fn postgres_crashes(delivery: Option<&str>) -> (DedicatedPg, Outbox, Proce
         outbox.set_env("OUTBOXD_KAFKA__DELIVERY", delivery);
     }
     let started = Instant::now();
-    let load = Load::start(
-        &outbox.endpoints.pg_url,
-        LoadSpec {
-            writers: 4,
-            aggregates: 200,
-            per_txn: 5,
-            seed,
-            events_per_writer: None,
-            txn_rate: Some(50.0),
-        },
-    );
+    let load = Load::start(&outbox.endpoints.pg_url, LoadSpec::steady(seed, 50.0));
     let mut relay = outbox.start("pgcrash");
     let schedule = Schedule {
         kinds: vec![Fault::PgCrash],
