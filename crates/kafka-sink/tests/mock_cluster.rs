@@ -203,18 +203,18 @@ async fn timeouts_are_not_dead_lettered() {
     // The record's partition has no leader; the dead-letter topic works.
     let mock = mock_with_topics(&[("orders", 1), ("dlq", 1)]);
     mock.partition_leader("orders", 0, None).unwrap();
+    // Long enough for the first record's metadata round trips on a busy machine (1 s
+    // was not, once in CI).
     let (sink, mut rx) = KafkaSink::new(SinkConfig {
         dead_letter_topic: Some("dlq".into()),
-        ..config(&mock, &[("message.timeout.ms", "1000")])
+        ..config(&mock, &[("message.timeout.ms", "3000")])
     })
     .unwrap();
     // The dead-letter topic is usable.
     sink.send(TxnId(1), record("dlq", 1, 0)).await.unwrap();
     sink.end_transaction(TxnId(1), 1);
-    assert!(matches!(
-        next(&mut rx, Duration::from_secs(10)).await,
-        Completion::Delivered { txn: TxnId(1), .. }
-    ));
+    let c = next(&mut rx, Duration::from_secs(10)).await;
+    assert_eq!(c, delivered(1, 1, 0));
     sink.send(TxnId(2), record("orders", 2, 0)).await.unwrap();
     sink.end_transaction(TxnId(2), 1);
     let c = next(&mut rx, Duration::from_secs(15)).await;
