@@ -43,7 +43,7 @@ pub fn partition_for_key(key: &[u8], partitions: i32) -> i32 {
 mod tests {
     use super::*;
 
-    /// Some of the keys of `JAVA_MURMUR2_PLACEMENT` in `tests/tests/kafka_sink.rs`
+    /// Some of the keys of `JAVA_MURMUR2_PLACEMENT` in `tests/tests/kafka_sink/main.rs`
     /// (computed with the Kafka 4.3.1 Java client; the full table is checked there):
     /// key lengths with 0, 1 and 3 tail bytes, positive and negative hashes.
     #[test]

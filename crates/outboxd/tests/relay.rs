@@ -451,7 +451,7 @@ async fn golden_debezium_compatible_records() {
         ("json", &b"\"order-1\""[..], 2),
     ] {
         // Partitions from Kafka's own murmur2 (kafka-clients 4.3.1,
-        // Utils.toPositive(Utils.murmur2(key)) % 6), as in tests/tests/kafka_sink.rs.
+        // Utils.toPositive(Utils.murmur2(key)) % 6), as in tests/tests/kafka_sink/main.rs.
         let outbox = Outbox::on_shared_with_partitions(
             OUTBOXD,
             None,
