@@ -3,7 +3,9 @@
 
 use std::time::{Duration, Instant};
 
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::admin::{
+    AdminClient, AdminOptions, AlterConfig, NewTopic, ResourceSpecifier, TopicReplication,
+};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -18,6 +20,24 @@ pub fn kafka_admin() -> AdminClient<DefaultClientContext> {
         .set("bootstrap.servers", &services().kafka_brokers)
         .create()
         .expect("Kafka admin client")
+}
+
+/// Sets topic-level configs (the harness creates topics with the broker defaults).
+pub async fn alter_topic(topic: &str, entries: &[(&str, &str)]) {
+    let mut config = AlterConfig::new(ResourceSpecifier::Topic(topic));
+    for (k, v) in entries {
+        config = config.set(k, v);
+    }
+    let results = kafka_admin()
+        .alter_configs(
+            [&config],
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))),
+        )
+        .await
+        .expect("alter_configs request");
+    for r in results {
+        r.unwrap_or_else(|e| panic!("altering {topic}: {e:?}"));
+    }
 }
 
 /// Deletes topics of the test broker (a missing one is not an error).

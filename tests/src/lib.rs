@@ -32,8 +32,8 @@ pub use db::{pg_connect, TestDb};
 pub use dedicated::DedicatedKafka;
 pub use env::{env_or, free_port, init_tracing, seed, services, unique_name, Services};
 pub use kafka::{
-    consume_all, consume_until, consume_until_from, delete_topics, kafka_admin, produce_one,
-    require_kafka, ConsumedRecord, TestTopics,
+    alter_topic, consume_all, consume_until, consume_until_from, delete_topics, kafka_admin,
+    produce_one, require_kafka, ConsumedRecord, TestTopics,
 };
 pub use load::{Load, LoadSpec};
 pub use outbox::{Endpoints, Outbox, AGGREGATE_TYPE};

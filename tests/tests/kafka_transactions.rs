@@ -8,7 +8,7 @@ use bytes::Bytes;
 use outboxd_kafka_sink::{
     KafkaSink, Record, RecordMeta, Registration, SinkConfig, SinkError, TransactionError, TxnId,
 };
-use outboxd_tests::{consume_all, services, unique_name, TestTopics};
+use outboxd_tests::{alter_topic, consume_all, services, unique_name, TestTopics};
 
 const TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -261,4 +261,58 @@ async fn take_over_an_open_transaction(topic: &str) -> (KafkaSink, usize) {
             }
         }
     }
+}
+
+/// Once the broker refused a record of the open transaction, librdkafka takes no
+/// more records until it is aborted: `send` reports the transaction's failure (abort
+/// and resend), not a refusal of the next record (the relay would stop on it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_send_into_a_failed_transaction_asks_for_an_abort() {
+    let topics = TestTopics::create("txnstate", 1, 1).await;
+    let topic = &topics.names()[0];
+    alter_topic(topic, &[("max.message.bytes", "10000")]).await;
+    let sink = sink(&unique_name("outboxd-test-txnstate"));
+    sink.init_transactions(TIMEOUT).await.expect("init");
+    let mut too_large = record(topic, "too large");
+    too_large.value = Some(Bytes::from(vec![b'x'; 20_000]));
+    sink.send(TxnId(1), too_large).await.expect("send");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let err = loop {
+        match sink.send(TxnId(1), record(topic, "next")).await {
+            Err(e) => break e,
+            Ok(()) => assert!(
+                std::time::Instant::now() < deadline,
+                "the producer kept taking records"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(
+        matches!(
+            err,
+            SinkError::Transaction {
+                call: "send",
+                kind: TransactionError::Abortable,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    sink.abort_transaction(TIMEOUT).await.expect("abort");
+    // As the relay does: resend in a new transaction until one commits. The second
+    // may fail too: the refused batch left a gap in the partition's sequence numbers,
+    // which librdkafka repairs (epoch bump) only at that transaction's abort.
+    for attempt in 2..=4 {
+        let txn = TxnId(attempt);
+        let sent = sink.send(txn, record(topic, "resent")).await;
+        sink.end_transaction(txn, 1);
+        match sent {
+            Ok(()) if sink.commit_transaction(TIMEOUT).await.is_ok() => {
+                assert_eq!(values(topic, 1, "read_committed"), ["resent"]);
+                return;
+            }
+            _ => sink.abort_transaction(TIMEOUT).await.expect("abort"),
+        }
+    }
+    panic!("no transaction committed after the failed one");
 }

@@ -215,6 +215,20 @@ impl KafkaSink {
                     self.fatal_error().unwrap_or_else(|| describe(&err)),
                 ))
             }
+            // A transactional producer takes no record while its transaction is
+            // failed (e.g. records timed out in it): the transaction's fault, not
+            // this record's.
+            Some(RDKafkaErrorCode::State) if self.config.transactional_id.is_some() => {
+                self.shared.unregister(txn, bytes);
+                Err(SinkError::Transaction {
+                    call: "send",
+                    kind: crate::TransactionError::Abortable,
+                    reason: format!(
+                        "{}: the open Kafka transaction failed before this record",
+                        describe(&err)
+                    ),
+                })
+            }
             _ => {
                 tracing::debug!(%txn, topic = %record.topic, error = %err, "librdkafka refused a record");
                 // librdkafka words some local refusals like broker errors ("Broker:

@@ -3,10 +3,11 @@
 //!
 //! A transaction begins with the first record sent after the previous one ended
 //! (`send` calls [`KafkaSink::begin_if_needed`]). librdkafka's blocking calls run off
-//! the async runtime. Before committing, the sink waits for its own delivery reports,
-//! then until librdkafka has released them: rust-rdkafka's commit flushes first, and
-//! its flush polls for a whole 100 ms whenever librdkafka still counts a message (it
-//! did for ~2 % of commits, adding 100 ms to their events' latency).
+//! the async runtime. Before committing, the sink has librdkafka send what is queued
+//! at once and waits until librdkafka counts no message, so every delivery report is
+//! settled: rust-rdkafka's commit flushes first, and its flush polls for a whole
+//! 100 ms whenever librdkafka still counts a message (it did for ~2 % of commits,
+//! adding 100 ms to their events' latency).
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -39,10 +40,6 @@ pub enum Registration {
     /// a new one: librdkafka itself would ask again only after 500 ms.
     AbortInProgress,
 }
-
-/// How long a commit waits for librdkafka to release the delivery reports the sink
-/// already settled (normally microseconds).
-const REPORTS_RELEASED_WITHIN: Duration = Duration::from_millis(50);
 
 /// How long after a commit the next transaction begins. The broker writes the commit
 /// markers after it answered the commit; a transaction that adds a partition before
@@ -85,7 +82,15 @@ impl KafkaSink {
             return Ok(());
         }
         let started = Instant::now();
-        self.flush(timeout).await?;
+        self.blocking("flush", move |p| {
+            send_now_and_wait(p, timeout);
+            Ok(())
+        })
+        .await?;
+        // Returns at once unless librdkafka's wait timed out; then it names what is
+        // still in flight.
+        self.flush(timeout.saturating_sub(started.elapsed()))
+            .await?;
         if self.is_fenced() {
             return Err(SinkError::Transaction {
                 call: "commit",
@@ -106,10 +111,7 @@ impl KafkaSink {
         }
         let remaining = timeout.saturating_sub(started.elapsed());
         let result = self
-            .blocking("commit", move |p| {
-                reports_released(p, REPORTS_RELEASED_WITHIN);
-                p.commit_transaction(remaining)
-            })
+            .blocking("commit", move |p| p.commit_transaction(remaining))
             .await;
         if result.is_ok() {
             self.in_transaction.store(false, Ordering::Release);
@@ -183,17 +185,18 @@ impl KafkaSink {
     }
 }
 
-/// Waits (at most `limit`, on a blocking thread) until librdkafka counts no message:
-/// the sink settles a record inside its delivery report, and librdkafka releases the
-/// message only after the poll thread returns from it. rust-rdkafka's commit flushes
-/// first, and its flush polls for a whole 100 ms whenever a message is still
-/// counted. The release takes microseconds: a runtime timer (1 ms granularity) added
-/// ~2 ms to one commit in ten.
-fn reports_released(producer: &BaseProducer<SinkContext>, limit: Duration) {
-    let deadline = Instant::now() + limit;
-    while producer.in_flight_count() > 0 && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_micros(50));
-    }
+/// Sends every queued record at once and waits (at most `timeout`) until librdkafka
+/// counts no message. librdkafka ignores `linger.ms` only while a flush runs, and
+/// rust-rdkafka's own flush holds it for an instant between 100 ms polls; a commit
+/// would wait out the linger of the transaction's last records and of its
+/// checkpoint record. The poll thread serves the delivery reports meanwhile
+/// (event mode: librdkafka's flush only waits for its count to reach zero).
+#[allow(unsafe_code)]
+fn send_now_and_wait(producer: &BaseProducer<SinkContext>, timeout: Duration) {
+    let ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
+    // SAFETY: the handle is the producer's own and lives as long as `producer`;
+    // rd_kafka_flush may be called from any thread.
+    unsafe { rdkafka::bindings::rd_kafka_flush(producer.client().native_ptr(), ms) };
 }
 
 /// Registers `producer` in slices of [`REFUSAL_CHECK`], so that a refusal within

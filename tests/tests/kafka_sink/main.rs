@@ -12,8 +12,7 @@ use outboxd_kafka_sink::{
     headers, murmur2, partition_for_key, Completion, KafkaSink, Record, RecordMeta, SinkConfig,
     TxnId,
 };
-use outboxd_tests::{consume_all, kafka_admin, services, TestTopics};
-use rdkafka::admin::{AdminOptions, AlterConfig, ResourceSpecifier};
+use outboxd_tests::{alter_topic, consume_all, services, TestTopics};
 use tokio::sync::mpsc::UnboundedReceiver;
 
 mod size_limits;
@@ -59,24 +58,6 @@ async fn completions(
         assert!(out.insert(txn, c).is_none(), "second completion for {txn}");
     }
     out
-}
-
-/// Sets topic-level configs (the harness creates topics with the broker defaults).
-async fn alter_topic(topic: &str, entries: &[(&str, &str)]) {
-    let mut config = AlterConfig::new(ResourceSpecifier::Topic(topic));
-    for (k, v) in entries {
-        config = config.set(k, v);
-    }
-    let results = kafka_admin()
-        .alter_configs(
-            [&config],
-            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))),
-        )
-        .await
-        .expect("alter_configs request");
-    for r in results {
-        r.unwrap_or_else(|e| panic!("altering {topic}: {e:?}"));
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
