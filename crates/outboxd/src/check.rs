@@ -33,7 +33,7 @@ impl Report {
     }
 
     /// A risk that does not stop `run`: said, not counted as a failure.
-    fn warn(&mut self, what: &str, why: &str) {
+    fn warn(&self, what: &str, why: &str) {
         println!("warn  {what}: {why}");
     }
 }

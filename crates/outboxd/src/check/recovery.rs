@@ -36,9 +36,8 @@ pub(super) async fn check_checkpoint(config: &Config, report: &mut Report) {
         Err(e) => Err(e.to_string()),
     };
     report.line(&what, checked);
-    let exactly_once = config.kafka.delivery == Delivery::ExactlyOnce;
     let unreplicated = described.ok().filter(|t| t.replication_factor < 2);
-    if let Some(t) = unreplicated.filter(|_| exactly_once) {
+    if let (Some(t), Delivery::ExactlyOnce) = (unreplicated, config.kafka.delivery) {
         report.warn(
             &format!("checkpoint topic '{topic}' replicated"),
             &format!(
