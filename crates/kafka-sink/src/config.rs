@@ -32,11 +32,11 @@ pub const DEFAULT_PROPERTIES: &[(&str, &str)] = &[
     ("message.timeout.ms", "0"),
 ];
 
-/// `linger.ms` of a transactional producer. A record is visible only once its Kafka
-/// transaction commits, and the commit waits for the last records' linger (and the
-/// checkpoint record's): 2 ms instead of 5 cut the p50 at 1,000 events/s from 25 to
-/// 15 ms. 0 commits ~1.5 ms faster but drained a backlog of transactions of 10 at
-/// 0.82× at-least-once instead of 0.93× (docs/benchmarks.md).
+/// `linger.ms` of a transactional producer. Chosen when the commit still waited for
+/// the last records' linger (2 ms instead of 5 cut the p50 at 1,000 events/s from 25
+/// to 15 ms; 0 drained a backlog of transactions of 10 at 0.82× at-least-once instead
+/// of 0.93×, docs/benchmarks.md). The commit now sends lingering records at once, so
+/// the linger only batches records sent before it.
 pub const TRANSACTIONAL_LINGER_MS: &str = "2";
 
 /// librdkafka properties known under several names. `ClientConfig` applies its
