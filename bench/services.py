@@ -187,7 +187,11 @@ log.segment.bytes=268435456
             txn.commit_transaction(60)
         # outboxd's checkpoint topic (its default name), as `outboxd init --apply` makes
         # it: a relay refuses a slot that exists when the topic does not.
-        self.create_topics([CHECKPOINT_TOPIC], 1, {"cleanup.policy": "compact"})
+        self.create_topics(
+            [CHECKPOINT_TOPIC],
+            1,
+            {"cleanup.policy": "compact", "segment.ms": "60000", "delete.retention.ms": "300000"},
+        )
 
     def stop(self) -> None:
         if self.proc:

@@ -9,7 +9,7 @@ use outboxd_kafka_sink::{partition_for_key, SinkConfig};
 use outboxd_tests::{
     consume_all, init_tracing, kafka_admin, require_kafka, services, unique_name, TestTopics,
 };
-use rdkafka::admin::AdminOptions;
+use rdkafka::admin::{AdminOptions, NewTopic, TopicReplication};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
@@ -69,11 +69,57 @@ async fn ensure_topic_creates_a_compacted_topic_and_accepts_it_again() {
     assert_eq!(topic.partitions, 3);
     assert_eq!(topic.replication_factor, 1);
     assert_eq!(topic.cleanup_policy, "compact");
+    // A short history, so that a start-up read stays short however long the relay ran.
+    assert_eq!(topic.segment_ms, Some(60_000));
+    assert_eq!(topic.delete_retention_ms, Some(300_000));
+    assert_eq!(topic.long_history(), None);
     assert!(topic_exists(&name));
     // Existing and compacted: accepted as it is (the partition count is not changed).
     let again = store.ensure_topic(1, 1).await.expect("verified");
     assert_eq!(again, topic);
     assert_eq!(store.check().await.expect("check"), topic);
+}
+
+#[tokio::test]
+async fn configured_topic_configs_win_over_the_short_history() {
+    let name = unique_name("ckpt_configs");
+    let _created = Created(name.clone());
+    let store = store(&name).with_topic_configs(vec![
+        ("segment.ms".into(), "120000".into()),
+        ("cleanup.policy".into(), "delete".into()),
+    ]);
+    let topic = store.ensure_topic(1, 1).await.expect("created");
+    assert_eq!(topic.cleanup_policy, "compact");
+    assert_eq!(topic.segment_ms, Some(120_000));
+    assert_eq!(topic.delete_retention_ms, Some(300_000));
+}
+
+#[tokio::test]
+async fn a_compacted_topic_with_kafkas_defaults_is_accepted_with_advice() {
+    let name = unique_name("ckpt_defaults");
+    let _created = Created(name.clone());
+    let compacted = NewTopic::new(&name, 1, TopicReplication::Fixed(1))
+        .set("cleanup.policy", "compact")
+        .set("segment.ms", "604800000");
+    for result in kafka_admin()
+        .create_topics([&compacted], &AdminOptions::new())
+        .await
+        .expect("create")
+    {
+        result.expect("created");
+    }
+    let store = store(&name);
+    let topic = store.ensure_topic(1, 1).await.expect("accepted");
+    assert_eq!(topic.segment_ms, Some(604_800_000));
+    let advice = topic
+        .long_history()
+        .expect("advice for a week-long segment");
+    assert!(
+        advice.contains("segment.ms=604800000")
+            && advice.contains(&format!("--entity-name {name}"))
+            && advice.contains("--add-config segment.ms=60000,delete.retention.ms=300000"),
+        "{advice}"
+    );
 }
 
 #[tokio::test]

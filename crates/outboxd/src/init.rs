@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use outboxd_kafka_sink::checkpoint::CheckpointStore;
+use outboxd_kafka_sink::checkpoint::{CheckpointStore, SHORT_HISTORY};
 use outboxd_replication::{Admin, TableName};
 
 use crate::config::Config;
@@ -81,9 +81,13 @@ pub async fn run(config: &Config, apply: bool) -> anyhow::Result<()> {
         for s in &statements {
             println!("{s};\n");
         }
+        let short_history: String = SHORT_HISTORY
+            .iter()
+            .map(|(k, v)| format!(" --config {k}={v}"))
+            .collect();
         println!(
             "-- And in Kafka, the checkpoint topic (one partition, compacted), e.g.:\n\
-             -- kafka-topics.sh --create --topic {} --partitions 1 --config cleanup.policy=compact",
+             -- kafka-topics.sh --create --topic {} --partitions 1 --config cleanup.policy=compact{short_history}",
             config.kafka.checkpoint_topic
         );
         return Ok(());
@@ -108,6 +112,9 @@ pub async fn run(config: &Config, apply: bool) -> anyhow::Result<()> {
             "checkpoint topic '{}' ready ({} partition(s), compacted)",
             config.kafka.checkpoint_topic, topic.partitions
         );
+        if let Some(advice) = topic.long_history() {
+            eprintln!("warning: checkpoint topic: {advice}");
+        }
         if let (Some(creator), Some(dlq)) = (
             TopicCreator::new(&config.kafka, sink_config(config)).map_err(anyhow::Error::msg)?,
             &config.kafka.dead_letter_topic,

@@ -1,13 +1,14 @@
 //! `[kafka.topic_creation]` against the real broker: routed and dead-letter topics
 //! created with the configured partitions, replication factor and configs (groups
 //! first), the checkpoint topic with its configs, and `outboxd check` reporting a
-//! topic whose partition count differs from the configuration.
+//! topic whose partition count differs from the configuration, and a checkpoint
+//! topic that keeps a long history.
 
 #![allow(clippy::unwrap_used, reason = "in tests an unwrap is an assertion")]
 
 use std::time::Duration;
 
-use outboxd_tests::{consume_until, kafka_admin, unique_name, Outbox};
+use outboxd_tests::{alter_topic, consume_until, kafka_admin, unique_name, Outbox};
 use rdkafka::admin::{AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::ClientConfig;
@@ -82,6 +83,22 @@ groups = [{{ name = "invoices", include = [".*\\.invoice"], partitions = 2 }}]
             .as_deref(),
         Some("1000")
     );
+    // A short history unless configured.
+    assert_eq!(
+        config_of(&checkpoints, "segment.ms").await.as_deref(),
+        Some("60000")
+    );
+    // Kafka's defaults instead (AlterConfigs replaces every topic config): the relay
+    // says once what to change.
+    alter_topic(
+        &checkpoints,
+        &[
+            ("cleanup.policy", "compact"),
+            ("min.compaction.lag.ms", "1000"),
+            ("segment.ms", "604800000"),
+        ],
+    )
+    .await;
     outbox
         .connect()
         .await
@@ -101,6 +118,13 @@ groups = [{{ name = "invoices", include = [".*\\.invoice"], partitions = 2 }}]
     .await
     .unwrap();
     assert_eq!(records.len(), 20, "{}", relay.log_text());
+    let log = relay.log_text();
+    assert_eq!(
+        log.matches("checkpoint topic: segment.ms=604800000 and delete.retention.ms=86400000 keep")
+            .count(),
+        1,
+        "{log}"
+    );
     assert_eq!(partitions(&topics[0]), 4, "the defaults");
     assert_eq!(partitions(&topics[1]), 2, "the group");
     assert_eq!(
@@ -160,8 +184,14 @@ groups = [{{ name = "invoices", include = [".*\\.invoice"], partitions = 2 }}]
         "{shown}"
     );
     assert!(
+        shown.contains(&format!(
+            "warn  checkpoint topic '{checkpoints}' keeps a short history: segment.ms=604800000"
+        )),
+        "{shown}"
+    );
+    assert!(
         !shown.contains("FAIL  checkpoint"),
-        "a warning only: {shown}"
+        "warnings only: {shown}"
     );
     let names: Vec<String> = [dlq, checkpoints, odd].into_iter().chain(topics).collect();
     let refs: Vec<&str> = names.iter().map(String::as_str).collect();

@@ -37,7 +37,7 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use tokio::sync::oneshot;
 
 pub use error::CheckpointError;
-pub use topic::CheckpointTopic;
+pub use topic::{CheckpointTopic, SHORT_HISTORY};
 
 use crate::config::{config_error, SinkConfig};
 use crate::delivery::base_record;

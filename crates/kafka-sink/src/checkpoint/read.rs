@@ -38,6 +38,9 @@ const SETTLE_POLL: Duration = Duration::from_millis(100);
 /// How long one poll waits, so that the deadline is checked regularly.
 const POLL_SLICE: Duration = Duration::from_millis(100);
 
+/// A read that takes longer logs its progress this often, and its end at INFO.
+const PROGRESS_EVERY: Duration = Duration::from_secs(2);
+
 pub(super) enum ReadError {
     Kafka(KafkaError),
     /// An open transaction (another producer's) still holds the partition's last
@@ -142,7 +145,9 @@ impl Reader {
             .map_err(ReadError::Kafka)?;
         let mut position = low;
         let mut passing_error = None;
+        let mut progress = Progress::new(self, low, end);
         loop {
+            progress.tick(position);
             let wait = remaining().min(POLL_SLICE);
             if wait.is_zero() {
                 return Err(match passing_error {
@@ -163,12 +168,16 @@ impl Reader {
                         };
                     }
                     if position >= end {
+                        progress.done(position);
                         return Ok(latest);
                     }
                 }
                 // The end: what follows the last record, if anything, are transaction
                 // markers and records of aborted or open transactions.
-                Some(Err(KafkaError::PartitionEOF(_))) => return Ok(latest),
+                Some(Err(KafkaError::PartitionEOF(_))) => {
+                    progress.done(end);
+                    return Ok(latest);
+                }
                 Some(Err(err)) => match err.rdkafka_error_code() {
                     Some(code)
                         if error::is_missing_topic(code)
@@ -185,6 +194,67 @@ impl Reader {
                     }
                 },
             }
+        }
+    }
+}
+
+/// Logs a long read's progress: a start-up that reads a long partition should say
+/// why it waits.
+struct Progress<'a> {
+    reader: &'a Reader,
+    low: i64,
+    end: i64,
+    started: Instant,
+    next: Instant,
+}
+
+impl<'a> Progress<'a> {
+    fn new(reader: &'a Reader, low: i64, end: i64) -> Self {
+        let started = Instant::now();
+        Progress {
+            reader,
+            low,
+            end,
+            started,
+            next: started + PROGRESS_EVERY,
+        }
+    }
+
+    fn tick(&mut self, position: i64) {
+        if Instant::now() < self.next {
+            return;
+        }
+        self.next = Instant::now() + PROGRESS_EVERY;
+        tracing::info!(
+            topic = %self.reader.topic,
+            partition = self.reader.partition,
+            offset = position,
+            end = self.end,
+            elapsed_ms = self.started.elapsed().as_millis() as u64,
+            "reading the checkpoint partition from its start"
+        );
+    }
+
+    fn done(&self, position: i64) {
+        let elapsed = self.started.elapsed();
+        let offsets = position - self.low;
+        if elapsed >= PROGRESS_EVERY {
+            tracing::info!(
+                topic = %self.reader.topic,
+                partition = self.reader.partition,
+                offsets,
+                elapsed_ms = elapsed.as_millis() as u64,
+                "read the checkpoint partition; `outboxd check` tells whether the topic \
+                 keeps too long a history"
+            );
+        } else {
+            tracing::debug!(
+                topic = %self.reader.topic,
+                partition = self.reader.partition,
+                offsets,
+                elapsed_ms = elapsed.as_millis() as u64,
+                "read the checkpoint partition"
+            );
         }
     }
 }

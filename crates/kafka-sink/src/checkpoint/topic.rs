@@ -15,6 +15,19 @@ use crate::config::config_error;
 /// metadata shows it.
 const CREATED_RETRY: Duration = Duration::from_millis(100);
 
+/// Topic configs that keep the partition short, since every read starts at its
+/// beginning (docs/architecture.md, "The checkpoint store"). The active segment is
+/// never compacted: with Kafka's defaults (1 GiB or 7 days) it holds every checkpoint
+/// written until it rolls, and commit markers of compacted transactions stay a day
+/// (`delete.retention.ms`). Rolled every minute, compacted soon after, and its
+/// markers dropped 5 minutes later, it holds minutes of checkpoints instead. Reads
+/// take at most 30 s, so a tombstone kept 5 minutes is never missed mid-read.
+pub const SHORT_HISTORY: &[(&str, &str)] =
+    &[("segment.ms", "60000"), ("delete.retention.ms", "300000")];
+
+/// Above this, [`CheckpointTopic::long_history`] advises [`SHORT_HISTORY`].
+const LONG_HISTORY_MS: u64 = 60 * 60 * 1000;
+
 /// What the cluster says about the checkpoint topic ([`CheckpointStore::check`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CheckpointTopic {
@@ -26,6 +39,9 @@ pub struct CheckpointTopic {
     /// if the broker does not report it (then [`verify`](Self::verify) refuses it:
     /// compaction cannot be confirmed).
     pub cleanup_policy: String,
+    /// The topic's `segment.ms` and `delete.retention.ms`, if the broker reports them.
+    pub segment_ms: Option<u64>,
+    pub delete_retention_ms: Option<u64>,
 }
 
 impl CheckpointTopic {
@@ -44,6 +60,33 @@ impl CheckpointTopic {
             topic: self.name.clone(),
             policy: self.cleanup_policy.clone(),
         })
+    }
+
+    /// What to change when the topic keeps more than an hour of checkpoints (or
+    /// commit markers) before compaction can drop them: a read at start-up, and so a
+    /// standby's takeover, then grows with the relay's uptime, about 1 s per 250,000
+    /// checkpoints (docs/benchmarks.md).
+    pub fn long_history(&self) -> Option<String> {
+        let long = |ms: Option<u64>| ms.is_some_and(|ms| ms > LONG_HISTORY_MS);
+        if !long(self.segment_ms) && !long(self.delete_retention_ms) {
+            return None;
+        }
+        let show = |ms: Option<u64>| ms.map_or_else(|| "-".to_owned(), |ms| ms.to_string());
+        let wanted: Vec<String> = SHORT_HISTORY
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        Some(format!(
+            "segment.ms={} and delete.retention.ms={} keep hours of checkpoints before \
+             compaction, and every start (and standby takeover) reads them all; set {} \
+             (kafka-configs.sh --alter --entity-type topics --entity-name {} \
+             --add-config {})",
+            show(self.segment_ms),
+            show(self.delete_retention_ms),
+            wanted.join(" and "),
+            self.name,
+            wanted.join(","),
+        ))
     }
 }
 
@@ -80,6 +123,12 @@ impl CheckpointStore {
             TopicReplication::Fixed(replication_factor),
         )
         .set("cleanup.policy", "compact");
+        let user_set = |key: &str| self.topic_configs.iter().any(|(k, _)| k == key);
+        for (key, value) in SHORT_HISTORY {
+            if !user_set(key) {
+                new = new.set(key, value);
+            }
+        }
         for (key, value) in &self.topic_configs {
             new = new.set(key, value);
         }
@@ -94,7 +143,8 @@ impl CheckpointStore {
                     topic = %self.topic,
                     partitions,
                     replication_factor,
-                    "created the checkpoint topic (cleanup.policy=compact)"
+                    "created the checkpoint topic (cleanup.policy=compact, segment.ms and \
+                     delete.retention.ms short unless configured)"
                 ),
                 // Someone else created it in the meantime: verified like any other.
                 Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
@@ -118,7 +168,7 @@ impl CheckpointStore {
     }
 
     /// What the cluster says about the topic (for `outboxd check`): its partitions,
-    /// replication and cleanup policy. [`CheckpointError::TopicMissing`] if it does not
+    /// replication, cleanup policy and how long it keeps history. [`CheckpointError::TopicMissing`] if it does not
     /// exist; a topic that is not compacted is reported, not refused (see
     /// [`CheckpointTopic::verify`]).
     pub async fn check(&self) -> Result<CheckpointTopic, CheckpointError> {
@@ -139,9 +189,12 @@ impl CheckpointStore {
                     self.last_client_error(),
                 )
             })?;
-            if let Some(value) = resource.get("cleanup.policy").and_then(|e| e.value.clone()) {
-                topic.cleanup_policy = value;
+            let value = |key: &str| resource.get(key).and_then(|e| e.value.clone());
+            if let Some(policy) = value("cleanup.policy") {
+                topic.cleanup_policy = policy;
             }
+            topic.segment_ms = value("segment.ms").and_then(|v| v.parse().ok());
+            topic.delete_retention_ms = value("delete.retention.ms").and_then(|v| v.parse().ok());
         }
         Ok(topic)
     }
@@ -183,6 +236,8 @@ impl CheckpointStore {
             partitions: found.partitions().len(),
             replication_factor: first.replicas().len(),
             cleanup_policy: String::new(),
+            segment_ms: None,
+            delete_retention_ms: None,
         })
     }
 
@@ -198,5 +253,40 @@ impl CheckpointStore {
         AdminOptions::new()
             .request_timeout(Some(self.timeout))
             .operation_timeout(Some(self.timeout))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn topic(segment_ms: Option<u64>, delete_retention_ms: Option<u64>) -> CheckpointTopic {
+        CheckpointTopic {
+            name: "outboxd.checkpoints".into(),
+            partitions: 1,
+            replication_factor: 1,
+            cleanup_policy: "compact".into(),
+            segment_ms,
+            delete_retention_ms,
+        }
+    }
+
+    #[test]
+    fn an_hour_of_history_or_less_needs_no_advice() {
+        assert_eq!(topic(None, None).long_history(), None);
+        assert_eq!(topic(Some(60_000), Some(300_000)).long_history(), None);
+        assert_eq!(topic(Some(LONG_HISTORY_MS), None).long_history(), None);
+    }
+
+    #[test]
+    fn kafkas_defaults_get_advice_naming_both_settings() {
+        let advice = topic(Some(300_000), Some(86_400_000))
+            .long_history()
+            .expect("a day of commit markers");
+        assert!(
+            advice.contains("segment.ms=300000 and delete.retention.ms=86400000 keep"),
+            "{advice}"
+        );
+        assert!(topic(Some(604_800_000), None).long_history().is_some());
     }
 }

@@ -36,6 +36,12 @@ pub(super) async fn check_checkpoint(config: &Config, report: &mut Report) {
         Err(e) => Err(e.to_string()),
     };
     report.line(&what, checked);
+    if let Some(advice) = described.as_ref().ok().and_then(|t| t.long_history()) {
+        report.warn(
+            &format!("checkpoint topic '{topic}' keeps a short history"),
+            &advice,
+        );
+    }
     let unreplicated = described.ok().filter(|t| t.replication_factor < 2);
     if let (Some(t), Delivery::ExactlyOnce) = (unreplicated, config.kafka.delivery) {
         report.warn(

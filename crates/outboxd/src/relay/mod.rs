@@ -85,6 +85,7 @@ fn connector_and_store(
     let store = KafkaCheckpoints {
         store: Arc::new(store),
         replication_factor: config.kafka.checkpoint_replication_factor,
+        history_warned: Arc::default(),
     };
     Ok((connector, store))
 }

@@ -1,5 +1,6 @@
 //! The relay's checkpoints on the Kafka checkpoint store.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use outboxd_kafka_sink::checkpoint::{CheckpointError, CheckpointStore};
@@ -13,6 +14,9 @@ use crate::relay::RelayError;
 pub(crate) struct KafkaCheckpoints {
     pub store: Arc<CheckpointStore>,
     pub replication_factor: i32,
+    /// Whether the warning about a topic that keeps a long history was logged (once
+    /// per process, not per session).
+    pub history_warned: Arc<AtomicBool>,
 }
 
 /// One partition: the topic is small (a record per relay), and one partition keeps
@@ -30,11 +34,13 @@ impl Checkpoints for KafkaCheckpoints {
             }
             other => other.map_err(RelayError::Checkpoint)?,
         };
-        self.store
-            .check()
-            .await
-            .and_then(|topic| topic.verify())
-            .map_err(RelayError::Checkpoint)?;
+        let topic = self.store.check().await.map_err(RelayError::Checkpoint)?;
+        topic.verify().map_err(RelayError::Checkpoint)?;
+        if let Some(advice) = topic.long_history() {
+            if !self.history_warned.swap(true, Ordering::Relaxed) {
+                tracing::warn!(topic = %topic.name, "checkpoint topic: {advice}");
+            }
+        }
         let ours_key = identity.key();
         let mut ours = None;
         let mut unreadable = None;
