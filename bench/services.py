@@ -190,7 +190,7 @@ log.segment.bytes=268435456
         self.create_topics(
             [CHECKPOINT_TOPIC],
             1,
-            {"cleanup.policy": "compact", "segment.ms": "60000", "delete.retention.ms": "300000"},
+            {"cleanup.policy": "compact", "segment.ms": "600000", "delete.retention.ms": "300000"},
         )
 
     def stop(self) -> None:

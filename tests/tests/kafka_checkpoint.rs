@@ -70,7 +70,7 @@ async fn ensure_topic_creates_a_compacted_topic_and_accepts_it_again() {
     assert_eq!(topic.replication_factor, 1);
     assert_eq!(topic.cleanup_policy, "compact");
     // A short history, so that a start-up read stays short however long the relay ran.
-    assert_eq!(topic.segment_ms, Some(60_000));
+    assert_eq!(topic.segment_ms, Some(600_000));
     assert_eq!(topic.delete_retention_ms, Some(300_000));
     assert_eq!(topic.long_history(), None);
     assert!(topic_exists(&name));
@@ -117,7 +117,7 @@ async fn a_compacted_topic_with_kafkas_defaults_is_accepted_with_advice() {
     assert!(
         advice.contains("segment.ms=604800000")
             && advice.contains(&format!("--entity-name {name}"))
-            && advice.contains("--add-config segment.ms=60000,delete.retention.ms=300000"),
+            && advice.contains("--add-config segment.ms=600000,delete.retention.ms=300000"),
         "{advice}"
     );
 }

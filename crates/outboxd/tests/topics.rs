@@ -86,7 +86,7 @@ groups = [{{ name = "invoices", include = [".*\\.invoice"], partitions = 2 }}]
     // A short history unless configured.
     assert_eq!(
         config_of(&checkpoints, "segment.ms").await.as_deref(),
-        Some("60000")
+        Some("600000")
     );
     // Kafka's defaults instead (AlterConfigs replaces every topic config): the relay
     // says once what to change.

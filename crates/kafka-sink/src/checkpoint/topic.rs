@@ -19,11 +19,12 @@ const CREATED_RETRY: Duration = Duration::from_millis(100);
 /// beginning (docs/architecture.md, "The checkpoint store"). The active segment is
 /// never compacted: with Kafka's defaults (1 GiB or 7 days) it holds every checkpoint
 /// written until it rolls, and commit markers of compacted transactions stay a day
-/// (`delete.retention.ms`). Rolled every minute, compacted soon after, and its
-/// markers dropped 5 minutes later, it holds minutes of checkpoints instead. Reads
-/// take at most 30 s, so a tombstone kept 5 minutes is never missed mid-read.
+/// (`delete.retention.ms`). Rolled every 10 minutes (the smallest `segment.ms` some
+/// managed services accept), compacted soon after, and its markers dropped 5 minutes
+/// later, it holds minutes of checkpoints instead. Reads take at most 30 s, so a
+/// tombstone kept 5 minutes is never missed mid-read.
 pub const SHORT_HISTORY: &[(&str, &str)] =
-    &[("segment.ms", "60000"), ("delete.retention.ms", "300000")];
+    &[("segment.ms", "600000"), ("delete.retention.ms", "300000")];
 
 /// Above this, [`CheckpointTopic::long_history`] advises [`SHORT_HISTORY`].
 const LONG_HISTORY_MS: u64 = 60 * 60 * 1000;
@@ -274,7 +275,7 @@ mod tests {
     #[test]
     fn an_hour_of_history_or_less_needs_no_advice() {
         assert_eq!(topic(None, None).long_history(), None);
-        assert_eq!(topic(Some(60_000), Some(300_000)).long_history(), None);
+        assert_eq!(topic(Some(600_000), Some(300_000)).long_history(), None);
         assert_eq!(topic(Some(LONG_HISTORY_MS), None).long_history(), None);
     }
 
