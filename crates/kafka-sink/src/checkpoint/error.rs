@@ -22,8 +22,8 @@ pub enum CheckpointError {
     #[error(
         "the checkpoint topic {topic} has cleanup.policy={policy}: segments older than \
          its retention are deleted, the checkpoint with them; set cleanup.policy=compact \
-         (kafka-configs.sh --alter --entity-type topics --entity-name {topic} \
-         --add-config cleanup.policy=compact)"
+         (kafka-configs.sh --bootstrap-server <brokers> --alter --entity-type topics \
+         --entity-name {topic} --add-config cleanup.policy=compact)"
     )]
     NotCompacted { topic: String, policy: String },
     /// No broker answered (down, wrong address, TLS or SASL refused).

@@ -79,9 +79,9 @@ impl CheckpointTopic {
             .collect();
         Some(format!(
             "segment.ms={} and delete.retention.ms={} keep hours of checkpoints before \
-             compaction, and every start (and standby takeover) reads them all; set {} \
-             (kafka-configs.sh --alter --entity-type topics --entity-name {} \
-             --add-config {})",
+             compaction, and every session (start, reconnect, standby takeover) reads \
+             them all; set {} (kafka-configs.sh --bootstrap-server <brokers> --alter \
+             --entity-type topics --entity-name {} --add-config {})",
             show(self.segment_ms),
             show(self.delete_retention_ms),
             wanted.join(" and "),
