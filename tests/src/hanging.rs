@@ -93,7 +93,8 @@ pub fn abort_hanging_transactions(brokers: &str) -> usize {
             "--max-transaction-timeout",
             "0",
         ],
-    );
+    )
+    .unwrap_or_else(|stderr| panic!("kafka-transactions find-hanging failed: {stderr}"));
     let mut aborted = 0;
     // Columns: Topic Partition ProducerId ProducerEpoch CoordinatorEpoch StartOffset …
     for row in found.lines().skip(1) {
@@ -102,7 +103,7 @@ pub fn abort_hanging_transactions(brokers: &str) -> usize {
             continue;
         };
         println!("aborting a hanging transaction: {row}");
-        transactions_tool(
+        let abort = transactions_tool(
             brokers,
             &[
                 "abort",
@@ -114,14 +115,26 @@ pub fn abort_hanging_transactions(brokers: &str) -> usize {
                 start_offset,
             ],
         );
-        aborted += 1;
+        match abort {
+            Ok(_) => aborted += 1,
+            // Settled between `find-hanging` and `abort` (the broker wrote the
+            // markers after all): nothing to do. If it still hung, the relay would
+            // report it again and the watch would come back.
+            Err(stderr) if stderr.contains(SETTLED_MEANWHILE) => {
+                println!("settled meanwhile: {topic}-{partition} at {start_offset}");
+            }
+            Err(stderr) => panic!("kafka-transactions abort failed: {stderr}"),
+        }
     }
     aborted
 }
 
-/// Runs Kafka's `TransactionsCommand` (what `kafka-transactions.sh` runs); its
-/// standard output.
-fn transactions_tool(brokers: &str, args: &[&str]) -> String {
+/// What `kafka-transactions.sh abort` says when the transaction is no longer open.
+const SETTLED_MEANWHILE: &str = "Could not find any open transactions starting at offset";
+
+/// Runs Kafka's `TransactionsCommand` (what `kafka-transactions.sh` runs): its
+/// standard output, or its standard error if it failed.
+fn transactions_tool(brokers: &str, args: &[&str]) -> Result<String, String> {
     let script = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/kafka.sh"));
     let out = Command::new(script)
         .args([
@@ -133,10 +146,9 @@ fn transactions_tool(brokers: &str, args: &[&str]) -> String {
         .args(args)
         .output()
         .expect("scripts/kafka.sh tool runs");
-    assert!(
-        out.status.success(),
-        "kafka-transactions {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
 }
