@@ -20,9 +20,9 @@ const CREATED_RETRY: Duration = Duration::from_millis(100);
 /// never compacted: with Kafka's defaults (1 GiB or 7 days) it holds every checkpoint
 /// written until it rolls, and commit markers of compacted transactions stay a day
 /// (`delete.retention.ms`). Rolled every 10 minutes (the smallest `segment.ms` some
-/// managed services accept), compacted soon after, and its markers dropped 5 minutes
-/// later, it holds minutes of checkpoints instead. Reads take at most 30 s, so a
-/// tombstone kept 5 minutes is never missed mid-read.
+/// managed services accept), compacted soon after, and its markers dropped on a
+/// later pass, it stayed under 31 MB at 100 checkpoints/s (docs/benchmarks.md). Reads
+/// take at most 30 s, so a tombstone kept 5 minutes is never missed mid-read.
 pub const SHORT_HISTORY: &[(&str, &str)] =
     &[("segment.ms", "600000"), ("delete.retention.ms", "300000")];
 
@@ -169,9 +169,9 @@ impl CheckpointStore {
     }
 
     /// What the cluster says about the topic (for `outboxd check`): its partitions,
-    /// replication, cleanup policy and how long it keeps history. [`CheckpointError::TopicMissing`] if it does not
-    /// exist; a topic that is not compacted is reported, not refused (see
-    /// [`CheckpointTopic::verify`]).
+    /// replication, cleanup policy and how long it keeps history.
+    /// [`CheckpointError::TopicMissing`] if it does not exist; a topic that is not
+    /// compacted is reported, not refused (see [`CheckpointTopic::verify`]).
     pub async fn check(&self) -> Result<CheckpointTopic, CheckpointError> {
         let mut topic = self.describe("describe").await?;
         let admin = self.admin()?;
