@@ -97,9 +97,32 @@ pub(crate) fn run<H: Handler>(
         .lock()
         .drain(&consumer, &all, "shutting down");
     consumer.unsubscribe();
-    drop(consumer);
+    close_within(consumer, CLOSE_TIMEOUT);
     tracing::info!("inbox consumer stopped");
     result
+}
+
+/// How long shutdown waits for librdkafka to close the consumer (leave the group).
+/// After a broker restart its connection to the group coordinator can hang, and
+/// closing then waited for minutes; the group drops a member that left without a
+/// word after `session.timeout.ms`.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Closes `consumer` on a thread of its own, waiting at most `timeout`; after that
+/// the close goes on without the caller (process exit ends it).
+fn close_within<C: Send + 'static>(consumer: C, timeout: Duration) {
+    let (closed, done) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        drop(consumer);
+        let _ = closed.send(());
+    });
+    if done.recv_timeout(timeout).is_err() {
+        tracing::warn!(
+            "closing the Kafka consumer did not finish within {timeout:?} (its group \
+             coordinator does not answer); going on without it: the group drops this \
+             member after session.timeout.ms"
+        );
+    }
 }
 
 /// librdkafka's view of us: the rebalance and commit callbacks.
