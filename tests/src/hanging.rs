@@ -117,9 +117,9 @@ pub fn abort_hanging_transactions(brokers: &str) -> usize {
         );
         match abort {
             Ok(_) => aborted += 1,
-            // Settled between `find-hanging` and `abort` (the broker wrote the
-            // markers after all): nothing to do. If it still hung, the relay would
-            // report it again and the watch would come back.
+            // Settled between `find-hanging` and `abort` (most likely the relay's
+            // new producer registration aborted it): nothing to do. If it still
+            // hung, the relay would report it again and the watch would come back.
             Err(stderr) if stderr.contains(SETTLED_MEANWHILE) => {
                 println!("settled meanwhile: {topic}-{partition} at {start_offset}");
             }
