@@ -40,7 +40,7 @@ from common import BENCH, ROOT, WORK, loadavg, log, stop_process
 from drain import DrainPhase
 from latency import SUSTAIN_WRITER_FRACTION, LatencyPhase
 from relays import DEBEZIUM_TUNING, Relays
-from services import Kafka, Postgres
+from services import BROKER_JVM, Kafka, Postgres
 from sweep import SweepPhase
 from takeover import TakeoverPhase
 from workload import WORKLOAD_SQL, Workload
@@ -131,6 +131,7 @@ class Bench(Workload, Relays, DrainPhase, SweepPhase, LatencyPhase, TakeoverPhas
             "cpus": os.cpu_count(), "cpu_model": cpu, "mem_gib": round(mem_gib, 1),
             "kernel": platform.release(), "os": cmd_out(["sh", "-c", ". /etc/os-release; echo $PRETTY_NAME"]),
             "postgres": self.pg.version(), "kafka": "4.3.1 (KRaft, single node, same host)",
+            "kafka_jvm": " ".join(BROKER_JVM),
             "connect": "4.3.1 (standalone)", "debezium": self.args.debezium_version,
             "java": cmd_out(["sh", "-c", "java -version 2>&1 | head -n 1"]),
             "outboxd": f"{git}{' (+ uncommitted changes)' if dirty else ''}",
@@ -154,6 +155,7 @@ class Bench(Workload, Relays, DrainPhase, SweepPhase, LatencyPhase, TakeoverPhas
             if self.o.takeover and "outboxd" in self.o.systems:
                 self.takeover_phase()
             self.results["environment"]["loadavg_end"] = loadavg()
+            self.results["environment"]["broker_pauses"] = self.kafka.pauses()
             self.save()
         finally:
             for p in self.procs:

@@ -179,8 +179,10 @@ class LatencyPhase:
         metrics0 = relay_metrics.scrape(proc.metrics_address) if r["result"]["kind"] == "outboxd" else None
         cpu0 = proc_cpu_s(proc.pid) or 0.0
         window = CpuWindow(self.kafka.proc.pid)
+        broker_log = self.kafka.log_end()
         w = self.pgbench(db, k, rate_tps=rate / k, seconds=o.step_seconds)
         cpu_window = window.result()
+        broker_pauses = self.kafka.pauses(broker_log)
         relay_cpu = round((proc_cpu_s(proc.pid) or 0.0) - cpu0, 2)
         catch_up = consumer.wait_for(self.outbox_rows(db), max(30.0, o.step_seconds))
         kafka_txns = (relay_metrics.window(metrics0, relay_metrics.scrape(proc.metrics_address))
@@ -215,11 +217,14 @@ class LatencyPhase:
                 "sustained": not why, "why": "; ".join(why) or None,
                 "bound": "writer" if achieved < SUSTAIN_WRITER_FRACTION * rate else None,
                 "unmatched_records": missing, "relay_cpu_s": relay_cpu,
-                "loadavg": loadavg(), **cpu_window, **kafka_txns}
+                "loadavg": loadavg(), "broker_pauses": broker_pauses, **cpu_window, **kafka_txns}
         log(f"latency {system}: {rate} events/s: achieved {achieved:.0f}, appended p50 "
             f"{step['p50_ms']} p99 {step['p99_ms']}; visible p50 {vis['p50_ms']} p99 {p99} "
             f"p99.9 {vis['p999_ms']} ms"
             + (f"; {kafka_txns['events_per_transaction']} events per Kafka transaction, commit "
                f"mean {kafka_txns['commit_mean_ms']} ms" if kafka_txns.get("kafka_transactions") else "")
+            + (f"; broker stopped {broker_pauses['over_5ms']} times for 5 ms or more (longest "
+               f"{broker_pauses['longest_ms']} ms), {broker_pauses['allocation_stalls']} allocation "
+               "stalls" if broker_pauses else "")
             + ("; sustained" if step["sustained"] else f"; NOT sustained ({step['why']})"))
         return step

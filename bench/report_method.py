@@ -22,7 +22,8 @@ def method(results: dict) -> list[str]:
           f"1. starts its own PostgreSQL ({env.get('postgres', '?')}, 127.0.0.1:54400: `wal_level=logical`, "
           "`track_commit_timestamp=on`, `fsync=off`, `synchronous_commit=on`, `autovacuum=off`, "
           "`shared_buffers=512MB`) and its own single-node Kafka broker (127.0.0.1:19192, "
-          "`scripts/kafka.sh`'s broker settings and JVM options, `log.message.timestamp.type=LogAppendTime`), "
+          "`scripts/kafka.sh`'s broker settings, `log.message.timestamp.type=LogAppendTime`, JVM "
+          f"`{env.get('kafka_jvm', '-Xmx512m -Xms256m -XX:+UseSerialGC')}`), "
           "both fresh, and warms the broker up with an idempotent producer (500,000 records);",
           f"2. **drain**, per transaction size k: creates a database with a Debezium-style outbox table "
           f"(`id uuid`, `aggregatetype`, `aggregateid`, `type`, `payload jsonb`), a publication, one "
@@ -92,8 +93,19 @@ def method(results: dict) -> list[str]:
           f"- PostgreSQL {env.get('postgres')}; Kafka {env.get('kafka')}; Kafka Connect {env.get('connect')}; "
           f"Debezium {env.get('debezium')}; {env.get('java')}.",
           f"- outboxd {env.get('outboxd')}, {env.get('rustc')}, rdkafka-sys {env.get('rdkafka_sys')} "
-          "(librdkafka, built from source).", ""]
+          "(librdkafka, built from source).", *broker_pauses(env.get("broker_pauses")), ""]
     return L
+
+
+def broker_pauses(p: dict | None) -> list[str]:
+    """The broker's stops over the whole run (each latency step has its own in
+    results.json)."""
+    if not p:
+        return []
+    return [f"- The broker's JVM stopped it {p['count']} times over the run (safepoints: "
+            f"{p['total_ms']} ms in all, {p['over_5ms']} of 5 ms or more, the longest "
+            f"{p['longest_ms']} ms; {p['allocation_stalls']} allocation stalls, the longest "
+            f"{p['longest_stall_ms']} ms)."]
 
 
 def fmt_load(v):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import re
 import shutil
 import subprocess
 import time
@@ -93,6 +94,19 @@ log_checkpoints = off
             return c.execute("SHOW server_version").fetchone()[0]
 
 
+# The broker's JVM. Not scripts/kafka.sh's small SerialGC heap, which suits the tests:
+# at the latency phase's rates its young collections stopped the broker for 25-30 ms
+# every ~3 s, and those stops, not the relays, made the latency tails
+# (docs/benchmarks.md, "The bench broker's pauses"). ZGC stops it for well under a
+# millisecond; 2 GiB leaves its concurrent collector room at drain rates.
+BROKER_JVM = ["-Xmx2g", "-Xms2g", "-XX:+UseZGC"]
+
+# Lines of the JVM's log: a safepoint stops every Java thread (a collector's pause
+# among them); an allocation stall stops one thread until ZGC frees memory.
+SAFEPOINT = re.compile(r'Safepoint "[^"]+".* Total: (\d+) ns')
+ALLOCATION_STALL = re.compile(r"Allocation Stall \([^)]*\) ([\d.]+)ms")
+
+
 class Kafka:
     """Our own single-node KRaft broker from the cached jars (scripts/kafka.sh's setup),
     fresh per run, every topic with message.timestamp.type=LogAppendTime."""
@@ -101,6 +115,30 @@ class Kafka:
         self.lib, self.root, self.port, self.cport = lib, root, port, controller_port
         self.bootstrap = f"127.0.0.1:{port}"
         self.proc: subprocess.Popen | None = None
+        self.jvm_log = root / "jvm.log"
+
+    def log_end(self) -> int:
+        """Where the JVM's log ends now (for pauses(since=...))."""
+        try:
+            return self.jvm_log.stat().st_size
+        except OSError:
+            return 0
+
+    def pauses(self, since: int = 0) -> dict | None:
+        """The broker's stops logged after byte `since`: how many safepoints, the
+        longest, the total, how many lasted 5 ms or more; allocation stalls."""
+        try:
+            with open(self.jvm_log, "rb") as f:
+                f.seek(since)
+                text = f.read().decode(errors="replace")
+        except OSError:
+            return None
+        ms = [int(m.group(1)) / 1e6 for m in SAFEPOINT.finditer(text)]
+        stalls = [float(m.group(1)) for m in ALLOCATION_STALL.finditer(text)]
+        return {"count": len(ms), "longest_ms": round(max(ms, default=0.0), 1),
+                "total_ms": round(sum(ms), 1), "over_5ms": sum(1 for x in ms if x >= 5),
+                "allocation_stalls": len(stalls),
+                "longest_stall_ms": round(max(stalls, default=0.0), 1)}
 
     def start(self) -> None:
         for p in (self.port, self.cport):
@@ -132,10 +170,9 @@ log.segment.bytes=268435456
              "-cp", f"{self.lib}/*", "kafka.tools.StorageTool", "format", "--ignore-formatted",
              "-t", cid, "-c", str(config)])
         out = open(self.root / "console.log", "w")
-        # The same JVM settings as scripts/kafka.sh: a small heap and SerialGC.
         self.proc = subprocess.Popen(
-            ["java", "-Xmx512m", "-Xms256m", "-XX:+UseSerialGC", "-XX:+ExitOnOutOfMemoryError",
-             "-Djava.awt.headless=true",
+            ["java", *BROKER_JVM, "-XX:+ExitOnOutOfMemoryError", "-Djava.awt.headless=true",
+             f"-Xlog:safepoint,gc:file={self.jvm_log}:uptime",
              f"-Dlog4j2.configurationFile={ROOT}/scripts/kafka/log4j2.properties",
              f"-Dkafka.logs.dir={self.root}", "-cp", f"{self.lib}/*", "kafka.Kafka", str(config)],
             stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=self.root,
