@@ -23,6 +23,7 @@ def method(results: dict) -> list[str]:
           "`track_commit_timestamp=on`, `fsync=off`, `synchronous_commit=on`, `autovacuum=off`, "
           "`shared_buffers=512MB`) and its own single-node Kafka broker (127.0.0.1:19192, "
           "`scripts/kafka.sh`'s broker settings, `log.message.timestamp.type=LogAppendTime`, JVM "
+          # Runs before the JVM was recorded used scripts/kafka.sh's.
           f"`{env.get('kafka_jvm', '-Xmx512m -Xms256m -XX:+UseSerialGC')}`), "
           "both fresh, and warms the broker up with an idempotent producer (500,000 records);",
           f"2. **drain**, per transaction size k: creates a database with a Debezium-style outbox table "
@@ -98,14 +99,15 @@ def method(results: dict) -> list[str]:
 
 
 def broker_pauses(p: dict | None) -> list[str]:
-    """The broker's stops over the whole run (each latency step has its own in
-    results.json)."""
+    """The broker's stops over the whole run."""
     if not p:
         return []
-    return [f"- The broker's JVM stopped it {p['count']} times over the run (safepoints: "
-            f"{p['total_ms']} ms in all, {p['over_5ms']} of 5 ms or more, the longest "
-            f"{p['longest_ms']} ms; {p['allocation_stalls']} allocation stalls, the longest "
-            f"{p['longest_stall_ms']} ms)."]
+    return [f"- The broker's JVM: {p['count']} safepoints (stops of every Java thread, "
+            "a collector's pauses among them) from its start to the run's end, warm-up and "
+            f"drains included: {p['total_ms']} ms in all, {p['over_5ms']} of 5 ms or more, the "
+            f"longest {p['longest_ms']} ms; {p['allocation_stalls']} allocation stalls, the "
+            f"longest {p.get('longest_stall_ms', '–')} ms. Each latency step has its own in "
+            "`results.json` (`broker_pauses`)."]
 
 
 def fmt_load(v):
