@@ -40,7 +40,7 @@ from common import BENCH, ROOT, WORK, loadavg, log, stop_process
 from drain import DrainPhase
 from latency import SUSTAIN_WRITER_FRACTION, LatencyPhase
 from relays import DEBEZIUM_TUNING, Relays
-from services import BROKER_JVM, Kafka, Postgres
+from services import BROKER_JVMS, Kafka, Postgres
 from sweep import SweepPhase
 from takeover import TakeoverPhase
 from workload import WORKLOAD_SQL, Workload
@@ -87,7 +87,8 @@ class Bench(Workload, Relays, DrainPhase, SweepPhase, LatencyPhase, TakeoverPhas
         self.rundir = WORK / "runs" / self.run_id
         self.rundir.mkdir(parents=True)
         self.pg = Postgres(Path(args.pg_bindir), WORK / "pg", args.pg_port)
-        self.kafka = Kafka(Path(args.kafka_lib), WORK / "kafka", args.kafka_port, args.kafka_port + 1)
+        self.kafka = Kafka(Path(args.kafka_lib), WORK / "kafka", args.kafka_port, args.kafka_port + 1,
+                           BROKER_JVMS[args.broker_gc])
         self.results: dict = {"run_id": self.run_id, "preset": opts.preset, "drain": [],
                               "latency": {}, "options": {k: v for k, v in vars(opts).items()},
                               "debezium_tuning": DEBEZIUM_TUNING,
@@ -131,7 +132,7 @@ class Bench(Workload, Relays, DrainPhase, SweepPhase, LatencyPhase, TakeoverPhas
             "cpus": os.cpu_count(), "cpu_model": cpu, "mem_gib": round(mem_gib, 1),
             "kernel": platform.release(), "os": cmd_out(["sh", "-c", ". /etc/os-release; echo $PRETTY_NAME"]),
             "postgres": self.pg.version(), "kafka": "4.3.1 (KRaft, single node, same host)",
-            "kafka_jvm": " ".join(BROKER_JVM),
+            "kafka_jvm": " ".join(self.kafka.jvm),
             "connect": "4.3.1 (standalone)", "debezium": self.args.debezium_version,
             "java": cmd_out(["sh", "-c", "java -version 2>&1 | head -n 1"]),
             "outboxd": f"{git}{' (+ uncommitted changes)' if dirty else ''}",
@@ -245,6 +246,9 @@ def main(argv=None) -> None:
     ap.add_argument("--takeover-rate", type=int, default=1000, help="events/s written during the takeovers")
     ap.add_argument("--takeover-k", type=int, default=1, help="events per transaction during the takeovers")
     ap.add_argument("--keep", action="store_true", help="leave PostgreSQL and Kafka running at the end")
+    ap.add_argument("--broker-gc", choices=sorted(BROKER_JVMS), default="serial",
+                    help="the broker's garbage collector: serial (default; its pauses show in latency "
+                         "tails) or zgc (no long pauses, about twice the broker's CPU in drains)")
     ap.add_argument("--strict", action="store_true",
                     help="exit 1 if any relay run failed (CI's smoke run: the harness must work end to end)")
     ap.add_argument("--report-only", metavar="RESULTS_JSON", help="only render a report from a results file")

@@ -94,13 +94,17 @@ log_checkpoints = off
             return c.execute("SHOW server_version").fetchone()[0]
 
 
-# The broker's JVM. Not scripts/kafka.sh's small SerialGC heap, which suits the tests:
-# at the latency phase's rates its young collections stopped the broker for 24-30 ms
-# about every 2.7 s, which set at-least-once's p99.9 and exactly-once's p99 at
-# 10,000 events/s. In the latency steps ZGC's stops stayed under a millisecond
-# (docs/benchmarks.md, "The bench broker's pauses, and what a Kafka commit waits
-# for"). 2 GiB is a precaution for the drain phase, which allocates faster.
-BROKER_JVM = ["-Xmx2g", "-Xms2g", "-XX:+UseZGC"]
+# The broker's JVM, by collector (bench.py --broker-gc; docs/benchmarks.md, "The
+# bench broker's pauses, and what a Kafka commit waits for"):
+# - serial (the default): scripts/kafka.sh's. Its young collections stop the broker
+#   for 24-30 ms about every 2.7 s at the latency phase's rates, which shows in the
+#   latency tails.
+# - zgc: stops under a millisecond, but about twice the broker's CPU during drains,
+#   which on a 2-core machine slows the relays' drains (exactly-once most).
+BROKER_JVMS = {
+    "serial": ["-Xmx512m", "-Xms256m", "-XX:+UseSerialGC"],
+    "zgc": ["-Xmx2g", "-Xms2g", "-XX:+UseZGC"],
+}
 
 # Lines of the JVM's log: a safepoint stops every Java thread (a collector's pause
 # among them); an allocation stall stops one thread until ZGC frees memory.
@@ -112,8 +116,9 @@ class Kafka:
     """Our own single-node KRaft broker from the cached jars (scripts/kafka.sh's setup),
     fresh per run, every topic with message.timestamp.type=LogAppendTime."""
 
-    def __init__(self, lib: Path, root: Path, port: int, controller_port: int):
+    def __init__(self, lib: Path, root: Path, port: int, controller_port: int, jvm: list[str]):
         self.lib, self.root, self.port, self.cport = lib, root, port, controller_port
+        self.jvm = jvm
         self.bootstrap = f"127.0.0.1:{port}"
         self.proc: subprocess.Popen | None = None
         self.jvm_log = root / "jvm.log"
@@ -172,7 +177,7 @@ log.segment.bytes=268435456
              "-t", cid, "-c", str(config)])
         out = open(self.root / "console.log", "w")
         self.proc = subprocess.Popen(
-            ["java", *BROKER_JVM, "-XX:+ExitOnOutOfMemoryError", "-Djava.awt.headless=true",
+            ["java", *self.jvm, "-XX:+ExitOnOutOfMemoryError", "-Djava.awt.headless=true",
              f"-Xlog:safepoint,gc:file={self.jvm_log}:uptime",
              f"-Dlog4j2.configurationFile={ROOT}/scripts/kafka/log4j2.properties",
              f"-Dkafka.logs.dir={self.root}", "-cp", f"{self.lib}/*", "kafka.Kafka", str(config)],
