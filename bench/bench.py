@@ -248,7 +248,8 @@ def main(argv=None) -> None:
     ap.add_argument("--keep", action="store_true", help="leave PostgreSQL and Kafka running at the end")
     ap.add_argument("--broker-gc", choices=sorted(BROKER_JVMS), default="serial",
                     help="the broker's garbage collector: serial (default; its pauses show in latency "
-                         "tails) or zgc (no long pauses, about twice the broker's CPU in drains)")
+                         "tails) or zgc (2 GiB heap; no long pauses, but in one full run about twice the "
+                         "broker's CPU in drains)")
     ap.add_argument("--strict", action="store_true",
                     help="exit 1 if any relay run failed (CI's smoke run: the harness must work end to end)")
     ap.add_argument("--report-only", metavar="RESULTS_JSON", help="only render a report from a results file")

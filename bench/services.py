@@ -99,8 +99,9 @@ log_checkpoints = off
 # - serial (the default): scripts/kafka.sh's. Its young collections stop the broker
 #   for 24-30 ms about every 2.7 s at the latency phase's rates, which shows in the
 #   latency tails.
-# - zgc: stops under a millisecond, but about twice the broker's CPU during drains,
-#   which on a 2-core machine slows the relays' drains (exactly-once most).
+# - zgc (2 GiB, committed at start): stops under a millisecond, but in one full run
+#   about twice the broker's CPU during drains, which on a 2-core machine slowed the
+#   relays' drains (exactly-once most).
 BROKER_JVMS = {
     "serial": ["-Xmx512m", "-Xms256m", "-XX:+UseSerialGC"],
     "zgc": ["-Xmx2g", "-Xms2g", "-XX:+UseZGC"],
