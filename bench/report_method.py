@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from report_fmt import fmt
+from services import BROKER_JVMS
 
 
 def method(results: dict) -> list[str]:
@@ -23,8 +24,8 @@ def method(results: dict) -> list[str]:
           "`track_commit_timestamp=on`, `fsync=off`, `synchronous_commit=on`, `autovacuum=off`, "
           "`shared_buffers=512MB`) and its own single-node Kafka broker (127.0.0.1:19192, "
           "`scripts/kafka.sh`'s broker settings, `log.message.timestamp.type=LogAppendTime`, JVM "
-          # Runs before the JVM was recorded used scripts/kafka.sh's.
-          f"`{env.get('kafka_jvm', '-Xmx512m -Xms256m -XX:+UseSerialGC')}`), "
+          # Runs before the JVM was recorded used the serial one.
+          f"`{env.get('kafka_jvm', ' '.join(BROKER_JVMS['serial']))}`), "
           "both fresh, and warms the broker up with an idempotent producer (500,000 records);",
           f"2. **drain**, per transaction size k: creates a database with a Debezium-style outbox table "
           f"(`id uuid`, `aggregatetype`, `aggregateid`, `type`, `payload jsonb`), a publication, one "
