@@ -2,8 +2,9 @@
 //! from environment variables, names no other test uses, free ports, tracing, and
 //! cleanup that works from `Drop`.
 
+use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 
 /// Default addresses: the ports the local scripts use.
 const DEFAULT_PG_URL: &str = "postgres://postgres@127.0.0.1:54329/postgres";
@@ -89,13 +90,26 @@ pub fn seed(name: &str) -> u64 {
     seed
 }
 
-/// A free TCP port on 127.0.0.1.
+/// Ports handed to the tests' own servers: below Linux's ephemeral range (32768 and
+/// up by default), which `bind(0)` and every outgoing connection draw from, so a port
+/// found free there could be taken before the server meant for it binds; and apart
+/// from the ranges the scripts pick from (scripts/test-pg-versions.sh,
+/// scripts/test-debezium.sh).
+const TEST_PORTS: std::ops::Range<u16> = 20000..25000;
+
+/// A TCP port on 127.0.0.1 that nothing listens on and that this process has not
+/// handed out before (two tests running side by side get different ones).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
+    static HANDED_OUT: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
+    let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
+    for _ in 0..1000 {
+        let port = rand::random_range(TEST_PORTS);
+        if !handed_out.contains(&port) && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            handed_out.insert(port);
+            return port;
+        }
+    }
+    panic!("no free port in {TEST_PORTS:?} after 1000 tries: are old test servers still running?")
 }
 
 /// Runs cleanup on a thread with a runtime of its own: `Drop` may run inside a test's
