@@ -70,8 +70,9 @@ pub struct SinkConfig {
     /// [`Record::in_flight_size`]: crate::Record::in_flight_size
     pub max_in_flight_bytes: usize,
     /// Where records go that the broker refuses for good (too large, invalid, unknown
-    /// topic…). `None`: such a record fails its transaction. Not used with
-    /// `transactional_id`: a refusal there aborts the Kafka transaction.
+    /// topic…). `None`: such a record fails its transaction. With `transactional_id`
+    /// only records the producer refuses itself, before sending, go there (inside the
+    /// Kafka transaction): a refusal by the broker aborts the transaction.
     pub dead_letter_topic: Option<String>,
     /// Makes the sink transactional (exactly-once): records become visible to
     /// `read_committed` consumers only when [`KafkaSink::commit_transaction`] commits

@@ -42,6 +42,8 @@ pub struct Metrics {
     /// Exactly-once: Kafka transactions committed, and how long each commit took.
     pub kafka_transactions: Counter,
     pub commit_seconds: Histogram,
+    /// Exactly-once: how long the awaited commit's checkpoint has not been visible.
+    pub commit_unsettled_seconds: Gauge<f64, AtomicU64>,
 }
 
 impl Default for Metrics {
@@ -67,6 +69,7 @@ impl Default for Metrics {
             kafka_transactions: Counter::default(),
             // 0.5 ms to ~4 s.
             commit_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 14)),
+            commit_unsettled_seconds: Gauge::default(),
         }
     }
 }
@@ -96,7 +99,7 @@ impl Metrics {
         );
         registry.register(
             "outboxd_transactions_confirmed",
-            "Source transactions confirmed to PostgreSQL",
+            "Confirmations of a new position to PostgreSQL (each advance of the confirmed LSN)",
             m.transactions_confirmed.clone(),
         );
         registry.register(
@@ -173,6 +176,13 @@ impl Metrics {
             "outboxd_kafka_commit_seconds",
             "Exactly-once: how long committing a Kafka transaction took",
             m.commit_seconds.clone(),
+        );
+        registry.register(
+            "outboxd_commit_unsettled_seconds",
+            "Exactly-once: how long the newest committed Kafka transaction's checkpoint has \
+             waited to become visible (0 when none waits; over 10 s the relay commits \
+             nothing more until it settles)",
+            m.commit_unsettled_seconds.clone(),
         );
         registry.register(
             "outboxd_in_flight_transactions",

@@ -135,6 +135,13 @@ impl Config {
                 "kafka.checkpoint_topic must not be empty: outboxd records what it delivered there"
             );
         }
+        if self.kafka.producer.contains_key("transactional.id") {
+            anyhow::bail!(
+                "kafka.producer.\"transactional.id\" is not allowed: set kafka.transactional_id \
+                 instead (exactly-once only; unset, outboxd derives one from the relay's \
+                 identity, docs/configuration.md)"
+            );
+        }
         if self.postgres.tables.is_empty() && !self.routing.relays_messages() {
             anyhow::bail!("nothing to relay: set postgres.tables and/or routing.message_prefix");
         }
@@ -293,6 +300,16 @@ mod tests {
         );
         let e = Config::load_from(None, &Overrides::default(), env(&[])).unwrap_err();
         assert!(e.to_string().contains("postgres.url"), "{e}");
+        let e = Config::load_from(
+            None,
+            &Overrides::default(),
+            env(&[
+                ("OUTBOXD_POSTGRES__URL", "postgres://h/db"),
+                ("OUTBOXD_KAFKA__PRODUCER__TRANSACTIONAL_ID", "mine"),
+            ]),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("kafka.transactional_id"), "{e}");
     }
 
     #[test]

@@ -46,6 +46,17 @@ pub enum RelayError {
     /// Exactly-once: a Kafka transaction failed; its records come again in a new one.
     #[error("a Kafka transaction failed; resending from the last committed checkpoint")]
     TransactionFailed(#[source] SinkError),
+    /// Exactly-once: a committed transaction's checkpoint stayed invisible past the
+    /// overdue limit, then settled. It may have been aborted (an operator ending a
+    /// transaction whose markers Kafka lost), so it is not confirmed.
+    #[error(
+        "the Kafka transaction that committed the checkpoint at {committed} settled only \
+         after {waited_secs} s: its commit markers came late, or it was aborted. It is not \
+         confirmed to PostgreSQL; the next session resumes from the checkpoint topic, which \
+         tells which (docs/operations.md, \"The checkpoint topic is held by an open \
+         transaction\")"
+    )]
+    CommitSettledLate { committed: Lsn, waited_secs: u64 },
     /// A session opened without a producer to relay to (a bug).
     #[error("a session opened without a Kafka producer")]
     NoProducer,
@@ -79,7 +90,8 @@ impl RelayError {
             RelayError::Replication(e) => e.is_retryable(),
             RelayError::KafkaUnavailable(_)
             | RelayError::Fenced(_)
-            | RelayError::TransactionFailed(_) => true,
+            | RelayError::TransactionFailed(_)
+            | RelayError::CommitSettledLate { .. } => true,
             RelayError::Topic(e) => e.is_retryable(),
             RelayError::Checkpoint(e) => matches!(
                 e,

@@ -114,6 +114,42 @@ async fn exactly_once_commits_at_its_byte_limit_while_events_keep_coming() {
     );
 }
 
+#[tokio::test(start_paused = true)]
+async fn a_commit_that_hangs_stops_commits_and_is_not_confirmed_when_it_settles() {
+    let mut wal = Wal::default();
+    let (a, a_end) = wal.transaction(&[Outbox("e1", Some("t"), "k")]);
+    let (b, _) = wal.transaction(&[Outbox("e2", Some("t"), "k")]);
+    let (c, _) = wal.transaction(&[Outbox("e3", Some("t"), "k")]);
+    let pause = |ms| vec![Step::Pause(Duration::from_millis(ms))];
+    let mut setup = exactly_once(vec![
+        session(
+            // a is confirmed; b's commit hangs until 15 s and is overdue from about
+            // 10.4 s; c comes at about 12.5 s.
+            vec![a, pause(250), b, pause(12_000), c, pause(10_000)],
+            End::Quiet,
+        ),
+        session(vec![vec![Step::Shutdown]], End::Quiet),
+    ]);
+    setup.hang = Some((2, Duration::from_secs(15)));
+    let run = setup.run().await;
+    run.result.expect("a clean stop after the restart");
+    assert_eq!(
+        run.observed.commits, 2,
+        "a's and b's commits; none while b was overdue"
+    );
+    assert_eq!(run.observed.aborts, 1, "c's transaction was aborted");
+    assert_eq!(
+        run.observed.acknowledged.last(),
+        Some(&a_end),
+        "b settled late: not confirmed"
+    );
+    assert_eq!(
+        run.observed.opened_after,
+        [Lsn::ZERO, a_end],
+        "the next session resumes after what was confirmed"
+    );
+}
+
 /// One session relaying one event, after the first `refusals` producers were refused
 /// a quick registration; the run and the event's end LSN.
 async fn after_refusals(refusals: usize) -> (Run, Lsn) {

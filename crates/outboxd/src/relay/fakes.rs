@@ -227,6 +227,9 @@ impl Source for FakeSource {
 pub struct FakeStore {
     pub observed: Shared,
     pub delay: Duration,
+    /// Exactly once: the checkpoint of this commit (the first is 1) stays open, and
+    /// holds back the partition's last stable offset, until this time.
+    pub hang: Option<(usize, tokio::time::Instant)>,
 }
 
 impl Checkpoints for FakeStore {
@@ -252,12 +255,20 @@ impl Checkpoints for FakeStore {
         })
     }
 
-    /// Every checkpoint committed is visible at once: one record each.
+    /// Every checkpoint written or committed is visible at once, one record each,
+    /// except a hanging one.
     fn offsets(&self, _identity: &RelayIdentity) -> OffsetsQuery {
-        let written = self.observed.borrow().checkpoints.len() as i64;
+        let observed = self.observed.borrow();
+        let written = (observed.checkpoints.len() + observed.commits) as i64;
+        let stable = match self.hang {
+            Some((commit, until)) if tokio::time::Instant::now() < until => {
+                written.min(commit as i64 - 1)
+            }
+            _ => written,
+        };
         Box::pin(std::future::ready(Ok(PartitionOffsets {
             end: written,
-            stable: written,
+            stable,
         })))
     }
 }

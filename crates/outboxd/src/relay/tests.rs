@@ -37,6 +37,8 @@ pub(super) struct Setup {
     pub fail: Vec<(&'static str, bool)>,
     dead_letter_topic: Option<String>,
     pub refusals: usize,
+    /// Exactly once: commit number `.0` (from 1) hangs for `.1` from the start.
+    pub hang: Option<(usize, Duration)>,
 }
 
 impl Setup {
@@ -51,6 +53,7 @@ impl Setup {
             fail: Vec::new(),
             dead_letter_topic: None,
             refusals: 0,
+            hang: None,
         }
     }
 
@@ -96,6 +99,9 @@ impl Setup {
         let store = FakeStore {
             observed: Rc::clone(&observed),
             delay: Duration::from_millis(3),
+            hang: self
+                .hang
+                .map(|(commit, hang)| (commit, tokio::time::Instant::now() + hang)),
         };
         let exactly_once = matches!(state.mode, Mode::ExactlyOnce { .. }).then_some(None);
         let supervisor = Supervisor::new(

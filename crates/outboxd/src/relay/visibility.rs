@@ -8,7 +8,11 @@
 //!
 //! Visible means settled: once the partition's last stable offset reaches an end
 //! read after the commit returned, every transaction that wrote below that end,
-//! this one included, has its markers.
+//! this one included, has its markers. Settled is not committed, though: an operator
+//! may abort a transaction whose markers were lost. So a commit still invisible after
+//! [`OVERDUE_AFTER`] is *overdue*: the session commits nothing more, and when it
+//! settles it is not confirmed; the session ends, and the next one resumes from what
+//! the checkpoint topic then holds (docs/architecture.md, "Lost commit markers").
 
 use std::time::Duration;
 
@@ -18,13 +22,15 @@ use tokio::time::Instant;
 
 use crate::checkpoint::RelayIdentity;
 use crate::relay::checkpoints::{Checkpoints, OffsetsQuery};
+use crate::relay::RelayError;
 
 /// How often the checkpoint partition's offsets are asked for while a committed
 /// position waits to be confirmed.
 pub(crate) const CHECK_INTERVAL: Duration = Duration::from_millis(100);
 
-/// A commit not visible after this long is reported: its markers are late or lost.
-const REPORT_AFTER: Duration = Duration::from_secs(10);
+/// A commit not visible after this long is overdue: its markers are late or lost.
+/// It is reported, and from then on the session commits nothing more.
+pub(crate) const OVERDUE_AFTER: Duration = Duration::from_secs(10);
 
 /// Committed positions on their way to being confirmed.
 pub(crate) struct Visibility {
@@ -37,7 +43,8 @@ pub(crate) struct Visibility {
     /// A committed position and the partition's end read after its commit: it is
     /// visible once the last stable offset reaches that end.
     awaited: Option<(Lsn, i64)>,
-    /// Since when `awaited` waits, and whether that was reported.
+    /// Since when `awaited` waits, and whether an answer showed it still unsettled
+    /// after [`OVERDUE_AFTER`] (it is overdue, and was reported).
     awaited_since: (Instant, bool),
     next_check: Instant,
     /// The offsets asked for, not answered yet.
@@ -83,11 +90,32 @@ impl Visibility {
         self.committed.is_some() || self.asked_for.is_some() || self.awaited.is_some()
     }
 
+    /// Whether an answer showed the awaited commit still invisible after
+    /// [`OVERDUE_AFTER`]: no further Kafka transaction may be committed. One
+    /// committed after an operator aborted the awaited one would carry a checkpoint
+    /// that covers the aborted events, and the next session would resume after them.
+    /// Told by an answer, not by the clock alone: a relay that was itself stopped
+    /// (SIGSTOP) for that long finds its commit settled in time.
+    pub fn overdue(&self) -> bool {
+        self.awaited.is_some() && self.awaited_since.1
+    }
+
+    /// How long the awaited commit has not been visible; zero when none is awaited.
+    pub fn unsettled_for(&self) -> Duration {
+        match self.awaited {
+            Some(_) => self.awaited_since.0.elapsed(),
+            None => Duration::ZERO,
+        }
+    }
+
     /// Waits until a committed position has become visible, asking
     /// `store` every [`CHECK_INTERVAL`], and returns it. Pending while nothing
     /// waits. Cancellation-safe: a question asked continues on the next call. An
     /// unanswered question is asked again later: only the confirmation waits.
-    pub async fn next_visible(&mut self, store: &impl Checkpoints) -> Lsn {
+    ///
+    /// An overdue commit that settles is an error, not a confirmation: whether it
+    /// committed or was aborted, only a read of the checkpoint topic can tell.
+    pub async fn next_visible(&mut self, store: &impl Checkpoints) -> Result<Lsn, RelayError> {
         loop {
             if let Some(query) = self.in_flight.as_mut() {
                 let answer = query.await;
@@ -95,8 +123,8 @@ impl Visibility {
                 self.next_check = Instant::now() + CHECK_INTERVAL;
                 match answer {
                     Ok(offsets) => {
-                        if let Some(lsn) = self.answer(offsets) {
-                            return lsn;
+                        if let Some(settled) = self.answer(offsets) {
+                            return settled;
                         }
                     }
                     Err(e) => {
@@ -120,12 +148,20 @@ impl Visibility {
     }
 
     /// The answer to the last question: the position that has become visible, if
-    /// one has.
-    fn answer(&mut self, offsets: PartitionOffsets) -> Option<Lsn> {
+    /// one has, or the overdue commit that settled.
+    fn answer(&mut self, offsets: PartitionOffsets) -> Option<Result<Lsn, RelayError>> {
         let visible = match self.awaited {
             Some((lsn, end)) if offsets.stable >= end => {
+                let overdue = self.overdue();
                 self.awaited = None;
-                Some(lsn)
+                Some(if overdue {
+                    Err(RelayError::CommitSettledLate {
+                        committed: lsn,
+                        waited_secs: self.awaited_since.0.elapsed().as_secs(),
+                    })
+                } else {
+                    Ok(lsn)
+                })
             }
             _ => None,
         };
@@ -141,15 +177,15 @@ impl Visibility {
         visible
     }
 
-    /// Warns once when the awaited commit stays invisible for [`REPORT_AFTER`].
+    /// Marks the awaited commit overdue, and warns, once it has waited
+    /// [`OVERDUE_AFTER`].
     fn report_if_late(&mut self, offsets: PartitionOffsets) {
-        let (since, reported) = self.awaited_since;
-        if reported || since.elapsed() < REPORT_AFTER {
+        if self.awaited_since.1 || self.unsettled_for() < OVERDUE_AFTER {
             return;
         }
         self.awaited_since.1 = true;
         if let Some((lsn, end)) = self.awaited {
-            tracing::warn!(committed = %lsn, end, stable = offsets.stable, waited_secs = REPORT_AFTER.as_secs(), "a committed Kafka transaction's checkpoint is still not visible: a transaction below it is open or hangs (Kafka may have skipped its markers); the slot is not confirmed past it meanwhile. If this lasts, follow docs/operations.md, \"The checkpoint topic is held by an open transaction\"");
+            tracing::warn!(committed = %lsn, end, stable = offsets.stable, waited_secs = OVERDUE_AFTER.as_secs(), "a committed Kafka transaction's checkpoint is still not visible: a transaction below it is open or hangs (Kafka may have skipped its markers). Until it settles, the slot is not confirmed past it and no further Kafka transaction is committed; once it settles, the session restarts from the checkpoint topic. If this lasts, follow docs/operations.md, \"The checkpoint topic is held by an open transaction\"");
         }
     }
 }
@@ -170,10 +206,15 @@ mod tests {
         PartitionOffsets { end, stable }
     }
 
-    /// Asks, then answers with `offsets`.
+    /// Asks, then answers with `offsets`; the visible position, if any.
     fn check(v: &mut Visibility, offsets: PartitionOffsets) -> Option<Lsn> {
         v.ask();
+        visible(v, offsets)
+    }
+
+    fn visible(v: &mut Visibility, offsets: PartitionOffsets) -> Option<Lsn> {
         v.answer(offsets)
+            .map(|settled| settled.expect("settled in time"))
     }
 
     #[test]
@@ -204,7 +245,7 @@ mod tests {
         // Committed while the question is on its way: the end in its answer may
         // have been read before this commit's checkpoint record was written.
         v.committed(Lsn(200));
-        assert_eq!(v.answer(at(10, 10)), None);
+        assert_eq!(visible(&mut v, at(10, 10)), None);
         assert_eq!(check(&mut v, at(12, 10)), Some(Lsn(100)));
         assert_eq!(check(&mut v, at(12, 11)), None, "200's end is 12, not 10");
         assert_eq!(check(&mut v, at(12, 12)), Some(Lsn(200)));
@@ -220,5 +261,40 @@ mod tests {
             assert_eq!(check(&mut v, at(11, 9)), None, "a transaction hangs at 9");
         }
         assert!(v.waiting(), "still waiting");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_overdue_commit_that_settles_ends_the_session_instead_of_confirming() {
+        let mut v = Visibility::new(identity());
+        v.committed(Lsn(100));
+        assert_eq!(check(&mut v, at(10, 9)), None);
+        tokio::time::advance(OVERDUE_AFTER - Duration::from_millis(1)).await;
+        assert_eq!(check(&mut v, at(10, 9)), None);
+        assert!(!v.overdue());
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert!(!v.overdue(), "known only from an answer");
+        assert_eq!(check(&mut v, at(10, 9)), None, "still hanging");
+        assert!(v.overdue(), "no further commit from here");
+        // Settled: committed late, or aborted by an operator; the offsets cannot
+        // tell which.
+        v.ask();
+        match v.answer(at(12, 12)) {
+            Some(Err(RelayError::CommitSettledLate { committed, .. })) => {
+                assert_eq!(committed, Lsn(100));
+            }
+            other => panic!("expected CommitSettledLate, got {other:?}"),
+        }
+        assert!(!v.overdue());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_commit_seen_settled_at_the_next_answer_is_confirmed_however_late() {
+        let mut v = Visibility::new(identity());
+        v.committed(Lsn(100));
+        assert_eq!(check(&mut v, at(10, 9)), None);
+        // The relay itself was stopped (SIGSTOP) meanwhile; no answer saw it hang.
+        tokio::time::advance(OVERDUE_AFTER * 3).await;
+        assert!(!v.overdue());
+        assert_eq!(check(&mut v, at(10, 10)), Some(Lsn(100)));
     }
 }

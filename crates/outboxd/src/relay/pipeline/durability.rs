@@ -75,6 +75,15 @@ impl Durability {
         }
     }
 
+    /// Exactly once: how long the awaited commit has not been visible (zero when
+    /// none is awaited, and at least once).
+    pub fn unsettled_for(&self) -> Duration {
+        match self {
+            Durability::ExactlyOnce(_, v) => v.unsettled_for(),
+            Durability::AtLeastOnce(_) => Duration::ZERO,
+        }
+    }
+
     /// Waits until there is something to do; `more_received`: the source has
     /// messages waiting. Cancellation-safe.
     pub async fn next(
@@ -85,8 +94,13 @@ impl Durability {
         match self {
             Durability::AtLeastOnce(c) => c.next_durable(store).await.map(Next::Durable),
             Durability::ExactlyOnce(c, v) => {
+                let due = if v.overdue() {
+                    None
+                } else {
+                    c.due(more_received)
+                };
                 let commit_due = async {
-                    match c.due(more_received) {
+                    match due {
                         // Not through a timer when passed: the runtime's timer wheel
                         // learns the time only when it turns, which a relay busy with
                         // a backlog seldom lets it do (seen: a 150,000-event
@@ -97,7 +111,7 @@ impl Durability {
                     }
                 };
                 tokio::select! {
-                    lsn = v.next_visible(store) => Ok(Next::Durable(lsn)),
+                    visible = v.next_visible(store) => visible.map(Next::Durable),
                     () = commit_due => Ok(Next::CommitDue),
                 }
             }
@@ -164,6 +178,10 @@ impl<S: Source, K: Sink, W: Checkpoints> Pipeline<'_, S, K, W> {
         let Durability::ExactlyOnce(committer, visibility) = &mut self.durability else {
             return Ok(());
         };
+        // Due before the awaited commit became overdue, while it was being waited for.
+        if visibility.overdue() {
+            return Ok(());
+        }
         let (checkpoint, record) = committer.checkpoint_record();
         self.state.last_txn += 1;
         let txn = TxnId(self.state.last_txn);
@@ -215,6 +233,7 @@ impl<S: Source, K: Sink, W: Checkpoints> Pipeline<'_, S, K, W> {
         let last = match &self.durability {
             Durability::AtLeastOnce(_) => Last::Flush,
             Durability::ExactlyOnce(..) if !ok => Last::Abort,
+            Durability::ExactlyOnce(_, v) if v.overdue() => Last::Abort,
             Durability::ExactlyOnce(c, _) if c.pending() => Last::Commit,
             Durability::ExactlyOnce(..) => Last::Nothing,
         };
@@ -261,10 +280,14 @@ impl<S: Source, K: Sink, W: Checkpoints> Pipeline<'_, S, K, W> {
                 return;
             }
             let next = visibility.next_visible(store);
-            let Ok(lsn) = tokio::time::timeout_at(deadline, next).await else {
-                return;
-            };
-            self.confirm(lsn);
+            match tokio::time::timeout_at(deadline, next).await {
+                Ok(Ok(lsn)) => self.confirm(lsn),
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "not confirmed at the end of the session");
+                    return;
+                }
+                Err(_) => return,
+            }
         }
     }
 

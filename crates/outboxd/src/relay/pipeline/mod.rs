@@ -455,6 +455,8 @@ impl<'a, S: Source, K: Sink, W: Checkpoints> Pipeline<'a, S, K, W> {
             })
             .map_or(0.0, |d| d.as_secs_f64());
         m.lag_seconds.set(lag);
+        m.commit_unsettled_seconds
+            .set(self.durability.unsettled_for().as_secs_f64());
         m.in_flight_transactions
             .set(self.tracker.in_flight() as i64);
         m.in_flight_records
