@@ -43,9 +43,11 @@ pub(crate) struct Visibility {
     /// A committed position and the partition's end read after its commit: it is
     /// visible once the last stable offset reaches that end.
     awaited: Option<(Lsn, i64)>,
-    /// Since when `awaited` waits, and whether an answer showed it still unsettled
-    /// after [`OVERDUE_AFTER`] (it is overdue, and was reported).
-    awaited_since: (Instant, bool),
+    /// Since when `awaited` waits.
+    awaited_since: Instant,
+    /// An answer showed `awaited` still unsettled after [`OVERDUE_AFTER`] (it was
+    /// reported, and no further commit may be made).
+    awaited_overdue: bool,
     next_check: Instant,
     /// The offsets asked for, not answered yet.
     in_flight: Option<OffsetsQuery>,
@@ -71,7 +73,8 @@ impl Visibility {
             committed: None,
             asked_for: None,
             awaited: None,
-            awaited_since: (Instant::now(), false),
+            awaited_since: Instant::now(),
+            awaited_overdue: false,
             next_check: Instant::now(),
             in_flight: None,
         }
@@ -97,13 +100,13 @@ impl Visibility {
     /// Told by an answer, not by the clock alone: a relay that was itself stopped
     /// (SIGSTOP) for that long finds its commit settled in time.
     pub fn overdue(&self) -> bool {
-        self.awaited.is_some() && self.awaited_since.1
+        self.awaited.is_some() && self.awaited_overdue
     }
 
     /// How long the awaited commit has not been visible; zero when none is awaited.
     pub fn unsettled_for(&self) -> Duration {
         match self.awaited {
-            Some(_) => self.awaited_since.0.elapsed(),
+            Some(_) => self.awaited_since.elapsed(),
             None => Duration::ZERO,
         }
     }
@@ -157,7 +160,7 @@ impl Visibility {
                 Some(if overdue {
                     Err(RelayError::CommitSettledLate {
                         committed: lsn,
-                        waited_secs: self.awaited_since.0.elapsed().as_secs(),
+                        waited_secs: self.awaited_since.elapsed().as_secs(),
                     })
                 } else {
                     Ok(lsn)
@@ -168,7 +171,8 @@ impl Visibility {
         if self.awaited.is_none() {
             // Read after these commits returned, so their records lie below it.
             self.awaited = self.asked_for.take().map(|lsn| (lsn, offsets.end));
-            self.awaited_since = (Instant::now(), false);
+            self.awaited_since = Instant::now();
+            self.awaited_overdue = false;
         } else {
             self.report_if_late(offsets);
             // Still waiting for an older one: ask for these again later.
@@ -180,10 +184,10 @@ impl Visibility {
     /// Marks the awaited commit overdue, and warns, once it has waited
     /// [`OVERDUE_AFTER`].
     fn report_if_late(&mut self, offsets: PartitionOffsets) {
-        if self.awaited_since.1 || self.unsettled_for() < OVERDUE_AFTER {
+        if self.awaited_overdue || self.unsettled_for() < OVERDUE_AFTER {
             return;
         }
-        self.awaited_since.1 = true;
+        self.awaited_overdue = true;
         if let Some((lsn, end)) = self.awaited {
             tracing::warn!(committed = %lsn, end, stable = offsets.stable, waited_secs = OVERDUE_AFTER.as_secs(), "a committed Kafka transaction's checkpoint is still not visible: a transaction below it is open or hangs (Kafka may have skipped its markers). Until it settles, the slot is not confirmed past it and no further Kafka transaction is committed; once it settles, the session restarts from the checkpoint topic. If this lasts, follow docs/operations.md, \"The checkpoint topic is held by an open transaction\"");
         }
