@@ -180,6 +180,14 @@ impl fmt::Debug for SinkConfig {
     }
 }
 
+/// Checks the names of the librdkafka properties a caller passes through.
+pub fn check_properties<'a>(names: impl IntoIterator<Item = &'a str>) -> Result<(), SinkError> {
+    if names.into_iter().any(|name| name == "transactional.id") {
+        return Err(SinkError::TransactionalIdProperty);
+    }
+    Ok(())
+}
+
 impl SinkConfig {
     pub(crate) fn validate(&self) -> Result<(), SinkError> {
         if self.max_in_flight_records == 0 {
@@ -207,17 +215,7 @@ impl SinkConfig {
                 ));
             }
         }
-        for (k, _) in &self.properties {
-            if k == "transactional.id" {
-                // The sink makes the begin/commit calls a transactional producer needs
-                // only when it knows it is one.
-                return Err(SinkError::Config(
-                    "set the transactional id through the sink's transactional_id, not the \
-                     transactional.id property"
-                        .into(),
-                ));
-            }
-        }
+        check_properties(self.properties.iter().map(|(k, _)| k.as_str()))?;
         if self.transactional_id.as_deref() == Some("") {
             return Err(SinkError::Config(
                 "transactional_id must not be empty".into(),
@@ -467,7 +465,10 @@ mod tests {
             properties: vec![("transactional.id".into(), "x".into())],
             ..SinkConfig::default()
         };
-        assert!(matches!(txn.validate(), Err(SinkError::Config(_))));
+        assert!(matches!(
+            txn.validate(),
+            Err(SinkError::TransactionalIdProperty)
+        ));
         assert!(SinkConfig::default().validate().is_ok());
     }
 }

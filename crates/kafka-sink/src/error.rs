@@ -31,6 +31,13 @@ pub enum SinkError {
     /// last confirmed position.
     #[error("the Kafka producer failed fatally: {0}")]
     Fatal(String),
+    /// The `transactional.id` property was set: the sink makes the calls a
+    /// transactional producer needs only when it knows it is one, so the id goes
+    /// into [`SinkConfig::transactional_id`](crate::SinkConfig::transactional_id).
+    #[error(
+        "the transactional.id property is not allowed: set the sink's transactional_id instead"
+    )]
+    TransactionalIdProperty,
     /// A bounded wait ran out.
     #[error("timed out after {waited:?} with {records} records ({bytes} bytes) still in flight")]
     Timeout {

@@ -85,7 +85,7 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 
 pub use accounting::SinkStats;
 pub use cluster_check::{BrokerInfo, ClusterCheck, TopicCheck};
-pub use config::{is_secret, SinkConfig, DEFAULT_PROPERTIES};
+pub use config::{check_properties, is_secret, SinkConfig, DEFAULT_PROPERTIES};
 pub use error::{SinkError, TransactionError};
 pub use murmur2::{murmur2, partition_for_key};
 pub use rdkafka::error::KafkaError;

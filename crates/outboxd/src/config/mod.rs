@@ -135,13 +135,15 @@ impl Config {
                 "kafka.checkpoint_topic must not be empty: outboxd records what it delivered there"
             );
         }
-        if self.kafka.producer.contains_key("transactional.id") {
-            anyhow::bail!(
+        let producer_properties = self.kafka.producer.keys().map(String::as_str);
+        outboxd_kafka_sink::check_properties(producer_properties).map_err(|e| match e {
+            outboxd_kafka_sink::SinkError::TransactionalIdProperty => anyhow::anyhow!(
                 "kafka.producer.\"transactional.id\" is not allowed: set kafka.transactional_id \
                  instead (exactly-once only; unset, outboxd derives one from the relay's \
                  identity, docs/configuration.md)"
-            );
-        }
+            ),
+            other => other.into(),
+        })?;
         if self.postgres.tables.is_empty() && !self.routing.relays_messages() {
             anyhow::bail!("nothing to relay: set postgres.tables and/or routing.message_prefix");
         }
