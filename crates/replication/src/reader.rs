@@ -56,6 +56,9 @@ pub struct ReplicationEvent {
     /// When the reader took it off the socket: how long it has waited since, so
     /// that a consumer can bound an event's wait rather than only its own.
     pub received_at: Instant,
+    /// When the server sent it (microseconds since 2000-01-01 on the server's
+    /// clock); 0 for events made elsewhere.
+    pub server_time: i64,
     /// The event's share of the reader's buffer; `None` for events made elsewhere.
     _budget: Option<OwnedSemaphorePermit>,
 }
@@ -69,6 +72,7 @@ impl ReplicationEvent {
             message,
             relation,
             received_at: Instant::now(),
+            server_time: 0,
             _budget: None,
         }
     }
@@ -227,7 +231,7 @@ async fn run(
                 let mut next = Some(event?);
                 while let Some(event) = next.take() {
                     match event {
-                        StreamEvent::Message { wal_start, message, relation, wire_bytes } => {
+                        StreamEvent::Message { wal_start, message, relation, wire_bytes, server_time } => {
                             let charge = u32::try_from(wire_bytes + PER_MESSAGE_OVERHEAD)
                                 .unwrap_or(u32::MAX)
                                 .min(max_charge);
@@ -244,7 +248,7 @@ async fn run(
                                     wait_for_budget(&mut stream, &budget, charge, acks).await?
                                 }
                             };
-                            batch.push(ReplicationEvent { wal_start, message, relation, received_at, _budget: Some(permit) });
+                            batch.push(ReplicationEvent { wal_start, message, relation, received_at, server_time, _budget: Some(permit) });
                         }
                         StreamEvent::Keepalive { .. } => {
                             positions.send_replace(stream.positions());

@@ -98,6 +98,9 @@ pub enum StreamEvent {
         relation: Option<SharedRelation>,
         /// Size of the pgoutput message on the wire, for memory accounting.
         wire_bytes: usize,
+        /// When the server sent it: microseconds since 2000-01-01 on the server's
+        /// clock, so comparable with a Begin's commit time.
+        server_time: i64,
     },
     /// The server's keepalive (already answered if it asked for a reply).
     Keepalive { wal_end: Lsn },
@@ -317,8 +320,8 @@ impl LogicalStream {
             ServerFrame::XLogData {
                 wal_start,
                 wal_end,
+                server_time,
                 data,
-                ..
             } => {
                 let wire_bytes = data.len();
                 let message = self.decoder.decode(data).map_err(|source| Error::Decode {
@@ -343,6 +346,7 @@ impl LogicalStream {
                     message,
                     relation,
                     wire_bytes,
+                    server_time,
                 })
             }
             ServerFrame::Keepalive {

@@ -17,6 +17,15 @@ use crate::checkpoint::{Checkpoint, EventPosition};
 /// commit every `transaction_max_ms` would spend much of the time committing.
 const BACKLOG_MIN_AGE: Duration = Duration::from_millis(100);
 
+/// The server sending a transaction this long after its commit means a backlog
+/// waits in the slot, even when the reader has taken all that was sent (the
+/// server's decoding, not the relay, sets the pace then).
+const SLOT_BACKLOG: Duration = Duration::from_secs(1);
+
+/// Behind a backlog in the slot a Kafka transaction stays open at least this long
+/// after its first send: fewer, larger commits drain faster (docs/benchmarks.md).
+const SLOT_BACKLOG_MIN_AGE: Duration = Duration::from_millis(500);
+
 /// The state of the open Kafka transaction.
 #[derive(Debug)]
 pub(crate) struct Committer {
@@ -38,6 +47,9 @@ pub(crate) struct Committer {
     confirmed: Lsn,
     /// The last event sent.
     last_event: Option<EventPosition>,
+    /// The server sent the latest PostgreSQL transaction [`SLOT_BACKLOG`] or more
+    /// after its commit.
+    slot_backlog: bool,
 }
 
 /// When the open transaction's first record was sent, and when its change arrived
@@ -70,7 +82,13 @@ impl Committer {
             bytes: 0,
             records: 0,
             ended: Vec::new(),
+            slot_backlog: false,
         }
+    }
+
+    /// The server sent a PostgreSQL transaction `lag` after its commit.
+    pub fn sender_lag(&mut self, lag: Duration) {
+        self.slot_backlog = lag >= SLOT_BACKLOG;
     }
 
     /// An event record of `bytes` went into the open transaction; its change
@@ -103,10 +121,15 @@ impl Committer {
     /// waited behind the previous commit do not wait a whole transaction more; but
     /// only once the transaction has taken what had arrived. Otherwise, behind a
     /// backlog, every record would be due at once, one commit each; there it counts
-    /// from the first send, and is at least [`BACKLOG_MIN_AGE`].
+    /// from the first send, and is at least [`BACKLOG_MIN_AGE`], or
+    /// [`SLOT_BACKLOG_MIN_AGE`] while the backlog is in the slot (the reader's queue
+    /// then empties and fills by turns, and would end transactions early).
     pub fn due(&self, more_received: bool) -> Option<Instant> {
         match self.opened {
             Some(_) if self.bytes >= self.max_bytes => Some(Instant::now()),
+            Some(opened) if self.slot_backlog => {
+                Some(opened.sent + self.max_age.max(SLOT_BACKLOG_MIN_AGE))
+            }
             Some(opened) if more_received => Some(opened.sent + self.max_age.max(BACKLOG_MIN_AGE)),
             Some(opened) => Some(opened.arrived + self.max_age),
             // Only a position to record (an idle WAL end, or transactions without
@@ -217,6 +240,31 @@ mod tests {
             c.due(true),
             Some(arrived + Duration::from_millis(15) + BACKLOG_MIN_AGE),
             "behind a backlog, the limit counts from the first send and is longer"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_backlog_in_the_slot_keeps_transactions_open_even_when_nothing_waits() {
+        let mut c = committer();
+        c.sender_lag(Duration::from_millis(1_500));
+        let sent = Instant::now();
+        c.sent(10, at(0x200, 0), sent);
+        assert_eq!(c.due(false), Some(sent + SLOT_BACKLOG_MIN_AGE));
+        assert_eq!(c.due(true), Some(sent + SLOT_BACKLOG_MIN_AGE));
+        c.sent(990, at(0x200, 1), sent);
+        assert_eq!(
+            c.due(false),
+            Some(Instant::now()),
+            "the size limit still holds"
+        );
+        let (cp, _) = c.checkpoint_record();
+        c.committed(cp);
+        c.sender_lag(Duration::from_millis(5));
+        c.sent(10, at(0x300, 0), sent);
+        assert_eq!(
+            c.due(false),
+            Some(sent + Duration::from_millis(20)),
+            "caught up: the age limit again"
         );
     }
 

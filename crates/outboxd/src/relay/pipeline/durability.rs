@@ -120,6 +120,18 @@ impl Durability {
 }
 
 impl<S: Source, K: Sink, W: Checkpoints> Pipeline<'_, S, K, W> {
+    /// A PostgreSQL transaction that committed at `commit_time` began to arrive; the
+    /// server sent it at `sent_at` (both microseconds since 2000-01-01 on the
+    /// server's clock; `sent_at` is 0 when not known).
+    pub(super) fn transaction_began(&mut self, commit_time: i64, sent_at: i64) {
+        if let Durability::ExactlyOnce(c, _) = &mut self.durability {
+            if sent_at != 0 {
+                let lag = u64::try_from(sent_at.saturating_sub(commit_time)).unwrap_or(0);
+                c.sender_lag(Duration::from_micros(lag));
+            }
+        }
+    }
+
     /// An event record of `bytes` was sent; its change arrived at `received_at`.
     pub(super) fn record_sent(&mut self, bytes: usize, at: EventPosition, received_at: Instant) {
         if let Durability::ExactlyOnce(c, _) = &mut self.durability {

@@ -194,6 +194,7 @@ impl<'a, S: Source, K: Sink, W: Checkpoints> Pipeline<'a, S, K, W> {
         let received_at = event.received_at;
         match event.message {
             LogicalMessage::Begin(begin) => {
+                self.transaction_began(begin.commit_time, event.server_time);
                 self.state.last_txn += 1;
                 let txn = TxnId(self.state.last_txn);
                 self.tracker.begin(txn, begin.commit_time);
