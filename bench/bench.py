@@ -178,11 +178,11 @@ PRESETS = {
                  variants=["caps4x:OUTBOXD_KAFKA__MAX_IN_FLIGHT_BYTES=33554432,"
                            "OUTBOXD_POSTGRES__MAX_BUFFERED_BYTES=16777216",
                            "2threads:OUTBOXD_SERVER__WORKER_THREADS=2"],
-                 sweep_ms="5,10,20,50", sweep_bytes="1048576,4194304,8388608",
+                 sweep_ms="5,10,20,50", sweep_bytes="1048576,8388608,33554432",
                  sweep_events=300_000, sweep_passes=2, sweep_latency_ms="5,10,20,50",
                  takeover_reps=5),
     "quick": dict(events=50_000, ks="10", step_seconds=6, ladder_max=0, variants=[],
-                  sweep_ms="5,50", sweep_bytes="8388608", sweep_events=20_000, sweep_passes=1,
+                  sweep_ms="5,50", sweep_bytes="33554432", sweep_events=20_000, sweep_passes=1,
                   sweep_latency_ms="", takeover_reps=1),
 }
 
@@ -235,7 +235,7 @@ def main(argv=None) -> None:
     ap.add_argument("--no-sweep", action="store_true", help="skip the exactly-once transaction-size sweep")
     ap.add_argument("--sweep-ms", help="kafka.transaction_max_ms values of the sweep (full: 5,10,20,50)")
     ap.add_argument("--sweep-bytes", help="kafka.transaction_max_bytes values of the sweep's drains "
-                    "(full: 1048576,4194304,8388608)")
+                    "(full: 1048576,8388608,33554432)")
     ap.add_argument("--sweep-events", type=int, help="events of the sweep's backlog (full: 300,000)")
     ap.add_argument("--sweep-k", type=int, default=10, help="transaction size of the sweep's backlog")
     ap.add_argument("--sweep-passes", type=int, help="drains per setting, in alternating order (full: 2)")

@@ -34,6 +34,8 @@ def method(results: dict) -> list[str]:
           f"sees the same WAL; then writes N events (~257-byte JSON payloads, 1,000 aggregates over 4 "
           f"aggregate types) with `pgbench` ({opts.get('writers')} connections, one `INSERT … SELECT "
           f"generate_series(1, k)` per transaction); then each reader drains its slot in turn: "
+          "at the first k, outboxd at-least-once and exactly-once once each as a warm-up, not measured (a fresh "
+          "broker's first drain ran up to 30% slower); "
           "`pg_recvlogical --start --endpos=<WAL end> -o proto_version=1 -o publication_names=… -f /dev/null` "
           "(timed until it exits; it confirms the slot as it stops), outboxd, outboxd exactly-once, outboxd with each "
           "variant setting (full preset: `caps4x`, 32 MiB in flight and a 16 MiB read buffer; `2threads`, "
