@@ -57,8 +57,8 @@ pub struct ReplicationEvent {
     /// that a consumer can bound an event's wait rather than only its own.
     pub received_at: Instant,
     /// When the server sent it (microseconds since 2000-01-01 on the server's
-    /// clock); 0 for events made elsewhere.
-    pub server_time: i64,
+    /// clock); `None` for events made elsewhere.
+    pub server_time: Option<i64>,
     /// The event's share of the reader's buffer; `None` for events made elsewhere.
     _budget: Option<OwnedSemaphorePermit>,
 }
@@ -72,7 +72,7 @@ impl ReplicationEvent {
             message,
             relation,
             received_at: Instant::now(),
-            server_time: 0,
+            server_time: None,
             _budget: None,
         }
     }
@@ -248,7 +248,7 @@ async fn run(
                                     wait_for_budget(&mut stream, &budget, charge, acks).await?
                                 }
                             };
-                            batch.push(ReplicationEvent { wal_start, message, relation, received_at, server_time, _budget: Some(permit) });
+                            batch.push(ReplicationEvent { wal_start, message, relation, received_at, server_time: Some(server_time), _budget: Some(permit) });
                         }
                         StreamEvent::Keepalive { .. } => {
                             positions.send_replace(stream.positions());

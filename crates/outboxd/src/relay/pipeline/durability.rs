@@ -121,14 +121,12 @@ impl Durability {
 
 impl<S: Source, K: Sink, W: Checkpoints> Pipeline<'_, S, K, W> {
     /// A PostgreSQL transaction that committed at `commit_time` began to arrive; the
-    /// server sent it at `sent_at` (both microseconds since 2000-01-01 on the
-    /// server's clock; `sent_at` is 0 when not known).
-    pub(super) fn transaction_began(&mut self, commit_time: i64, sent_at: i64) {
-        if let Durability::ExactlyOnce(c, _) = &mut self.durability {
-            if sent_at != 0 {
-                let lag = u64::try_from(sent_at.saturating_sub(commit_time)).unwrap_or(0);
-                c.sender_lag(Duration::from_micros(lag));
-            }
+    /// server sent it at `sent_at`, if known (both microseconds since 2000-01-01 on
+    /// the server's clock).
+    pub(super) fn transaction_began(&mut self, commit_time: i64, sent_at: Option<i64>) {
+        if let (Durability::ExactlyOnce(c, _), Some(sent_at)) = (&mut self.durability, sent_at) {
+            let lag = u64::try_from(sent_at.saturating_sub(commit_time)).unwrap_or(0);
+            c.sender_lag(Duration::from_micros(lag));
         }
     }
 
