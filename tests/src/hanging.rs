@@ -97,7 +97,7 @@ pub fn abort_hanging_transactions(brokers: &str) -> usize {
     .unwrap_or_else(|stderr| panic!("kafka-transactions find-hanging failed: {stderr}"));
     let mut aborted = 0;
     // Columns: Topic Partition ProducerId ProducerEpoch CoordinatorEpoch StartOffset …
-    for row in found.lines().skip(1) {
+    for row in abort_order(&found) {
         let cols: Vec<&str> = row.split_whitespace().collect();
         let [topic, partition, _, _, _, start_offset, ..] = cols[..] else {
             continue;
@@ -129,6 +129,20 @@ pub fn abort_hanging_transactions(brokers: &str) -> usize {
     aborted
 }
 
+/// `find-hanging`'s rows in the order to abort them: the checkpoint topic's
+/// partition last, as docs/operations.md says. The relay resumes once that one
+/// settles, and its next commit would also commit hanging records still left on an
+/// outbox partition.
+fn abort_order(found: &str) -> Vec<&str> {
+    let mut rows: Vec<&str> = found.lines().skip(1).collect();
+    rows.sort_by_key(|row| row.split_whitespace().next() == Some(CHECKPOINT_TOPIC));
+    rows
+}
+
+/// The checkpoint topic of the tests that meet hanging transactions (outboxd's
+/// default).
+const CHECKPOINT_TOPIC: &str = "outboxd.checkpoints";
+
 /// What `kafka-transactions.sh abort` says when the transaction is no longer open.
 const SETTLED_MEANWHILE: &str = "Could not find any open transactions starting at offset";
 
@@ -150,5 +164,23 @@ fn transactions_tool(brokers: &str, args: &[&str]) -> Result<String, String> {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     } else {
         Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_checkpoint_partition_is_aborted_last() {
+        let found = "Topic Partition ProducerId ProducerEpoch CoordinatorEpoch StartOffset\n\
+                     t.order 0 2 0 0 1582\n\
+                     outboxd.checkpoints 0 2 0 0 169\n\
+                     t.order 2 2 0 0 1545\n";
+        let topics: Vec<&str> = abort_order(found)
+            .iter()
+            .map(|row| row.split_whitespace().next().unwrap_or_default())
+            .collect();
+        assert_eq!(topics, ["t.order", "t.order", "outboxd.checkpoints"]);
     }
 }
