@@ -120,6 +120,75 @@ async fn a_newer_producer_with_the_same_id_fences_the_older_one() {
     );
 }
 
+async fn send_one(sink: &KafkaSink, txn: u64, topic: &str, id: &str) {
+    sink.send(TxnId(txn), record(topic, id))
+        .await
+        .expect("send");
+    sink.end_transaction(TxnId(txn), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_sent_while_a_commit_is_under_way_commit_after_it_in_order() {
+    let topics = TestTopics::create("overlap", 1, 1).await;
+    let topic = &topics.names()[0];
+    let sink = sink(&unique_name("outboxd-test-overlap"));
+    sink.init_transactions(TIMEOUT).await.expect("init");
+    for round in 0..3 {
+        send_one(&sink, round * 10 + 1, topic, &format!("a{round}")).await;
+        let a = sink.begin_commit(TIMEOUT).await.expect("begin a");
+        // The other producer's transaction takes these while a commits.
+        send_one(&sink, round * 10 + 2, topic, &format!("b{round}")).await;
+        send_one(&sink, round * 10 + 3, topic, &format!("c{round}")).await;
+        a.await.expect("a committed");
+        sink.commit_transaction(TIMEOUT).await.expect("b and c");
+    }
+    assert_eq!(
+        values(topic, 9, "read_committed"),
+        ["a0", "b0", "c0", "a1", "b1", "c1", "a2", "b2", "c2"]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_takeover_fences_both_producers_and_aborts_what_followed_a_commit() {
+    let topics = TestTopics::create("overlapfence", 1, 1).await;
+    let topic = &topics.names()[0];
+    let id = unique_name("outboxd-test-overlapfence");
+    let old = sink(&id);
+    old.init_transactions(TIMEOUT).await.expect("init");
+    send_one(&old, 1, topic, "committed").await;
+    let first = old.begin_commit(TIMEOUT).await.expect("begin");
+    send_one(&old, 2, topic, "open-on-the-second-producer").await;
+    first.await.expect("committed");
+    old.flush(TIMEOUT).await.expect("acknowledged");
+
+    let new = sink(&id);
+    new.init_transactions(TIMEOUT)
+        .await
+        .expect("init new fences the old");
+    send_one(&new, 1, topic, "new").await;
+    new.commit_transaction(TIMEOUT).await.expect("commit new");
+
+    let err = old
+        .commit_transaction(TIMEOUT)
+        .await
+        .expect_err("the fenced second producer cannot commit");
+    assert!(
+        matches!(
+            err,
+            SinkError::Transaction {
+                kind: TransactionError::Fenced,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert_eq!(
+        values(topic, 3, "read_committed"),
+        ["committed", "new"],
+        "the second producer's open transaction was aborted"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_record_that_failed_delivery_forbids_the_commit() {
     let topics = TestTopics::create("txnfail", 1, 1).await;

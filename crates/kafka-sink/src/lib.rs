@@ -22,6 +22,8 @@
 //! | module | job |
 //! | --- | --- |
 //! | `sink` | [`KafkaSink`]: ordered enqueue, waiting for room, flush, check |
+//! | `transaction` | exactly once: Kafka transactions, registration and fencing |
+//! | `turns` | the producer, or exactly once the two that take turns, and their poll threads |
 //! | `accounting` | composes the four below; emits the completions the ledger decides |
 //! | `ledger` | per-transaction counts (sent, settled, dead-lettered) → completions |
 //! | `budget` | in-flight records and bytes against the caps; wakes waiting senders |
@@ -80,6 +82,7 @@ mod record;
 mod sink;
 pub mod topic_admin;
 mod transaction;
+mod turns;
 
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
@@ -91,7 +94,8 @@ pub use murmur2::{murmur2, partition_for_key};
 pub use rdkafka::error::KafkaError;
 pub use record::{Completion, DeliveryFailure, HeaderName, PgLsn, Record, RecordMeta, TxnId};
 pub use sink::KafkaSink;
-pub use transaction::Registration;
+pub use transaction::{PendingCommit, Registration};
+pub use turns::second_transactional_id;
 
 /// Locks a mutex whose data stays consistent even if a holder panicked (every
 /// critical section in this crate leaves the data valid at each step), so that a panic

@@ -1,28 +1,21 @@
 //! The sink: strictly ordered enqueue, in-flight caps, flush, cluster check.
 
 use std::fmt;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::producer::{BaseProducer, Producer};
+use rdkafka::producer::Producer;
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 
 use crate::accounting::{Refusal, Shared, SinkStats};
 use crate::client_logs::LoggingContext;
 use crate::cluster_check::ClusterCheck;
-use crate::config::{config_error, SinkConfig};
-use crate::context::SinkContext;
+use crate::config::SinkConfig;
 use crate::delivery::{base_record, describe, Delivery};
 use crate::error::SinkError;
 use crate::record::{Completion, Record, TxnId};
-
-/// How long the poll thread waits for librdkafka events per round. Also the longest a
-/// dead-letter record waits to be enqueued after its original failed, and roughly how
-/// long dropping the sink blocks for the thread to notice.
-const POLL_INTERVAL: Duration = Duration::from_millis(25);
+use crate::turns::Turns;
 
 /// How often a waiting `send` re-checks for a fatal producer error (and retries after
 /// a full librdkafka queue) when no delivery report wakes it earlier.
@@ -44,21 +37,14 @@ const WAIT_SLICE: Duration = Duration::from_millis(100);
 /// shutdown. The drop blocks briefly (the poll thread's round, then up to 500 ms of
 /// librdkafka cleanup).
 pub struct KafkaSink {
-    pub(crate) producer: Arc<BaseProducer<SinkContext>>,
+    /// The producer, or exactly once the two taking turns.
+    pub(crate) turns: Turns,
     pub(crate) shared: Arc<Shared>,
     /// Serializes `send` (librdkafka keeps per-partition order only for what is
     /// enqueued in order, so concurrent sends must not overtake each other) and, in
     /// transactional mode, sends against commits and aborts.
     pub(crate) enqueue: tokio::sync::Mutex<()>,
     pub(crate) config: SinkConfig,
-    /// Transactional mode: whether a Kafka transaction is open, and the count of
-    /// undelivered records when it began (one more since forbids its commit).
-    pub(crate) in_transaction: AtomicBool,
-    pub(crate) errors_at_begin: AtomicU64,
-    /// Transactional mode: when the last commit returned.
-    pub(crate) committed_at: std::sync::Mutex<Option<Instant>>,
-    stop: Arc<AtomicBool>,
-    poller: Option<JoinHandle<()>>,
 }
 
 impl fmt::Debug for KafkaSink {
@@ -81,7 +67,7 @@ enum Enqueued {
 }
 
 impl KafkaSink {
-    /// Creates the producer and its poll thread. Nothing connects yet (librdkafka
+    /// Creates the producer (exactly once, the two) and its poll thread. Nothing connects yet (librdkafka
     /// connects in the background); use [`KafkaSink::check`] to see the cluster.
     ///
     /// The receiver gets one [`Completion`] per transaction. It is unbounded because
@@ -93,33 +79,13 @@ impl KafkaSink {
         config.validate()?;
         let (tx, rx) = unbounded_channel();
         let shared = Arc::new(Shared::new(tx, &config));
-        let context = SinkContext::new(Arc::clone(&shared));
-        let producer: BaseProducer<SinkContext> = config
-            .client_config()
-            .create_with_context(context)
-            .map_err(config_error)?;
-        let producer = Arc::new(producer);
-        producer.context().serve(&producer);
-        let stop = Arc::new(AtomicBool::new(false));
-        let poller = {
-            let producer = Arc::clone(&producer);
-            let stop = Arc::clone(&stop);
-            std::thread::Builder::new()
-                .name("outboxd-kafka-poll".to_owned())
-                .spawn(move || poll_loop(&producer, &stop))
-                .map_err(|e| SinkError::Internal(format!("cannot start the poll thread: {e}")))?
-        };
+        let turns = Turns::new(&config, &shared)?;
         Ok((
             KafkaSink {
-                producer,
+                turns,
                 shared,
                 enqueue: tokio::sync::Mutex::new(()),
                 config,
-                in_transaction: AtomicBool::new(false),
-                errors_at_begin: AtomicU64::new(0),
-                committed_at: std::sync::Mutex::new(None),
-                stop,
-                poller: Some(poller),
             },
             rx,
         ))
@@ -195,7 +161,8 @@ impl KafkaSink {
     ) -> Result<Enqueued, SinkError> {
         self.shared.register(txn, bytes).map_err(SinkError::Usage)?;
         let delivery = Delivery::original(txn, record, bytes);
-        let (err, delivery) = match self.producer.send(base_record(record, delivery)) {
+        let producer = &self.turns.active().producer;
+        let (err, delivery) = match producer.send(base_record(record, delivery)) {
             Ok(()) => return Ok(Enqueued::Accounted),
             Err((err, base)) => (err, base.delivery_opaque),
         };
@@ -244,7 +211,7 @@ impl KafkaSink {
                 let _ = self
                     .shared
                     .record_failed(delivery, Refusal::Local, code, reason, |_| record.clone());
-                self.shared.pump_dead_letters(&self.producer);
+                self.shared.pump_dead_letters(producer);
                 Ok(Enqueued::Accounted)
             }
         }
@@ -294,25 +261,29 @@ impl KafkaSink {
         self.shared.budget.in_flight()
     }
 
-    /// `None` while the producer is healthy; the reason once it failed fatally (e.g.
-    /// the idempotent producer lost a sequence, or was fenced). A fatal producer
+    /// `None` while the producers are healthy; the reason once one failed fatally
+    /// (e.g. the idempotent producer lost a sequence, or was fenced). A fatal producer
     /// cannot recover: recreate the sink and resend from the last confirmed position.
     pub fn fatal_error(&self) -> Option<String> {
         self.shared.health.fatal().or_else(|| {
-            self.producer
-                .client()
-                .fatal_error()
-                .map(|(code, reason)| format!("{code}: {reason}"))
+            self.turns.all().iter().find_map(|turn| {
+                turn.producer
+                    .client()
+                    .fatal_error()
+                    .map(|(code, reason)| format!("{code}: {reason}"))
+            })
         })
     }
 
-    /// Transactional mode: whether a newer producer with the same transactional id
-    /// fenced this one (it can never write again).
+    /// Transactional mode: whether a newer producer with one of the sink's
+    /// transactional ids fenced it (it can never write again).
     pub fn is_fenced(&self) -> bool {
-        self.producer
-            .client()
-            .fatal_error()
-            .is_some_and(|(code, _)| crate::transaction::fenced(code))
+        self.turns.all().iter().any(|turn| {
+            turn.producer
+                .client()
+                .fatal_error()
+                .is_some_and(|(code, _)| crate::transaction::fenced(code))
+        })
     }
 
     /// Asks the cluster for its metadata: whether brokers answer (an error if none
@@ -331,7 +302,7 @@ impl KafkaSink {
                 wanted.push(dlq.clone());
             }
         }
-        let producer = Arc::clone(&self.producer);
+        let producer = Arc::clone(&self.turns.active().producer);
         let answer = tokio::task::spawn_blocking(move || {
             producer
                 .client()
@@ -385,25 +356,10 @@ impl KafkaSink {
 
 impl Drop for KafkaSink {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::Release);
-        if let Some(poller) = self.poller.take() {
-            if poller.join().is_err() {
-                tracing::error!("the Kafka poll thread panicked");
-            }
-        }
         if !self.shared.dead_letters.is_empty() {
             tracing::warn!("dropping the Kafka sink with dead-letter records not yet enqueued");
         }
-        // Dropping the producer (last Arc) purges what is still queued or in flight.
-    }
-}
-
-/// The poll thread: serves delivery reports and errors, and enqueues dead-letter
-/// records (which cannot be produced from inside a delivery callback without risking
-/// a full queue there).
-fn poll_loop(producer: &BaseProducer<SinkContext>, stop: &AtomicBool) {
-    while !stop.load(Ordering::Acquire) {
-        producer.poll(POLL_INTERVAL);
-        producer.context().shared.pump_dead_letters(producer);
+        // Then the producers' poll threads stop, and the producers purge what is
+        // still queued or in flight.
     }
 }

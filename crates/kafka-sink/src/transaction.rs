@@ -2,24 +2,35 @@
 //! records sent, committed or aborted by the caller.
 //!
 //! A transaction begins with the first record sent after the previous one ended
-//! (`send` calls [`KafkaSink::begin_if_needed`]). librdkafka's blocking calls run off
-//! the async runtime. Before committing, the sink has librdkafka send what is queued
-//! at once and waits until librdkafka counts no message, so every delivery report is
-//! settled: rust-rdkafka's commit flushes first, and its flush polls for a whole
-//! 100 ms whenever librdkafka still counts a message (it did for ~2 % of commits,
-//! adding 100 ms to their events' latency).
+//! (`send` calls [`KafkaSink::begin_if_needed`]). The sink's two producers take turns
+//! (see `turns`): [`KafkaSink::begin_commit`] waits until every record of the active
+//! producer's transaction is acknowledged, starts its commit and passes the turn, so
+//! the next records go into the other producer's transaction while the broker
+//! commits. The caller awaits that commit before it begins the next one, and aborts
+//! every open transaction if it fails (docs/architecture.md, "Overlapping commits").
+//!
+//! librdkafka's blocking calls run off the async runtime. Before committing, the sink
+//! has librdkafka send what is queued at once and waits until librdkafka counts no
+//! message, so every delivery report is settled: rust-rdkafka's commit flushes
+//! first, and its flush polls for a whole 100 ms whenever librdkafka still counts a
+//! message (it did for ~2 % of commits, adding 100 ms to their events' latency).
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{BaseProducer, Producer};
+use tokio::task::JoinHandle;
 
 use crate::context::SinkContext;
 use crate::error::{SinkError, TransactionError};
 use crate::lock;
 use crate::sink::KafkaSink;
+use crate::turns::Turn;
 
 /// How long [`KafkaSink::try_init_transactions`] may wait to learn that the broker
 /// refused its registration. librdkafka asks again a fixed 500 ms after a refusal;
@@ -50,17 +61,20 @@ pub enum Registration {
 const NEXT_TRANSACTION_AFTER: Duration = Duration::from_millis(3);
 
 impl KafkaSink {
-    /// Registers this producer's transactional id with the broker: any older producer
-    /// with the same id is fenced (its open transaction aborted; it can never write
+    /// Registers the sink's transactional ids with the broker: any older producer
+    /// with one of them is fenced (its open transaction aborted; it can never write
     /// again). Call once, before the first `send`.
     pub async fn init_transactions(&self, timeout: Duration) -> Result<(), SinkError> {
         self.transactional_id()?;
-        self.blocking("init", move |p| p.init_transactions(timeout))
-            .await
+        let calls = self.on_every_turn("init", move |p| p.init_transactions(timeout));
+        for call in calls {
+            call.await?;
+        }
+        Ok(())
     }
 
     /// Like [`init_transactions`](Self::init_transactions), but returns
-    /// [`Registration::AbortInProgress`] as soon as the broker refuses the first
+    /// [`Registration::AbortInProgress`] as soon as the broker refuses a first
     /// request because an older producer's transaction is being aborted (what a
     /// takeover after a crash meets). Drop the sink right away, before librdkafka's
     /// own retry: that is what makes a new producer's request safe.
@@ -69,21 +83,53 @@ impl KafkaSink {
         timeout: Duration,
     ) -> Result<Registration, SinkError> {
         self.transactional_id()?;
-        self.blocking("init", move |p| register(p, timeout)).await
+        let calls = self.on_every_turn("init", move |p| register(p, timeout));
+        // Every registration must have ended before the sink may be dropped.
+        let mut outcome = Ok(Registration::Registered);
+        for call in calls {
+            match (call.await, &outcome) {
+                (Err(e), Ok(_)) => outcome = Err(e),
+                (Ok(Registration::AbortInProgress), Ok(_)) => {
+                    outcome = Ok(Registration::AbortInProgress);
+                }
+                _ => {}
+            }
+        }
+        outcome
     }
 
     /// Commits the open transaction (everything sent since it began) once every
     /// record is acknowledged; `Ok` also when none is open. On
     /// [`TransactionError::Abortable`] call [`abort_transaction`](Self::abort_transaction).
     pub async fn commit_transaction(&self, timeout: Duration) -> Result<(), SinkError> {
+        // The commit call itself is bounded by what is left of `timeout`.
+        self.begin_commit(timeout).await?.await
+    }
+
+    /// Waits until every record of the open transaction is acknowledged, starts its
+    /// commit and passes the turn: records sent from now on go into the other
+    /// producer's transaction. The returned commit must be awaited before the next
+    /// `begin_commit`, and after its failure every open transaction aborted
+    /// ([`abort_transaction`](Self::abort_transaction)): a transaction may commit
+    /// only after the one before it did.
+    pub async fn begin_commit(&self, timeout: Duration) -> Result<PendingCommit, SinkError> {
         self.transactional_id()?;
         let _no_sends = self.enqueue.lock().await;
-        if !self.in_transaction.load(Ordering::Acquire) {
-            return Ok(());
+        let turn = Arc::clone(self.turns.active());
+        if !turn.in_transaction.load(Ordering::Acquire) {
+            return Ok(PendingCommit(None));
+        }
+        if self.turns.next().in_transaction.load(Ordering::Acquire) {
+            return Err(SinkError::Usage(
+                "a commit began before the previous one ended (await it, or abort after \
+                 its failure)"
+                    .into(),
+            ));
         }
         let started = Instant::now();
-        self.blocking("flush", move |p| {
-            send_now_and_wait(p, timeout);
+        let producer = Arc::clone(&turn.producer);
+        run_blocking("flush", move || {
+            send_now_and_wait(&producer, timeout);
             Ok(())
         })
         .await?;
@@ -101,7 +147,7 @@ impl KafkaSink {
         // librdkafka need not refuse the commit when a record failed before it was
         // sent (a timeout in its queue): the sink's own count decides. A record the
         // producer refused and the dead-letter topic took is not a failure.
-        let failed = self.shared.undelivered() - self.errors_at_begin.load(Ordering::Acquire);
+        let failed = self.shared.undelivered() - turn.errors_at_begin.load(Ordering::Acquire);
         if failed > 0 {
             return Err(SinkError::Transaction {
                 call: "commit",
@@ -110,58 +156,62 @@ impl KafkaSink {
             });
         }
         let remaining = timeout.saturating_sub(started.elapsed());
-        let result = self
-            .blocking("commit", move |p| p.commit_transaction(remaining))
-            .await;
-        if result.is_ok() {
-            self.in_transaction.store(false, Ordering::Release);
-            *lock(&self.committed_at) = Some(Instant::now());
-        }
-        result
+        let commit = tokio::task::spawn_blocking(move || {
+            let result = turn.producer.commit_transaction(remaining);
+            if result.is_ok() {
+                turn.in_transaction.store(false, Ordering::Release);
+                *lock(&turn.committed_at) = Some(Instant::now());
+            }
+            result
+        });
+        self.turns.pass();
+        Ok(PendingCommit(Some(commit)))
     }
 
     /// Before the first record of a transaction: waits out what is left of
-    /// [`NEXT_TRANSACTION_AFTER`] since the last commit.
+    /// [`NEXT_TRANSACTION_AFTER`] since the active producer's last commit.
     pub(crate) async fn after_the_last_commit(&self) {
-        if self.config.transactional_id.is_none() || self.in_transaction.load(Ordering::Acquire) {
+        let turn = self.turns.active();
+        if self.config.transactional_id.is_none() || turn.in_transaction.load(Ordering::Acquire) {
             return;
         }
-        let Some(at) = *lock(&self.committed_at) else {
+        let Some(at) = *lock(&turn.committed_at) else {
             return;
         };
         tokio::time::sleep_until((at + NEXT_TRANSACTION_AFTER).into()).await;
     }
 
-    /// Aborts the open transaction: its records are never visible to `read_committed`
-    /// consumers. Records still queued are purged (their transactions complete as
-    /// failed).
+    /// Aborts every open transaction: their records are never visible to
+    /// `read_committed` consumers. Records still queued are purged (their
+    /// transactions complete as failed). Await a pending commit first: a producer
+    /// refuses an abort while it commits.
     pub async fn abort_transaction(&self, timeout: Duration) -> Result<(), SinkError> {
         self.transactional_id()?;
         let _no_sends = self.enqueue.lock().await;
-        if !self.in_transaction.load(Ordering::Acquire) {
-            return Ok(());
+        for turn in self.turns.all() {
+            if !turn.in_transaction.load(Ordering::Acquire) {
+                continue;
+            }
+            let producer = Arc::clone(&turn.producer);
+            run_blocking("abort", move || producer.abort_transaction(timeout)).await?;
+            turn.in_transaction.store(false, Ordering::Release);
         }
-        let result = self
-            .blocking("abort", move |p| p.abort_transaction(timeout))
-            .await;
-        if result.is_ok() {
-            self.in_transaction.store(false, Ordering::Release);
-        }
-        result
+        Ok(())
     }
 
     /// Begins a transaction if the sink is transactional and none is open. Called
     /// with the enqueue lock held.
     pub(crate) fn begin_if_needed(&self) -> Result<(), SinkError> {
-        if self.config.transactional_id.is_none() || self.in_transaction.load(Ordering::Acquire) {
+        let turn = self.turns.active();
+        if self.config.transactional_id.is_none() || turn.in_transaction.load(Ordering::Acquire) {
             return Ok(());
         }
-        self.producer
+        turn.producer
             .begin_transaction()
             .map_err(|e| transaction_error("begin", e))?;
-        self.errors_at_begin
+        turn.errors_at_begin
             .store(self.shared.undelivered(), Ordering::Release);
-        self.in_transaction.store(true, Ordering::Release);
+        turn.in_transaction.store(true, Ordering::Release);
         Ok(())
     }
 
@@ -171,15 +221,56 @@ impl KafkaSink {
         })
     }
 
-    /// Runs a blocking librdkafka transaction call on a thread of the blocking pool.
-    async fn blocking<T: Send + 'static>(
+    /// Starts a blocking librdkafka call on every producer at once.
+    fn on_every_turn<T: Send + 'static>(
         &self,
         call: &'static str,
-        f: impl FnOnce(&BaseProducer<SinkContext>) -> Result<T, KafkaError> + Send + 'static,
-    ) -> Result<T, SinkError> {
-        let producer: Arc<BaseProducer<SinkContext>> = Arc::clone(&self.producer);
-        tokio::task::spawn_blocking(move || f(&producer))
-            .await
+        f: impl Fn(&BaseProducer<SinkContext>) -> Result<T, KafkaError> + Clone + Send + 'static,
+    ) -> Vec<impl Future<Output = Result<T, SinkError>>> {
+        self.turns
+            .all()
+            .iter()
+            .map(|turn: &Arc<Turn>| {
+                let producer = Arc::clone(&turn.producer);
+                let f = f.clone();
+                run_blocking(call, move || f(&producer))
+            })
+            .collect()
+    }
+}
+
+/// A commit under way ([`KafkaSink::begin_commit`]): ready once the broker answered
+/// it.
+#[must_use = "a transaction may commit only after the one before it did"]
+#[derive(Debug)]
+pub struct PendingCommit(Option<JoinHandle<Result<(), KafkaError>>>);
+
+impl Future for PendingCommit {
+    type Output = Result<(), SinkError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let Some(commit) = self.0.as_mut() else {
+            return Poll::Ready(Ok(()));
+        };
+        let joined = std::task::ready!(Pin::new(commit).poll(cx));
+        self.0 = None;
+        Poll::Ready(
+            joined
+                .map_err(|e| SinkError::Internal(format!("transaction commit task: {e}")))?
+                .map_err(|e| transaction_error("commit", e)),
+        )
+    }
+}
+
+/// Runs a blocking librdkafka transaction call on a thread of the blocking pool. The
+/// call starts at once, whether or not the returned future is awaited.
+fn run_blocking<T: Send + 'static>(
+    call: &'static str,
+    f: impl FnOnce() -> Result<T, KafkaError> + Send + 'static,
+) -> impl Future<Output = Result<T, SinkError>> {
+    let task = tokio::task::spawn_blocking(f);
+    async move {
+        task.await
             .map_err(|e| SinkError::Internal(format!("transaction {call} task: {e}")))?
             .map_err(|e| transaction_error(call, e))
     }

@@ -29,8 +29,9 @@ const SLOT_BACKLOG_MIN_AGE: Duration = Duration::from_millis(500);
 /// The state of the open Kafka transaction.
 #[derive(Debug)]
 pub(crate) struct Committer {
-    /// The newest committed checkpoint.
-    committed: Checkpoint,
+    /// The checkpoint of the newest closed transaction: committed, or with its
+    /// commit under way (the next commits only after it, or none does).
+    closed: Checkpoint,
     /// The checkpoint topic.
     topic: String,
     max_age: Duration,
@@ -60,9 +61,9 @@ struct Opened {
     arrived: Instant,
 }
 
-/// What a commit made durable.
+/// What a closed transaction's commit makes durable.
 #[derive(Debug)]
-pub(crate) struct Committed {
+pub(crate) struct Closed {
     /// The PostgreSQL transactions now complete.
     pub ended: Vec<TxnId>,
     pub confirmed: Lsn,
@@ -74,7 +75,7 @@ impl Committer {
         Committer {
             confirmed: committed.confirmed_lsn,
             last_event: committed.last_event,
-            committed,
+            closed: committed,
             topic,
             max_age,
             max_bytes,
@@ -134,31 +135,32 @@ impl Committer {
             Some(opened) => Some(opened.arrived + self.max_age),
             // Only a position to record (an idle WAL end, or transactions without
             // events): a commit with just the checkpoint.
-            None if self.confirmed > self.committed.confirmed_lsn => Some(Instant::now()),
+            None if self.confirmed > self.closed.confirmed_lsn => Some(Instant::now()),
             None => None,
         }
     }
 
     /// Whether records or a position wait to be committed.
     pub fn pending(&self) -> bool {
-        self.opened.is_some() || self.confirmed > self.committed.confirmed_lsn
+        self.opened.is_some() || self.confirmed > self.closed.confirmed_lsn
     }
 
     /// The checkpoint record that closes the open transaction.
     pub fn checkpoint_record(&self) -> (Checkpoint, Record) {
-        let checkpoint = self.committed.advanced(self.confirmed, self.last_event);
+        let checkpoint = self.closed.advanced(self.confirmed, self.last_event);
         let record = record_of(&self.topic, &checkpoint);
         (checkpoint, record)
     }
 
-    /// The transaction with `checkpoint` committed.
-    pub fn committed(&mut self, checkpoint: Checkpoint) -> Committed {
-        self.committed = checkpoint;
+    /// The transaction with `checkpoint` is closed: its commit began, and what is
+    /// sent from now on goes into the next one.
+    pub fn closed(&mut self, checkpoint: Checkpoint) -> Closed {
+        self.closed = checkpoint;
         self.opened = None;
         self.bytes = 0;
-        Committed {
+        Closed {
             ended: std::mem::take(&mut self.ended),
-            confirmed: self.committed.confirmed_lsn,
+            confirmed: self.closed.confirmed_lsn,
             records: std::mem::take(&mut self.records),
         }
     }
@@ -215,7 +217,7 @@ mod tests {
         assert_eq!(cp.confirmed_lsn, Lsn(0x100));
         assert_eq!(cp.last_event, Some(at(0x200, 1)));
         assert_eq!(record.topic, "cp");
-        let done = c.committed(cp);
+        let done = c.closed(cp);
         assert!(done.ended.is_empty());
         assert_eq!(done.records, 2);
         assert_eq!(c.due(false), None);
@@ -258,7 +260,7 @@ mod tests {
             "the size limit still holds"
         );
         let (cp, _) = c.checkpoint_record();
-        c.committed(cp);
+        c.closed(cp);
         c.sender_lag(Duration::from_millis(5));
         c.sent(10, at(0x300, 0), sent);
         assert_eq!(
@@ -276,7 +278,7 @@ mod tests {
         c.idle(Lsn(0x150));
         let (cp, _) = c.checkpoint_record();
         assert_eq!(cp.confirmed_lsn, Lsn(0x208));
-        let done = c.committed(cp);
+        let done = c.closed(cp);
         assert_eq!(done.ended, [TxnId(7)]);
         assert_eq!(done.confirmed, Lsn(0x208));
         c.idle(Lsn(0x900));

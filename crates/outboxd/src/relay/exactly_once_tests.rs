@@ -115,6 +115,28 @@ async fn exactly_once_commits_at_its_byte_limit_while_events_keep_coming() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn records_are_sent_while_the_commit_before_them_is_under_way() {
+    let mut wal = Wal::default();
+    let (a, _) = wal.transaction(&[Outbox("e1", Some("t"), "k")]);
+    let (b, b_end) = wal.transaction(&[Outbox("e2", Some("t"), "k")]);
+    let pause = |ms| vec![Step::Pause(Duration::from_millis(ms))];
+    // a's commit is due at 20 ms and takes until 50 ms; b arrives at 25 ms, and its
+    // own commit is due at 45 ms, before a's ended (the fake sink refuses a commit
+    // that begins before the previous one ended).
+    let mut setup = exactly_once(vec![session(
+        vec![a, pause(25), b, pause(200), vec![Step::Shutdown]],
+        End::Quiet,
+    )]);
+    setup.commit_time = Duration::from_millis(30);
+    let run = setup.run().await;
+    run.result.expect("a clean stop");
+    assert_eq!(run.observed.sent_while_committing, 1, "b's record");
+    assert_eq!(run.observed.commits, 2, "a's, then b's");
+    assert_eq!(run.observed.aborts, 0);
+    assert_eq!(run.observed.acknowledged.last(), Some(&b_end));
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_commit_that_hangs_stops_commits_and_is_not_confirmed_when_it_settles() {
     let mut wal = Wal::default();
     let (a, a_end) = wal.transaction(&[Outbox("e1", Some("t"), "k")]);

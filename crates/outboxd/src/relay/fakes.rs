@@ -75,6 +75,8 @@ pub struct Observed {
     pub patient_registrations: usize,
     pub commits: usize,
     pub aborts: usize,
+    /// Records sent while a commit was under way.
+    pub sent_while_committing: usize,
 }
 
 pub type Shared = Rc<RefCell<Observed>>;

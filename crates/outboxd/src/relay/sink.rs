@@ -1,15 +1,18 @@
 //! The Kafka side of the relay, as a narrow trait, and its implementation on
 //! [`KafkaSink`].
 
+use std::future::Future;
 use std::time::Duration;
 
 use outboxd_kafka_sink::{
-    Completion, KafkaSink, Record, Registration, SinkConfig, SinkError, TxnId,
+    Completion, KafkaSink, PendingCommit, Record, Registration, SinkConfig, SinkError, TxnId,
 };
 use tokio::sync::mpsc::UnboundedReceiver;
 
 /// Where records go, with one [`Completion`] per ended transaction.
 pub(crate) trait Sink {
+    /// Exactly-once: a commit under way, ready once the broker answered it.
+    type Commit: Future<Output = Result<(), SinkError>> + Unpin;
     /// Enqueues a record of `txn` after every earlier one; waits while the sink is
     /// full. Record-level failures arrive as completions, not as errors here.
     async fn send(&self, txn: TxnId, record: Record) -> Result<(), SinkError>;
@@ -33,9 +36,12 @@ pub(crate) trait Sink {
     /// Exactly-once: the same, but gives up at once when the broker is still
     /// aborting an older producer's transaction; the sink must then be dropped.
     async fn try_init_transactions(&self, timeout: Duration) -> Result<Registration, SinkError>;
-    /// Exactly-once: makes everything sent since the last commit visible at once.
-    async fn commit_transaction(&self, timeout: Duration) -> Result<(), SinkError>;
-    /// Exactly-once: discards everything sent since the last commit.
+    /// Exactly-once: waits until everything sent since the last commit is
+    /// acknowledged, then starts the commit that makes it visible at once. What is
+    /// sent meanwhile goes into the next transaction; await this commit before the
+    /// next `begin_commit`, and abort after its failure.
+    async fn begin_commit(&self, timeout: Duration) -> Result<Self::Commit, SinkError>;
+    /// Exactly-once: discards every open transaction.
     async fn abort_transaction(&self, timeout: Duration) -> Result<(), SinkError>;
 }
 
@@ -82,6 +88,8 @@ impl SinkFactory for SinkConfig {
 }
 
 impl Sink for KafkaPort {
+    type Commit = PendingCommit;
+
     async fn send(&self, txn: TxnId, record: Record) -> Result<(), SinkError> {
         self.sink.send(txn, record).await
     }
@@ -129,8 +137,8 @@ impl Sink for KafkaPort {
         self.sink.try_init_transactions(timeout).await
     }
 
-    async fn commit_transaction(&self, timeout: Duration) -> Result<(), SinkError> {
-        self.sink.commit_transaction(timeout).await
+    async fn begin_commit(&self, timeout: Duration) -> Result<PendingCommit, SinkError> {
+        self.sink.begin_commit(timeout).await
     }
 
     async fn abort_transaction(&self, timeout: Duration) -> Result<(), SinkError> {

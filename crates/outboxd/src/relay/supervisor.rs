@@ -264,7 +264,8 @@ impl<F: SinkFactory> Fence for Fencer<'_, F> {
                 Err(e) => return Err(RelayError::TransactionFailed(e)),
             }
         };
-        tracing::info!(transactional_id = %id, "exactly-once producer registered; older producers with this id are fenced");
+        let second = outboxd_kafka_sink::second_transactional_id(&id);
+        tracing::info!(transactional_id = %id, second_transactional_id = %second, "exactly-once producers registered; older producers with these ids are fenced");
         *self.sink = Some(sink);
         Ok(())
     }

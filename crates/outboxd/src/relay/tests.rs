@@ -39,6 +39,8 @@ pub(super) struct Setup {
     pub refusals: usize,
     /// Exactly once: commit number `.0` (from 1) hangs for `.1` from the start.
     pub hang: Option<(usize, Duration)>,
+    /// Exactly once: how long each commit takes.
+    pub commit_time: Duration,
 }
 
 impl Setup {
@@ -54,6 +56,7 @@ impl Setup {
             dead_letter_topic: None,
             refusals: 0,
             hang: None,
+            commit_time: Duration::from_millis(2),
         }
     }
 
@@ -95,6 +98,7 @@ impl Setup {
             completing: self.completing,
             fail: self.fail,
             refusals: self.refusals,
+            commit_time: self.commit_time,
         };
         let store = FakeStore {
             observed: Rc::clone(&observed),

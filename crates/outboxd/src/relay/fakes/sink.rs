@@ -1,7 +1,9 @@
 //! The fake Kafka sink: records what it is sent and completes transactions as
 //! told, failing or refusing where the test says.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
+use std::future::Future;
+use std::pin::Pin;
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -29,6 +31,8 @@ pub struct FakeSinks {
     pub completing: Completing,
     pub fail: Vec<(&'static str, bool)>,
     pub refusals: usize,
+    /// How long each commit takes.
+    pub commit_time: Duration,
 }
 
 impl SinkFactory for FakeSinks {
@@ -54,6 +58,8 @@ impl SinkFactory for FakeSinks {
             },
             refused: transactional_id.is_some() && generation <= self.refusals,
             state: RefCell::new(SinkState::default()),
+            commit_pending: Rc::new(Cell::new(false)),
+            commit_time: self.commit_time,
             tx,
             rx,
         })
@@ -83,6 +89,9 @@ pub struct FakeSink {
     fail: Vec<(&'static str, bool)>,
     refused: bool,
     state: RefCell<SinkState>,
+    /// Exactly-once: a commit began and has not ended.
+    commit_pending: Rc<Cell<bool>>,
+    commit_time: Duration,
     tx: tokio::sync::mpsc::UnboundedSender<Completion>,
     rx: tokio::sync::mpsc::UnboundedReceiver<Completion>,
 }
@@ -105,8 +114,13 @@ impl FakeSink {
 }
 
 impl Sink for FakeSink {
+    type Commit = Pin<Box<dyn Future<Output = Result<(), SinkError>>>>;
+
     async fn send(&self, txn: TxnId, record: Record) -> Result<(), SinkError> {
         let mut state = self.state.borrow_mut();
+        if self.commit_pending.get() {
+            self.observed.borrow_mut().sent_while_committing += 1;
+        }
         if let Some((_, transient)) = self.fail.iter().find(|(id, _)| *id == record.meta.event_id) {
             state.failed.push(txn);
             let failure = DeliveryFailure {
@@ -195,10 +209,21 @@ impl Sink for FakeSink {
         })
     }
 
-    async fn commit_transaction(&self, _timeout: Duration) -> Result<(), SinkError> {
-        tokio::time::sleep(Duration::from_millis(2)).await;
-        self.observed.borrow_mut().commits += 1;
-        Ok(())
+    async fn begin_commit(&self, _timeout: Duration) -> Result<Self::Commit, SinkError> {
+        if self.commit_pending.replace(true) {
+            return Err(SinkError::Usage(
+                "a commit began before the previous one ended".into(),
+            ));
+        }
+        let observed = Rc::clone(&self.observed);
+        let pending = Rc::clone(&self.commit_pending);
+        let commit_time = self.commit_time;
+        Ok(Box::pin(async move {
+            tokio::time::sleep(commit_time).await;
+            pending.set(false);
+            observed.borrow_mut().commits += 1;
+            Ok(())
+        }))
     }
 
     async fn abort_transaction(&self, _timeout: Duration) -> Result<(), SinkError> {

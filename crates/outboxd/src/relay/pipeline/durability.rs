@@ -5,18 +5,21 @@
 //!   the source may confirm it.
 //! - Exactly once: records go into a Kafka transaction; a commit, with the
 //!   checkpoint inside, makes them and their record visible together; once the
-//!   checkpoint record is visible, the source may confirm it.
+//!   checkpoint record is visible, the source may confirm it. While one commit is
+//!   under way the next records go into the next transaction, which commits only
+//!   after it (docs/architecture.md, "Overlapping commits").
 
+use std::future::Future;
 use std::time::Duration;
 
-use outboxd_kafka_sink::TxnId;
+use outboxd_kafka_sink::{SinkError, TxnId};
 use outboxd_pgoutput::Lsn;
 use tokio::time::Instant;
 
 use super::Pipeline;
 use crate::checkpoint::{Checkpoint, EventPosition};
 use crate::relay::checkpoints::{Checkpointer, Checkpoints};
-use crate::relay::committer::Committer;
+use crate::relay::committer::{Closed, Committer};
 use crate::relay::sink::Sink;
 use crate::relay::source::Source;
 use crate::relay::visibility::Visibility;
@@ -44,6 +47,24 @@ pub(crate) enum Mode {
 pub(super) enum Durability {
     AtLeastOnce(Checkpointer),
     ExactlyOnce(Committer, Visibility),
+}
+
+/// A closed Kafka transaction whose commit is under way.
+pub(super) struct Committing<C> {
+    commit: C,
+    closed: Closed,
+    started: Instant,
+}
+
+/// The broker's answer to the commit under way; never ready when none is.
+/// Cancellation-safe.
+pub(super) async fn commit_answer<C: Future + Unpin>(
+    committing: &mut Option<Committing<C>>,
+) -> C::Output {
+    match committing {
+        Some(c) => (&mut c.commit).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// What the durability side has to say.
@@ -183,15 +204,19 @@ impl<S: Source, K: Sink, W: Checkpoints> Pipeline<'_, S, K, W> {
     }
 
     /// Exactly once: closes the open Kafka transaction with the checkpoint of its
-    /// last event and commits it; then its PostgreSQL transactions are complete.
+    /// last event and begins its commit, once the commit before it ended.
     async fn commit(&mut self) -> Result<(), RelayError> {
-        let Durability::ExactlyOnce(committer, visibility) = &mut self.durability else {
+        let Durability::ExactlyOnce(_, visibility) = &self.durability else {
             return Ok(());
         };
         // Due before the awaited commit became overdue, while it was being waited for.
         if visibility.overdue() {
             return Ok(());
         }
+        self.settle_commit().await?;
+        let Durability::ExactlyOnce(committer, _) = &mut self.durability else {
+            return Ok(());
+        };
         let (checkpoint, record) = committer.checkpoint_record();
         self.state.last_txn += 1;
         let txn = TxnId(self.state.last_txn);
@@ -201,22 +226,55 @@ impl<S: Source, K: Sink, W: Checkpoints> Pipeline<'_, S, K, W> {
             .map_err(RelayError::from_sink)?;
         self.sink.end_transaction(txn, 1);
         let started = Instant::now();
-        self.sink
-            .commit_transaction(TRANSACTION_TIMEOUT)
+        let commit = self
+            .sink
+            .begin_commit(TRANSACTION_TIMEOUT)
             .await
             .map_err(RelayError::from_sink)?;
+        let closed = committer.closed(checkpoint);
+        self.committing = Some(Committing {
+            commit,
+            closed,
+            started,
+        });
+        Ok(())
+    }
+
+    /// Waits for the commit under way, if any, and takes in its answer.
+    async fn settle_commit(&mut self) -> Result<(), RelayError> {
+        if self.committing.is_none() {
+            return Ok(());
+        }
+        let answer = commit_answer(&mut self.committing).await;
+        self.on_commit_answer(answer)
+    }
+
+    /// The broker answered the commit under way: on success its PostgreSQL
+    /// transactions are complete, and its checkpoint is awaited until visible.
+    pub(super) fn on_commit_answer(
+        &mut self,
+        answer: Result<(), SinkError>,
+    ) -> Result<(), RelayError> {
+        let Some(Committing {
+            closed, started, ..
+        }) = self.committing.take()
+        else {
+            return Ok(());
+        };
+        answer.map_err(RelayError::from_sink)?;
         let metrics = &self.state.metrics;
         metrics.kafka_transactions.inc();
         metrics
             .commit_seconds
             .observe(started.elapsed().as_secs_f64());
-        let done = committer.committed(checkpoint);
-        tracing::debug!(confirmed = %done.confirmed, records = done.records, "Kafka transaction committed");
-        metrics.events_published.inc_by(done.records);
-        for txn in done.ended {
+        tracing::debug!(confirmed = %closed.confirmed, records = closed.records, "Kafka transaction committed");
+        metrics.events_published.inc_by(closed.records);
+        for txn in closed.ended {
             self.tracker.complete(txn);
         }
-        visibility.committed(done.confirmed);
+        if let Durability::ExactlyOnce(_, visibility) = &mut self.durability {
+            visibility.committed(closed.confirmed);
+        }
         Ok(())
     }
 
@@ -258,19 +316,29 @@ impl<S: Source, K: Sink, W: Checkpoints> Pipeline<'_, S, K, W> {
                     Err(_) => tracing::warn!("the last checkpoint was not acknowledged in time; what it covers will be re-sent after restart"),
                 }
             }
-            Last::Commit => match tokio::time::timeout_at(deadline, self.commit()).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => {
+            Last::Commit => {
+                let committed = async {
+                    self.commit().await?;
+                    self.settle_commit().await
+                };
+                match tokio::time::timeout_at(deadline, committed).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => {
+                        tracing::error!(error = %e, "the last Kafka transaction could not be committed; its events come again after restart");
+                        self.abort(deadline).await;
+                    }
+                    Err(_) => {
+                        tracing::warn!("the last Kafka transaction was not committed in time; its events come again after restart");
+                        self.abort(deadline).await;
+                    }
+                }
+            }
+            Last::Abort => self.abort(deadline).await,
+            Last::Nothing => {
+                if let Ok(Err(e)) = tokio::time::timeout_at(deadline, self.settle_commit()).await {
                     tracing::error!(error = %e, "the last Kafka transaction could not be committed; its events come again after restart");
-                    self.abort().await;
                 }
-                Err(_) => {
-                    tracing::warn!("the last Kafka transaction was not committed in time; its events come again after restart");
-                    self.abort().await;
-                }
-            },
-            Last::Abort => self.abort().await,
-            Last::Nothing => {}
+            }
         }
         if ok {
             self.await_visibility(deadline).await;
@@ -303,7 +371,13 @@ impl<S: Source, K: Sink, W: Checkpoints> Pipeline<'_, S, K, W> {
 
     /// Best effort: a read_committed consumer then need not wait for the broker's
     /// transaction timeout, and the next session's producer fences this one anyway.
-    async fn abort(&mut self) {
+    /// A commit under way is let finish first (until `deadline`): a producer refuses
+    /// an abort while it commits.
+    async fn abort(&mut self, deadline: tokio::time::Instant) {
+        let settled = tokio::time::timeout_at(deadline, self.settle_commit()).await;
+        if let Ok(Err(e)) = settled {
+            tracing::debug!(error = %e, "the Kafka transaction before the aborted one");
+        }
         if let Err(e) = self.sink.abort_transaction(TRANSACTION_TIMEOUT).await {
             tracing::debug!(error = %e, "aborting the Kafka transaction");
         }

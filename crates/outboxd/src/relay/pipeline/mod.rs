@@ -28,8 +28,8 @@ use crate::topics::TopicCreator;
 
 mod durability;
 
-use durability::Durability;
 pub(crate) use durability::Mode;
+use durability::{commit_answer, Committing, Durability};
 
 /// How often gauges are refreshed.
 const GAUGE_INTERVAL: Duration = Duration::from_secs(1);
@@ -93,6 +93,8 @@ pub(crate) struct Pipeline<'a, S: Source, K: Sink, W: Checkpoints> {
     state: &'a mut RelayState,
     tracker: AckTracker,
     durability: Durability,
+    /// Exactly once: the commit under way.
+    committing: Option<Committing<K::Commit>>,
     /// Transactions that committed before this were delivered before.
     skip_before: Lsn,
     /// Events up to here were delivered before (a partly delivered transaction).
@@ -113,6 +115,7 @@ impl<'a, S: Source, K: Sink, W: Checkpoints> Pipeline<'a, S, K, W> {
             sink,
             store,
             durability: Durability::new(&state.mode, opened.checkpoint),
+            committing: None,
             state,
             tracker: AckTracker::new(),
             skip_before: opened.skip_before,
@@ -142,6 +145,11 @@ impl<'a, S: Source, K: Sink, W: Checkpoints> Pipeline<'a, S, K, W> {
                 }
                 Some(completion) = self.sink.next_completion() => {
                     if let Err(e) = self.on_completion(completion) {
+                        break Err(e);
+                    }
+                }
+                answer = commit_answer(&mut self.committing) => {
+                    if let Err(e) = self.on_commit_answer(answer) {
                         break Err(e);
                     }
                 }
