@@ -225,7 +225,8 @@ def main(argv=None) -> None:
                     help="extra environment for outboxd (e.g. OUTBOXD_KAFKA__PRODUCER__LINGER_MS=5)")
     ap.add_argument("--outboxd-variant", action="append", default=[], metavar="NAME:KEY=VALUE[,KEY=VALUE]",
                     help="also drain with outboxd under extra settings, e.g. "
-                         "linger5:OUTBOXD_KAFKA__PRODUCER__LINGER_MS=5")
+                         "linger5:OUTBOXD_KAFKA__PRODUCER__LINGER_MS=5; BENCH_OUTBOXD_BIN=PATH "
+                         "runs another outboxd build, to compare two builds in one run")
     ap.add_argument("--no-preset-variants", action="store_true",
                     help="leave out the preset's outboxd variants (full: caps4x, 2threads)")
     ap.add_argument("--latency-variants", action="store_true",

@@ -83,9 +83,11 @@ class Relays:
         })
         env.update(self.o.outboxd_env)
         env.update(extra_env or {})
+        # A variant may run another build, to compare two builds in one run.
+        binary = env.pop("BENCH_OUTBOXD_BIN", self.args.outboxd_bin)
         log_path = self.rundir / logname
         out = open(log_path, "w")
-        p = subprocess.Popen([self.args.outboxd_bin, "run"], env=env, stdout=out,
+        p = subprocess.Popen([binary, "run"], env=env, stdout=out,
                              stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         p.metrics_address = metrics
         p.log_path = log_path

@@ -131,7 +131,9 @@ async fn send_one(sink: &KafkaSink, txn: u64, topic: &str, id: &str) {
 async fn records_sent_while_a_commit_is_under_way_commit_after_it_in_order() {
     let topics = TestTopics::create("overlap", 1, 1).await;
     let topic = &topics.names()[0];
-    let sink = sink(&unique_name("outboxd-test-overlap"));
+    let id = unique_name("outboxd-test-overlap");
+    let sink = sink(&id);
+    assert_eq!(sink.transactional_ids(), [id.clone(), format!("{id}.2")]);
     sink.init_transactions(TIMEOUT).await.expect("init");
     for round in 0..3 {
         send_one(&sink, round * 10 + 1, topic, &format!("a{round}")).await;
@@ -146,6 +148,33 @@ async fn records_sent_while_a_commit_is_under_way_commit_after_it_in_order() {
         values(topic, 9, "read_committed"),
         ["a0", "b0", "c0", "a1", "b1", "c1", "a2", "b2", "c2"]
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_overlap_the_commit_is_answered_before_begin_commit_returns() {
+    let topics = TestTopics::create("nooverlap", 1, 1).await;
+    let topic = &topics.names()[0];
+    let id = unique_name("outboxd-test-nooverlap");
+    let (sink, _completions) = KafkaSink::new(SinkConfig {
+        brokers: services().kafka_brokers.clone(),
+        transactional_id: Some(id.clone()),
+        overlap_commits: false,
+        ..SinkConfig::default()
+    })
+    .expect("transactional sink");
+    // Registered all the same: a takeover fences a previous holder that overlapped.
+    assert_eq!(sink.transactional_ids(), [id.clone(), format!("{id}.2")]);
+    sink.init_transactions(TIMEOUT).await.expect("init");
+    for round in 0..2 {
+        send_one(&sink, round + 1, topic, &format!("e{round}")).await;
+        let commit = sink.begin_commit(TIMEOUT).await.expect("committed");
+        assert_eq!(
+            values(topic, round as usize + 1, "read_committed").len(),
+            round as usize + 1,
+            "visible before the returned commit is awaited"
+        );
+        commit.await.expect("already answered");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

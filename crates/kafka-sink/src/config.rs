@@ -80,6 +80,13 @@ pub struct SinkConfig {
     ///
     /// [`KafkaSink::commit_transaction`]: crate::KafkaSink::commit_transaction
     pub transactional_id: Option<String>,
+    /// Transactional mode: a second producer (transactional id `<id>.2`) takes the
+    /// records sent while the first one's commit is under way, and they take turns.
+    /// Off, the first producer takes every record, and [`KafkaSink::begin_commit`]
+    /// returns once the commit is answered; the second is registered all the same.
+    ///
+    /// [`KafkaSink::begin_commit`]: crate::KafkaSink::begin_commit
+    pub overlap_commits: bool,
 }
 
 /// librdkafka's producer-only properties (scope `P` in its CONFIGURATION.md) that can
@@ -122,6 +129,7 @@ impl Default for SinkConfig {
             max_in_flight_bytes: 8 * 1024 * 1024,
             dead_letter_topic: None,
             transactional_id: None,
+            overlap_commits: true,
         }
     }
 }
@@ -176,6 +184,7 @@ impl fmt::Debug for SinkConfig {
             .field("max_in_flight_bytes", &self.max_in_flight_bytes)
             .field("dead_letter_topic", &self.dead_letter_topic)
             .field("transactional_id", &self.transactional_id)
+            .field("overlap_commits", &self.overlap_commits)
             .finish()
     }
 }

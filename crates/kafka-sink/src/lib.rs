@@ -10,7 +10,7 @@
 //! ```text
 //! send(txn, record) ─▶ strictly ordered enqueue ─▶ librdkafka (idempotent, acks=all,
 //!   │  waits while in-flight caps are reached       murmur2 partitioner)
-//!   │                                                     │ delivery reports (poll thread)
+//!   │                                                     │ delivery reports (poll threads)
 //! end_transaction(txn, n) ─▶ per-txn accounting ◀─────────┘
 //!                               │  failed + dead-letterable → dead-letter topic
 //!                               ▼
@@ -36,11 +36,11 @@
 //! | `murmur2` | Kafka's key placement ([`partition_for_key`]) |
 //! | [`topic_admin`] | creating topics with partitions, replication factor and configs |
 //!
-//! A later transactional (exactly-once) mode fits in without reshaping this: the
-//! ledger already only *returns* completions, so holding `Delivered` until a Kafka
-//! transaction commits is a change to `accounting`; a checkpoint record is a
-//! [`Record`] built by the same `delivery::base_record`, placed with
-//! [`partition_for_key`]; and checkpoint reads are already `read_committed`.
+//! Exactly once (`transaction`), records go into Kafka transactions that the caller
+//! commits or aborts, two producers taking turns (`turns`); completions still say
+//! only that the broker acknowledged records, and a transaction's events count as
+//! delivered only once the caller's commit succeeded. A checkpoint record is a
+//! [`Record`] like any other, placed with [`partition_for_key`].
 //!
 //! # Delivery failures and the dead-letter topic
 //!
@@ -95,7 +95,6 @@ pub use rdkafka::error::KafkaError;
 pub use record::{Completion, DeliveryFailure, HeaderName, PgLsn, Record, RecordMeta, TxnId};
 pub use sink::KafkaSink;
 pub use transaction::{PendingCommit, Registration};
-pub use turns::second_transactional_id;
 
 /// Locks a mutex whose data stays consistent even if a holder panicked (every
 /// critical section in this crate leaves the data valid at each step), so that a panic

@@ -30,7 +30,7 @@ use crate::context::SinkContext;
 use crate::error::{SinkError, TransactionError};
 use crate::lock;
 use crate::sink::KafkaSink;
-use crate::turns::Turn;
+use crate::turns::{second_transactional_id, Turn};
 
 /// How long [`KafkaSink::try_init_transactions`] may wait to learn that the broker
 /// refused its registration. librdkafka asks again a fixed 500 ms after a refusal;
@@ -67,10 +67,14 @@ impl KafkaSink {
     pub async fn init_transactions(&self, timeout: Duration) -> Result<(), SinkError> {
         self.transactional_id()?;
         let calls = self.on_every_turn("init", move |p| p.init_transactions(timeout));
+        // Every registration must have ended before the sink may be dropped: a late
+        // one would fence its successor.
+        let mut outcome = Ok(());
         for call in calls {
-            call.await?;
+            let answer = call.await;
+            outcome = outcome.and(answer);
         }
-        Ok(())
+        outcome
     }
 
     /// Like [`init_transactions`](Self::init_transactions), but returns
@@ -84,7 +88,7 @@ impl KafkaSink {
     ) -> Result<Registration, SinkError> {
         self.transactional_id()?;
         let calls = self.on_every_turn("init", move |p| register(p, timeout));
-        // Every registration must have ended before the sink may be dropped.
+        // As in `init_transactions`, every registration must have ended.
         let mut outcome = Ok(Registration::Registered);
         for call in calls {
             match (call.await, &outcome) {
@@ -111,7 +115,9 @@ impl KafkaSink {
     /// producer's transaction. The returned commit must be awaited before the next
     /// `begin_commit`, and after its failure every open transaction aborted
     /// ([`abort_transaction`](Self::abort_transaction)): a transaction may commit
-    /// only after the one before it did.
+    /// only after the one before it did. With one producer
+    /// ([`SinkConfig::overlap_commits`](crate::SinkConfig::overlap_commits) off)
+    /// it returns once the commit is answered.
     pub async fn begin_commit(&self, timeout: Duration) -> Result<PendingCommit, SinkError> {
         self.transactional_id()?;
         let _no_sends = self.enqueue.lock().await;
@@ -119,7 +125,8 @@ impl KafkaSink {
         if !turn.in_transaction.load(Ordering::Acquire) {
             return Ok(PendingCommit(None));
         }
-        if self.turns.next().in_transaction.load(Ordering::Acquire) {
+        let other = self.turns.other();
+        if other.is_some_and(|o| o.in_transaction.load(Ordering::Acquire)) {
             return Err(SinkError::Usage(
                 "a commit began before the previous one ended (await it, or abort after \
                  its failure)"
@@ -164,6 +171,11 @@ impl KafkaSink {
             }
             result
         });
+        if other.is_none() {
+            // One producer: no record may be sent before the answer.
+            PendingCommit(Some(commit)).await?;
+            return Ok(PendingCommit(None));
+        }
         self.turns.pass();
         Ok(PendingCommit(Some(commit)))
     }
@@ -188,15 +200,19 @@ impl KafkaSink {
     pub async fn abort_transaction(&self, timeout: Duration) -> Result<(), SinkError> {
         self.transactional_id()?;
         let _no_sends = self.enqueue.lock().await;
+        let mut outcome = Ok(());
         for turn in self.turns.all() {
             if !turn.in_transaction.load(Ordering::Acquire) {
                 continue;
             }
             let producer = Arc::clone(&turn.producer);
-            run_blocking("abort", move || producer.abort_transaction(timeout)).await?;
-            turn.in_transaction.store(false, Ordering::Release);
+            let aborted = run_blocking("abort", move || producer.abort_transaction(timeout)).await;
+            if aborted.is_ok() {
+                turn.in_transaction.store(false, Ordering::Release);
+            }
+            outcome = outcome.and(aborted);
         }
-        Ok(())
+        outcome
     }
 
     /// Begins a transaction if the sink is transactional and none is open. Called
@@ -213,6 +229,15 @@ impl KafkaSink {
             .store(self.shared.undelivered(), Ordering::Release);
         turn.in_transaction.store(true, Ordering::Release);
         Ok(())
+    }
+
+    /// The transactional ids of the sink's producers (none at least once).
+    pub fn transactional_ids(&self) -> Vec<String> {
+        self.config
+            .transactional_id
+            .iter()
+            .flat_map(|id| [id.clone(), second_transactional_id(id)])
+            .collect()
     }
 
     fn transactional_id(&self) -> Result<&str, SinkError> {

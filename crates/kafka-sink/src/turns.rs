@@ -1,7 +1,9 @@
 //! The sink's producers. At least once there is one. Exactly once there are two,
 //! with the transactional ids `<id>` and `<id>.2`, and they take turns: while one
 //! commits its Kafka transaction, the next records go into the other's, which
-//! commits only after it (docs/architecture.md, "Overlapping commits").
+//! commits only after it (docs/architecture.md, "Overlapping commits"). With
+//! `overlap_commits` off only the first takes records; the second is registered all
+//! the same, so that a takeover fences a previous holder that overlapped.
 //!
 //! Each producer has its own poll thread. They share one [`Shared`]: one ledger, one
 //! in-flight budget and one completion channel, whichever producer sent a record.
@@ -24,7 +26,7 @@ use crate::error::SinkError;
 const POLL_INTERVAL: Duration = Duration::from_millis(25);
 
 /// The transactional id of the second producer, taking turns with the first.
-pub fn second_transactional_id(id: &str) -> String {
+pub(crate) fn second_transactional_id(id: &str) -> String {
     format!("{id}.2")
 }
 
@@ -44,13 +46,15 @@ pub(crate) struct Turn {
 /// The producers, which of them takes the next records, and their poll threads.
 pub(crate) struct Turns {
     turns: Vec<Arc<Turn>>,
+    /// Whether the producers take turns.
+    overlap: bool,
     active: Arc<AtomicUsize>,
     stop: Arc<AtomicBool>,
     pollers: Vec<JoinHandle<()>>,
 }
 
 impl Turns {
-    /// One producer, or two taking turns with a transactional id.
+    /// One producer, or two with a transactional id.
     pub fn new(config: &SinkConfig, shared: &Arc<Shared>) -> Result<Turns, SinkError> {
         let mut ids = vec![config.transactional_id.clone()];
         if let Some(id) = &config.transactional_id {
@@ -59,6 +63,7 @@ impl Turns {
         let active = Arc::new(AtomicUsize::new(0));
         let stop = Arc::new(AtomicBool::new(false));
         let mut turns = Turns {
+            overlap: config.overlap_commits && ids.len() > 1,
             turns: Vec::with_capacity(ids.len()),
             active,
             stop,
@@ -99,9 +104,10 @@ impl Turns {
         &self.turns[self.active.load(Ordering::Acquire)]
     }
 
-    /// The producer that takes the records after [`pass`](Self::pass).
-    pub fn next(&self) -> &Arc<Turn> {
-        &self.turns[self.next_index()]
+    /// The other producer, which takes the records after [`pass`](Self::pass);
+    /// `None` when one producer takes them all.
+    pub fn other(&self) -> Option<&Arc<Turn>> {
+        self.overlap.then(|| &self.turns[self.next_index()])
     }
 
     /// From now on the next producer takes the records. Call with the enqueue lock

@@ -94,6 +94,7 @@ pub fn sink_config(config: &Config) -> SinkConfig {
         dead_letter_topic: config.kafka.dead_letter_topic.clone(),
         // Set per session in exactly-once mode, when the relay's identity is known.
         transactional_id: None,
+        overlap_commits: config.kafka.transaction_overlap,
     }
 }
 

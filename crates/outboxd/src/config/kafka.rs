@@ -42,6 +42,10 @@ pub struct KafkaConfig {
     /// and 32 MiB lets it (docs/architecture.md, "When a commit falls due"). Records
     /// are not held in memory for it: acknowledged records wait in the broker.
     pub transaction_max_bytes: usize,
+    /// Exactly-once: while a Kafka transaction commits, the next records go into a
+    /// second producer's transaction (transactional id `<id>.2`), which commits after
+    /// it. Off: one producer, and records wait for each commit.
+    pub transaction_overlap: bool,
 }
 
 /// How records reach Kafka (docs/delivery.md).
@@ -133,6 +137,7 @@ impl std::fmt::Debug for KafkaConfig {
             .field("transactional_id", &self.transactional_id)
             .field("transaction_max_ms", &self.transaction_max_ms)
             .field("transaction_max_bytes", &self.transaction_max_bytes)
+            .field("transaction_overlap", &self.transaction_overlap)
             .finish()
     }
 }
@@ -154,6 +159,7 @@ impl Default for KafkaConfig {
             transactional_id: None,
             transaction_max_ms: 10,
             transaction_max_bytes: 32 << 20,
+            transaction_overlap: true,
         }
     }
 }

@@ -31,7 +31,9 @@ pub(crate) trait Sink {
     fn in_flight_records(&self) -> usize;
     /// Payload bytes acknowledged since the previous call.
     fn take_bytes_delivered(&mut self) -> u64;
-    /// Exactly-once: fences older producers with the same transactional id.
+    /// Exactly-once: the transactional ids of the sink's producers.
+    fn transactional_ids(&self) -> Vec<String>;
+    /// Exactly-once: fences older producers with the same transactional ids.
     async fn init_transactions(&self, timeout: Duration) -> Result<(), SinkError>;
     /// Exactly-once: the same, but gives up at once when the broker is still
     /// aborting an older producer's transaction; the sink must then be dropped.
@@ -127,6 +129,10 @@ impl Sink for KafkaPort {
         let new = total.saturating_sub(self.bytes_counted);
         self.bytes_counted = total;
         new
+    }
+
+    fn transactional_ids(&self) -> Vec<String> {
+        self.sink.transactional_ids()
     }
 
     async fn init_transactions(&self, timeout: Duration) -> Result<(), SinkError> {

@@ -264,8 +264,7 @@ impl<F: SinkFactory> Fence for Fencer<'_, F> {
                 Err(e) => return Err(RelayError::TransactionFailed(e)),
             }
         };
-        let second = outboxd_kafka_sink::second_transactional_id(&id);
-        tracing::info!(transactional_id = %id, second_transactional_id = %second, "exactly-once producers registered; older producers with these ids are fenced");
+        tracing::info!(transactional_ids = %sink.transactional_ids().join(", "), "exactly-once producers registered; older producers with these ids are fenced");
         *self.sink = Some(sink);
         Ok(())
     }

@@ -57,6 +57,7 @@ impl SinkFactory for FakeSinks {
                 Vec::new()
             },
             refused: transactional_id.is_some() && generation <= self.refusals,
+            transactional_id: transactional_id.map(str::to_owned),
             state: RefCell::new(SinkState::default()),
             commit_pending: Rc::new(Cell::new(false)),
             commit_time: self.commit_time,
@@ -88,6 +89,7 @@ pub struct FakeSink {
     completing: Completing,
     fail: Vec<(&'static str, bool)>,
     refused: bool,
+    transactional_id: Option<String>,
     state: RefCell<SinkState>,
     /// Exactly-once: a commit began and has not ended.
     commit_pending: Rc<Cell<bool>>,
@@ -194,6 +196,10 @@ impl Sink for FakeSink {
         let new = state.bytes_delivered - state.bytes_taken;
         state.bytes_taken = state.bytes_delivered;
         new
+    }
+
+    fn transactional_ids(&self) -> Vec<String> {
+        self.transactional_id.iter().cloned().collect()
     }
 
     async fn init_transactions(&self, _timeout: Duration) -> Result<(), SinkError> {
