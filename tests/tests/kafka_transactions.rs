@@ -16,6 +16,7 @@ fn sink(transactional_id: &str) -> KafkaSink {
     let (sink, _completions) = KafkaSink::new(SinkConfig {
         brokers: services().kafka_brokers.clone(),
         transactional_id: Some(transactional_id.to_owned()),
+        overlap_commits: true,
         ..SinkConfig::default()
     })
     .expect("transactional sink");
@@ -179,6 +180,17 @@ async fn without_overlap_the_commit_is_answered_before_begin_commit_returns() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_takeover_fences_both_producers_and_aborts_what_followed_a_commit() {
+    takeover_of_overlapping_producers(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_takeover_without_overlap_fences_the_second_producer_too() {
+    takeover_of_overlapping_producers(false).await;
+}
+
+/// An overlapping relay's first producer committed and its second holds an open
+/// transaction; a new sink (`overlap_commits` as given) takes over.
+async fn takeover_of_overlapping_producers(overlap: bool) {
     let topics = TestTopics::create("overlapfence", 1, 1).await;
     let topic = &topics.names()[0];
     let id = unique_name("outboxd-test-overlapfence");
@@ -190,7 +202,13 @@ async fn a_takeover_fences_both_producers_and_aborts_what_followed_a_commit() {
     first.await.expect("committed");
     old.flush(TIMEOUT).await.expect("acknowledged");
 
-    let new = sink(&id);
+    let (new, _completions) = KafkaSink::new(SinkConfig {
+        brokers: services().kafka_brokers.clone(),
+        transactional_id: Some(id.clone()),
+        overlap_commits: overlap,
+        ..SinkConfig::default()
+    })
+    .expect("transactional sink");
     new.init_transactions(TIMEOUT)
         .await
         .expect("init new fences the old");

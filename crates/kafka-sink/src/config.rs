@@ -129,7 +129,7 @@ impl Default for SinkConfig {
             max_in_flight_bytes: 8 * 1024 * 1024,
             dead_letter_topic: None,
             transactional_id: None,
-            overlap_commits: true,
+            overlap_commits: false,
         }
     }
 }

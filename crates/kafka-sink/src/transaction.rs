@@ -30,7 +30,7 @@ use crate::context::SinkContext;
 use crate::error::{SinkError, TransactionError};
 use crate::lock;
 use crate::sink::KafkaSink;
-use crate::turns::{second_transactional_id, Turn};
+use crate::turns::{create_producer, second_transactional_id, Turn};
 
 /// How long [`KafkaSink::try_init_transactions`] may wait to learn that the broker
 /// refused its registration. librdkafka asks again a fixed 500 ms after a refusal;
@@ -66,15 +66,10 @@ impl KafkaSink {
     /// again). Call once, before the first `send`.
     pub async fn init_transactions(&self, timeout: Duration) -> Result<(), SinkError> {
         self.transactional_id()?;
-        let calls = self.on_every_turn("init", move |p| p.init_transactions(timeout));
-        // Every registration must have ended before the sink may be dropped: a late
-        // one would fence its successor.
-        let mut outcome = Ok(());
-        for call in calls {
-            let answer = call.await;
-            outcome = outcome.and(answer);
-        }
-        outcome
+        let answers = self
+            .on_every_id("init", move |p| p.init_transactions(timeout))
+            .await?;
+        answers.into_iter().collect()
     }
 
     /// Like [`init_transactions`](Self::init_transactions), but returns
@@ -87,11 +82,12 @@ impl KafkaSink {
         timeout: Duration,
     ) -> Result<Registration, SinkError> {
         self.transactional_id()?;
-        let calls = self.on_every_turn("init", move |p| register(p, timeout));
-        // As in `init_transactions`, every registration must have ended.
+        let answers = self
+            .on_every_id("init", move |p| register(p, timeout))
+            .await?;
         let mut outcome = Ok(Registration::Registered);
-        for call in calls {
-            match (call.await, &outcome) {
+        for answer in answers {
+            match (answer, &outcome) {
                 (Err(e), Ok(_)) => outcome = Err(e),
                 (Ok(Registration::AbortInProgress), Ok(_)) => {
                     outcome = Ok(Registration::AbortInProgress);
@@ -246,21 +242,51 @@ impl KafkaSink {
         })
     }
 
-    /// Starts a blocking librdkafka call on every producer at once.
-    fn on_every_turn<T: Send + 'static>(
+    /// Runs a blocking librdkafka call for each transactional id at once, and
+    /// returns every answer: a sink must not be dropped while a registration is in
+    /// flight, which could fence its successor. Without overlapping commits the
+    /// second id has no producer of its own: one is made for the call and dropped
+    /// after it, so that a previous holder that overlapped is fenced all the same.
+    async fn on_every_id<T: Send + 'static>(
         &self,
         call: &'static str,
         f: impl Fn(&BaseProducer<SinkContext>) -> Result<T, KafkaError> + Clone + Send + 'static,
-    ) -> Vec<impl Future<Output = Result<T, SinkError>>> {
-        self.turns
+    ) -> Result<Vec<Result<T, SinkError>>, SinkError> {
+        let mut producers: Vec<_> = self
+            .turns
             .all()
             .iter()
-            .map(|turn: &Arc<Turn>| {
-                let producer = Arc::clone(&turn.producer);
+            .map(|turn: &Arc<Turn>| Arc::clone(&turn.producer))
+            .collect();
+        let spare = match (&self.config.transactional_id, self.turns.other()) {
+            (Some(id), None) => Some(create_producer(
+                &self.config,
+                &self.shared,
+                Some(&second_transactional_id(id)),
+            )?),
+            _ => None,
+        };
+        producers.extend(spare.clone());
+        let calls: Vec<_> = producers
+            .into_iter()
+            .map(|producer| {
                 let f = f.clone();
                 run_blocking(call, move || f(&producer))
             })
-            .collect()
+            .collect();
+        let mut answers = Vec::with_capacity(calls.len());
+        for call in calls {
+            answers.push(call.await);
+        }
+        if let Some(spare) = spare {
+            // Dropping a producer blocks while its threads stop.
+            run_blocking("drop", move || {
+                drop(spare);
+                Ok(())
+            })
+            .await?;
+        }
+        Ok(answers)
     }
 }
 

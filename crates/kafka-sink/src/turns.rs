@@ -1,9 +1,9 @@
 //! The sink's producers. At least once there is one. Exactly once there are two,
 //! with the transactional ids `<id>` and `<id>.2`, and they take turns: while one
 //! commits its Kafka transaction, the next records go into the other's, which
-//! commits only after it (docs/architecture.md, "Overlapping commits"). With
-//! `overlap_commits` off only the first takes records; the second is registered all
-//! the same, so that a takeover fences a previous holder that overlapped.
+//! commits only after it (docs/architecture.md, "Overlapping commits"), if
+//! `overlap_commits` is on. Off, there is one; the registration fences the second
+//! id all the same (`transaction.rs`).
 //!
 //! Each producer has its own poll thread. They share one [`Shared`]: one ledger, one
 //! in-flight budget and one completion channel, whichever producer sent a record.
@@ -54,31 +54,28 @@ pub(crate) struct Turns {
 }
 
 impl Turns {
-    /// One producer, or two with a transactional id.
+    /// One producer, or two taking turns with a transactional id and
+    /// `overlap_commits`.
     pub fn new(config: &SinkConfig, shared: &Arc<Shared>) -> Result<Turns, SinkError> {
         let mut ids = vec![config.transactional_id.clone()];
-        if let Some(id) = &config.transactional_id {
+        if let Some(id) = config
+            .transactional_id
+            .as_ref()
+            .filter(|_| config.overlap_commits)
+        {
             ids.push(Some(second_transactional_id(id)));
         }
         let active = Arc::new(AtomicUsize::new(0));
         let stop = Arc::new(AtomicBool::new(false));
         let mut turns = Turns {
-            overlap: config.overlap_commits && ids.len() > 1,
+            overlap: ids.len() > 1,
             turns: Vec::with_capacity(ids.len()),
             active,
             stop,
             pollers: Vec::with_capacity(ids.len()),
         };
         for (index, id) in ids.into_iter().enumerate() {
-            let mut client = config.client_config();
-            if let Some(id) = id {
-                client.set("transactional.id", id);
-            }
-            let producer: BaseProducer<SinkContext> = client
-                .create_with_context(SinkContext::new(Arc::clone(shared)))
-                .map_err(config_error)?;
-            let producer = Arc::new(producer);
-            producer.context().serve(&producer);
+            let producer = create_producer(config, shared, id.as_deref())?;
             let poller = {
                 let producer = Arc::clone(&producer);
                 let stop = Arc::clone(&turns.stop);
@@ -135,6 +132,24 @@ impl Drop for Turns {
         }
         // Dropping the producers (last Arcs) purges what is still queued or in flight.
     }
+}
+
+/// A producer of the sink, with `transactional_id` instead of the configured one.
+pub(crate) fn create_producer(
+    config: &SinkConfig,
+    shared: &Arc<Shared>,
+    transactional_id: Option<&str>,
+) -> Result<Arc<BaseProducer<SinkContext>>, SinkError> {
+    let mut client = config.client_config();
+    if let Some(id) = transactional_id {
+        client.set("transactional.id", id);
+    }
+    let producer: BaseProducer<SinkContext> = client
+        .create_with_context(SinkContext::new(Arc::clone(shared)))
+        .map_err(config_error)?;
+    let producer = Arc::new(producer);
+    producer.context().serve(&producer);
+    Ok(producer)
 }
 
 /// A poll thread: serves delivery reports and errors and, while its producer is the

@@ -14,6 +14,8 @@ use rand::{Rng, SeedableRng};
 
 const OUTBOXD: &str = env!("CARGO_BIN_EXE_outboxd");
 const EXACTLY_ONCE: (&str, &str) = ("OUTBOXD_KAFKA__DELIVERY", "exactly-once");
+/// Two producers taking turns (off by default).
+const OVERLAP: (&str, &str) = ("OUTBOXD_KAFKA__TRANSACTION_OVERLAP", "true");
 
 fn load(outbox: &Outbox, per_writer: Option<usize>, rate: Option<f64>, seed: u64) -> Load {
     Load::start(
@@ -44,7 +46,7 @@ async fn exactly_once(outbox: &Outbox, relay: &Process, what: &str) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sigkill_ten_times_under_load_gives_no_duplicate() {
-    let outbox = Outbox::on_shared(OUTBOXD, None, &[EXACTLY_ONCE]).await;
+    let outbox = Outbox::on_shared(OUTBOXD, None, &[EXACTLY_ONCE, OVERLAP]).await;
     let seed = seed("eos-sigkill");
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let writers = load(&outbox, Some(7_500), Some(150.0), seed);
@@ -160,11 +162,12 @@ async fn a_standby_takes_over_within_a_second_of_a_sigkill() {
 /// Resumed, the old relay cannot write any more: it notices and stands by.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_paused_relay_is_fenced_when_it_resumes() {
-    let outbox = Outbox::on_shared(
+    let mut outbox = Outbox::on_shared(
         OUTBOXD,
         None,
         &[
             EXACTLY_ONCE,
+            OVERLAP,
             // Commits rarely, so that the pause finds a transaction open.
             ("OUTBOXD_KAFKA__TRANSACTION_MAX_MS", "1000"),
         ],
@@ -173,6 +176,9 @@ async fn a_paused_relay_is_fenced_when_it_resumes() {
     let writers = load(&outbox, None, Some(60.0), 6);
     let mut paused = outbox.start("eos-paused");
     tokio::time::sleep(Duration::from_millis(2_500)).await;
+    // Without overlapping commits the standby still fences both of the paused
+    // relay's transactional ids.
+    outbox.set_env(OVERLAP.0, "false");
     let mut standby = outbox.start("eos-standby");
     tokio::time::sleep(Duration::from_secs(1)).await;
     paused.signal("STOP");
