@@ -24,8 +24,10 @@ use std::time::{Duration, Instant};
 
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{BaseProducer, Producer};
+use tokio::sync::mpsc::unbounded_channel;
 use tokio::task::JoinHandle;
 
+use crate::accounting::Shared;
 use crate::context::SinkContext;
 use crate::error::{SinkError, TransactionError};
 use crate::lock;
@@ -247,6 +249,9 @@ impl KafkaSink {
     /// flight, which could fence its successor. Without overlapping commits the
     /// second id has no producer of its own: one is made for the call and dropped
     /// after it, so that a previous holder that overlapped is fenced all the same.
+    /// If the relay may not use that id (a literal ACL on the first one, as before
+    /// overlapping commits), no relay with its credentials can have used it, and
+    /// the refusal is left out.
     async fn on_every_id<T: Send + 'static>(
         &self,
         call: &'static str,
@@ -259,24 +264,40 @@ impl KafkaSink {
             .map(|turn: &Arc<Turn>| Arc::clone(&turn.producer))
             .collect();
         let spare = match (&self.config.transactional_id, self.turns.other()) {
+            // Its own accounting: its errors are not the sink's.
             (Some(id), None) => Some(create_producer(
                 &self.config,
-                &self.shared,
+                &Arc::new(Shared::new(unbounded_channel().0, &self.config)),
                 Some(&second_transactional_id(id)),
             )?),
             _ => None,
         };
+        let spare_index = spare.is_some().then_some(producers.len());
         producers.extend(spare.clone());
         let calls: Vec<_> = producers
             .into_iter()
-            .map(|producer| {
+            .enumerate()
+            .map(|(index, producer)| {
                 let f = f.clone();
-                run_blocking(call, move || f(&producer))
+                let is_spare = spare_index == Some(index);
+                run_blocking(call, move || match f(&producer) {
+                    Err(KafkaError::Transaction(e))
+                        if is_spare
+                            && e.code() == RDKafkaErrorCode::TransactionalIdAuthorizationFailed =>
+                    {
+                        Ok(None)
+                    }
+                    answer => answer.map(Some),
+                })
             })
             .collect();
         let mut answers = Vec::with_capacity(calls.len());
         for call in calls {
-            answers.push(call.await);
+            match call.await {
+                Ok(Some(answer)) => answers.push(Ok(answer)),
+                Ok(None) => tracing::debug!("not authorized for the second transactional id; no relay of these credentials can have used it"),
+                Err(e) => answers.push(Err(e)),
+            }
         }
         if let Some(spare) = spare {
             // Dropping a producer blocks while its threads stop.
