@@ -12,15 +12,32 @@ use outboxd_tests::{alter_topic, consume_all, services, unique_name, TestTopics}
 
 const TIMEOUT: Duration = Duration::from_secs(30);
 
+/// A transactional sink with overlapping commits.
 fn sink(transactional_id: &str) -> KafkaSink {
+    sink_with(transactional_id, true)
+}
+
+fn sink_with(transactional_id: &str, overlap_commits: bool) -> KafkaSink {
     let (sink, _completions) = KafkaSink::new(SinkConfig {
         brokers: services().kafka_brokers.clone(),
         transactional_id: Some(transactional_id.to_owned()),
-        overlap_commits: true,
+        overlap_commits,
         ..SinkConfig::default()
     })
     .expect("transactional sink");
     sink
+}
+
+/// A new sink with transactional id `id` registers (fencing older producers) and
+/// commits the record "new" to `topic`.
+async fn take_over(id: &str, overlap_commits: bool, topic: &str) -> KafkaSink {
+    let new = sink_with(id, overlap_commits);
+    new.init_transactions(TIMEOUT)
+        .await
+        .expect("init new fences the old");
+    send_one(&new, 1, topic, "new").await;
+    new.commit_transaction(TIMEOUT).await.expect("commit new");
+    new
 }
 
 fn record(topic: &str, id: &str) -> Record {
@@ -90,20 +107,21 @@ async fn a_newer_producer_with_the_same_id_fences_the_older_one() {
     let id = unique_name("outboxd-test-fence");
     let old = with_open_transaction(&id, topic, "old-open").await;
 
-    let new = sink(&id);
-    new.init_transactions(TIMEOUT)
-        .await
-        .expect("init new fences the old");
-    new.send(TxnId(1), record(topic, "new"))
-        .await
-        .expect("send");
-    new.end_transaction(TxnId(1), 1);
-    new.commit_transaction(TIMEOUT).await.expect("commit new");
+    take_over(&id, true, topic).await;
+    assert_fenced(&old).await;
+    assert_eq!(
+        values(topic, 2, "read_committed"),
+        ["new"],
+        "the old producer's open transaction was aborted"
+    );
+}
 
-    let err = old
+/// `sink` was fenced: its commit fails as such.
+async fn assert_fenced(sink: &KafkaSink) {
+    let err = sink
         .commit_transaction(TIMEOUT)
         .await
-        .expect_err("the fenced producer cannot commit");
+        .expect_err("a fenced producer cannot commit");
     assert!(
         matches!(
             err,
@@ -113,11 +131,6 @@ async fn a_newer_producer_with_the_same_id_fences_the_older_one() {
             }
         ),
         "{err}"
-    );
-    assert_eq!(
-        values(topic, 2, "read_committed"),
-        ["new"],
-        "the old producer's open transaction was aborted"
     );
 }
 
@@ -156,13 +169,7 @@ async fn without_overlap_the_commit_is_answered_before_begin_commit_returns() {
     let topics = TestTopics::create("nooverlap", 1, 1).await;
     let topic = &topics.names()[0];
     let id = unique_name("outboxd-test-nooverlap");
-    let (sink, _completions) = KafkaSink::new(SinkConfig {
-        brokers: services().kafka_brokers.clone(),
-        transactional_id: Some(id.clone()),
-        overlap_commits: false,
-        ..SinkConfig::default()
-    })
-    .expect("transactional sink");
+    let sink = sink_with(&id, false);
     // Registered all the same: a takeover fences a previous holder that overlapped.
     assert_eq!(sink.transactional_ids(), [id.clone(), format!("{id}.2")]);
     sink.init_transactions(TIMEOUT).await.expect("init");
@@ -202,33 +209,9 @@ async fn takeover_of_overlapping_producers(overlap: bool) {
     first.await.expect("committed");
     old.flush(TIMEOUT).await.expect("acknowledged");
 
-    let (new, _completions) = KafkaSink::new(SinkConfig {
-        brokers: services().kafka_brokers.clone(),
-        transactional_id: Some(id.clone()),
-        overlap_commits: overlap,
-        ..SinkConfig::default()
-    })
-    .expect("transactional sink");
-    new.init_transactions(TIMEOUT)
-        .await
-        .expect("init new fences the old");
-    send_one(&new, 1, topic, "new").await;
-    new.commit_transaction(TIMEOUT).await.expect("commit new");
-
-    let err = old
-        .commit_transaction(TIMEOUT)
-        .await
-        .expect_err("the fenced second producer cannot commit");
-    assert!(
-        matches!(
-            err,
-            SinkError::Transaction {
-                kind: TransactionError::Fenced,
-                ..
-            }
-        ),
-        "{err}"
-    );
+    take_over(&id, overlap, topic).await;
+    // The open transaction is the second producer's.
+    assert_fenced(&old).await;
     assert_eq!(
         values(topic, 3, "read_committed"),
         ["committed", "new"],
