@@ -23,7 +23,7 @@
 //! | --- | --- |
 //! | `sink` | [`KafkaSink`]: ordered enqueue, waiting for room, flush, check |
 //! | `transaction` | exactly once: Kafka transactions, registration and fencing |
-//! | `turns` | the producer, or exactly once the two that take turns, and their poll threads |
+//! | `turns` | the producer, or the two that take turns (`overlap_commits`), and their poll threads |
 //! | `accounting` | composes the four below; emits the completions the ledger decides |
 //! | `ledger` | per-transaction counts (sent, settled, dead-lettered) → completions |
 //! | `budget` | in-flight records and bytes against the caps; wakes waiting senders |
@@ -37,9 +37,10 @@
 //! | [`topic_admin`] | creating topics with partitions, replication factor and configs |
 //!
 //! Exactly once (`transaction`), records go into Kafka transactions that the caller
-//! commits or aborts, two producers taking turns (`turns`); completions still say
-//! only that the broker acknowledged records, and a transaction's events count as
-//! delivered only once the caller's commit succeeded. A checkpoint record is a
+//! commits or aborts (with [`SinkConfig::overlap_commits`], two producers taking
+//! turns: `turns`). Completions still say only that the broker acknowledged
+//! records; a transaction's events count as delivered only once the caller's
+//! commit succeeded. A checkpoint record is a
 //! [`Record`] like any other, placed with [`partition_for_key`].
 //!
 //! # Delivery failures and the dead-letter topic

@@ -2,9 +2,11 @@
 //! records sent, committed or aborted by the caller.
 //!
 //! A transaction begins with the first record sent after the previous one ended
-//! (`send` calls [`KafkaSink::begin_if_needed`]). The sink's two producers take turns
-//! (see `turns`): [`KafkaSink::begin_commit`] waits until every record of the active
-//! producer's transaction is acknowledged, starts its commit and passes the turn, so
+//! (`send` calls [`KafkaSink::begin_if_needed`]). [`KafkaSink::begin_commit`] waits
+//! until every record of the active producer's transaction is acknowledged and
+//! starts its commit. With one producer it returns once the commit is answered.
+//! With [`SinkConfig::overlap_commits`](crate::SinkConfig::overlap_commits) the
+//! sink's two producers take turns (see `turns`): it passes the turn at once, so
 //! the next records go into the other producer's transaction while the broker
 //! commits. The caller awaits that commit before it begins the next one, and aborts
 //! every open transaction if it fails (docs/architecture.md, "Overlapping commits").

@@ -1,9 +1,10 @@
-//! The sink's producers. At least once there is one. Exactly once there are two,
+//! The sink's producers. At least once, and exactly once without `overlap_commits`
+//! (the default), there is one. Exactly once with `overlap_commits` there are two,
 //! with the transactional ids `<id>` and `<id>.2`, and they take turns: while one
 //! commits its Kafka transaction, the next records go into the other's, which
-//! commits only after it (docs/architecture.md, "Overlapping commits"), if
-//! `overlap_commits` is on. Off, there is one; the registration fences the second
-//! id all the same (`transaction.rs`).
+//! commits only after it (docs/architecture.md, "Overlapping commits"). Without
+//! it, the registration still fences `<id>.2`, with a producer made for the
+//! registration alone (`transaction.rs`).
 //!
 //! Each producer has its own poll thread. They share one [`Shared`]: one ledger, one
 //! in-flight budget and one completion channel, whichever producer sent a record.
