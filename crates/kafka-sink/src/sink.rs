@@ -37,7 +37,7 @@ const WAIT_SLICE: Duration = Duration::from_millis(100);
 /// shutdown. The drop blocks briefly (the poll thread's round, then up to 500 ms of
 /// librdkafka cleanup).
 pub struct KafkaSink {
-    /// The producer, or exactly once the two taking turns.
+    /// The producer, or with overlapping commits the two taking turns.
     pub(crate) turns: Turns,
     pub(crate) shared: Arc<Shared>,
     /// Serializes `send` (librdkafka keeps per-partition order only for what is
@@ -67,8 +67,9 @@ enum Enqueued {
 }
 
 impl KafkaSink {
-    /// Creates the producer (exactly once, the two) and its poll thread. Nothing connects yet (librdkafka
-    /// connects in the background); use [`KafkaSink::check`] to see the cluster.
+    /// Creates the producer (with overlapping commits, the two) and its poll thread.
+    /// Nothing connects yet (librdkafka connects in the background); use
+    /// [`KafkaSink::check`] to see the cluster.
     ///
     /// The receiver gets one [`Completion`] per transaction. It is unbounded because
     /// the callback thread must never block; its length is bounded by the number of

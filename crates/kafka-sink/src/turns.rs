@@ -47,8 +47,6 @@ pub(crate) struct Turn {
 /// The producers, which of them takes the next records, and their poll threads.
 pub(crate) struct Turns {
     turns: Vec<Arc<Turn>>,
-    /// Whether the producers take turns.
-    overlap: bool,
     active: Arc<AtomicUsize>,
     stop: Arc<AtomicBool>,
     pollers: Vec<JoinHandle<()>>,
@@ -69,7 +67,6 @@ impl Turns {
         let active = Arc::new(AtomicUsize::new(0));
         let stop = Arc::new(AtomicBool::new(false));
         let mut turns = Turns {
-            overlap: ids.len() > 1,
             turns: Vec::with_capacity(ids.len()),
             active,
             stop,
@@ -105,7 +102,7 @@ impl Turns {
     /// The other producer, which takes the records after [`pass`](Self::pass);
     /// `None` when one producer takes them all.
     pub fn other(&self) -> Option<&Arc<Turn>> {
-        self.overlap.then(|| &self.turns[self.next_index()])
+        (self.turns.len() > 1).then(|| &self.turns[self.next_index()])
     }
 
     /// From now on the next producer takes the records. Call with the enqueue lock
