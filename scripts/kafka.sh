@@ -29,6 +29,10 @@
 # KAFKA_SCRAM_USERS ("name:password ...", no spaces, commas or brackets in either)
 # are given SCRAM-SHA-256 and -512 credentials when the storage is formatted, i.e.
 # on the first start of a state dir only.
+# KAFKA_AUTHORIZER=1 (with KAFKA_SASL_SSL_PORT) turns on Kafka's ACL authorizer:
+# principals of the SASL_SSL listener get only what ACLs grant them, while the
+# plaintext listeners' (ANONYMOUS: controller, inter-broker, test tooling) are
+# super users.
 set -euo pipefail
 
 KAFKA_VERSION=4.3.1
@@ -266,6 +270,12 @@ listener.name.sasl_ssl.scram-sha-256.sasl.jaas.config=$scram required;
 listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=$scram required;
 listener.name.sasl_ssl.ssl.keystore.type=PEM
 listener.name.sasl_ssl.ssl.keystore.location=$SSL_DIR/server.pem
+EOF
+    [[ ${KAFKA_AUTHORIZER:-} != 1 ]] || cat >>"$CONFIG" <<EOF
+
+# ACLs (KAFKA_AUTHORIZER=1), added by scripts/kafka.sh.
+authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer
+super.users=User:ANONYMOUS
 EOF
 }
 

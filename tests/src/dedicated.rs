@@ -53,6 +53,22 @@ pub(crate) fn kafka_script(
     run_script("kafka.sh", &[cmd], &env)
 }
 
+/// Runs one of Kafka's command-line tools (`scripts/kafka.sh tool <class>`, what
+/// `kafka-transactions.sh`, `kafka-acls.sh` and friends run) against `brokers`: its
+/// standard output, or its standard error if it failed. Blocking.
+pub fn kafka_tool(class: &str, brokers: &str, args: &[&str]) -> Result<String, String> {
+    let out = std::process::Command::new(repo_root().join("scripts").join("kafka.sh"))
+        .args(["tool", class, "--bootstrap-server", brokers])
+        .args(args)
+        .output()
+        .map_err(|e| format!("scripts/kafka.sh tool {class}: {e}"))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
 /// A Kafka broker of the test's own (scripts/kafka.sh with KAFKA_STATE_DIR and
 /// ports), with a second listener reached through a [`FaultProxy`]
 /// that advertises the proxy's address. Stopped and wiped when dropped (kept, with

@@ -7,15 +7,20 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-/// What the relay logs while a hanging transaction keeps it from reading its
-/// checkpoint.
-const STUCK: &str = "has a Kafka transaction open that was not settled";
+use crate::dedicated::kafka_tool;
+
+/// What a relay logs once a hanging transaction holds it up: a starting relay
+/// that cannot read its checkpoint, and a running one whose commit stays invisible
+/// (docs/operations.md, "The checkpoint topic is held by an open transaction").
+const REPORTS: [&str; 2] = [
+    "has a Kafka transaction open that was not settled",
+    "a committed Kafka transaction's checkpoint is still not visible",
+];
 
 /// How often the relay's log is looked at.
 const WATCH_EVERY: Duration = Duration::from_secs(2);
@@ -71,7 +76,7 @@ impl StuckRelayWatch {
     /// anew; returns how many it aborted. Blocking.
     pub fn check(&mut self, relay_log: &Path, brokers: &str) -> usize {
         let log = std::fs::read_to_string(relay_log).unwrap_or_default();
-        let reports = log.matches(STUCK).count();
+        let reports = hang_reports(&log);
         let seen = self.reports_seen.entry(relay_log.to_owned()).or_default();
         if reports <= *seen {
             return 0;
@@ -81,10 +86,16 @@ impl StuckRelayWatch {
     }
 }
 
-/// Finds the transactions the coordinators no longer expect markers for and aborts
-/// each (`kafka-transactions.sh find-hanging`, then `abort`); returns how many.
-pub fn abort_hanging_transactions(brokers: &str) -> usize {
-    let found = transactions_tool(
+/// How often `relay_log` reports a hanging transaction holding the relay up.
+pub fn hang_reports(relay_log: &str) -> usize {
+    REPORTS.iter().map(|r| relay_log.matches(r).count()).sum()
+}
+
+/// The transactions the coordinator no longer expects markers for
+/// (`kafka-transactions.sh find-hanging` on the single broker): its output, a
+/// header line and one row per partition. Blocking.
+pub fn find_hanging_transactions(brokers: &str) -> String {
+    transactions_tool(
         brokers,
         &[
             "find-hanging",
@@ -94,7 +105,13 @@ pub fn abort_hanging_transactions(brokers: &str) -> usize {
             "0",
         ],
     )
-    .unwrap_or_else(|stderr| panic!("kafka-transactions find-hanging failed: {stderr}"));
+    .unwrap_or_else(|stderr| panic!("kafka-transactions find-hanging failed: {stderr}"))
+}
+
+/// Aborts each hanging transaction (`find-hanging`, then `abort`); returns how
+/// many.
+pub fn abort_hanging_transactions(brokers: &str) -> usize {
+    let found = find_hanging_transactions(brokers);
     let mut aborted = 0;
     // Columns: Topic Partition ProducerId ProducerEpoch CoordinatorEpoch StartOffset …
     for row in abort_order(&found) {
@@ -134,9 +151,18 @@ pub fn abort_hanging_transactions(brokers: &str) -> usize {
 /// settles, and its next commit would also commit hanging records still left on an
 /// outbox partition.
 fn abort_order(found: &str) -> Vec<&str> {
-    let mut rows: Vec<&str> = found.lines().skip(1).collect();
+    let mut rows = hanging_rows(found);
     rows.sort_by_key(|row| row.split_whitespace().next() == Some(CHECKPOINT_TOPIC));
     rows
+}
+
+/// `find-hanging`'s rows, one per partition a transaction hangs on.
+pub fn hanging_rows(found: &str) -> Vec<&str> {
+    found
+        .lines()
+        .skip(1)
+        .filter(|row| !row.trim().is_empty())
+        .collect()
 }
 
 /// The checkpoint topic of the tests that meet hanging transactions (outboxd's
@@ -146,25 +172,9 @@ const CHECKPOINT_TOPIC: &str = "outboxd.checkpoints";
 /// What `kafka-transactions.sh abort` says when the transaction is no longer open.
 const SETTLED_MEANWHILE: &str = "Could not find any open transactions starting at offset";
 
-/// Runs Kafka's `TransactionsCommand` (what `kafka-transactions.sh` runs): its
-/// standard output, or its standard error if it failed.
+/// Runs Kafka's `TransactionsCommand` (what `kafka-transactions.sh` runs).
 fn transactions_tool(brokers: &str, args: &[&str]) -> Result<String, String> {
-    let script = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/kafka.sh"));
-    let out = Command::new(script)
-        .args([
-            "tool",
-            "org.apache.kafka.tools.TransactionsCommand",
-            "--bootstrap-server",
-            brokers,
-        ])
-        .args(args)
-        .output()
-        .expect("scripts/kafka.sh tool runs");
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    } else {
-        Err(String::from_utf8_lossy(&out.stderr).into_owned())
-    }
+    kafka_tool("org.apache.kafka.tools.TransactionsCommand", brokers, args)
 }
 
 #[cfg(test)]

@@ -1,11 +1,12 @@
 //! A Kafka broker of the test's own with a SASL_SSL listener (SCRAM over TLS, the
 //! certificate signed by a throwaway CA) next to its plaintext one, for testing
 //! outboxd's Kafka security settings end to end. `scripts/kafka.sh` makes the
-//! certificates (`KAFKA_SASL_SSL_PORT`) and the SCRAM user (`KAFKA_SCRAM_USERS`).
+//! certificates (`KAFKA_SASL_SSL_PORT`) and the SCRAM user (`KAFKA_SCRAM_USERS`),
+//! and optionally turns on ACLs (`KAFKA_AUTHORIZER`) for that listener.
 
 use std::path::PathBuf;
 
-use crate::dedicated::kafka_script;
+use crate::dedicated::{kafka_script, kafka_tool};
 use crate::env::{free_port, unique_name};
 
 /// Stopped and wiped when dropped.
@@ -14,6 +15,8 @@ pub struct SecureKafka {
     port: u16,
     controller_port: u16,
     sasl_ssl_port: u16,
+    /// Whether Kafka's authorizer holds the user to its ACLs.
+    acls: bool,
     state: PathBuf,
     /// The SCRAM user (SCRAM-SHA-256 and SCRAM-SHA-512 credentials).
     pub user: String,
@@ -24,10 +27,21 @@ pub struct SecureKafka {
 impl SecureKafka {
     /// Starts the broker (blocking: run it on a blocking thread in async tests).
     pub fn start(user: &str) -> SecureKafka {
+        SecureKafka::start_with(user, false)
+    }
+
+    /// Starts the broker with Kafka's ACL authorizer: the user may do only what
+    /// [`grant`](Self::grant) allows (the plaintext listener stays unrestricted).
+    pub fn start_with_acls(user: &str) -> SecureKafka {
+        SecureKafka::start_with(user, true)
+    }
+
+    fn start_with(user: &str, acls: bool) -> SecureKafka {
         let k = SecureKafka {
             port: free_port(),
             controller_port: free_port(),
             sasl_ssl_port: free_port(),
+            acls,
             state: std::env::temp_dir().join(unique_name("outboxd-secure-kafka")),
             user: user.to_owned(),
             password: format!("scram-{:016x}", rand::random::<u64>()),
@@ -38,17 +52,27 @@ impl SecureKafka {
     }
 
     fn script(&self, cmd: &str) -> Result<(), String> {
-        kafka_script(
-            cmd,
-            (self.port, self.controller_port, &self.state),
-            vec![
-                ("KAFKA_SASL_SSL_PORT", self.sasl_ssl_port.to_string()),
-                (
-                    "KAFKA_SCRAM_USERS",
-                    format!("{}:{}", self.user, self.password),
-                ),
-            ],
-        )
+        let mut env = vec![
+            ("KAFKA_SASL_SSL_PORT", self.sasl_ssl_port.to_string()),
+            (
+                "KAFKA_SCRAM_USERS",
+                format!("{}:{}", self.user, self.password),
+            ),
+        ];
+        if self.acls {
+            env.push(("KAFKA_AUTHORIZER", "1".to_owned()));
+        }
+        kafka_script(cmd, (self.port, self.controller_port, &self.state), env)
+    }
+
+    /// Allows the user what `acl` names (`kafka-acls.sh` arguments after
+    /// `--allow-principal`, e.g. `["--operation", "Write", "--topic", "t"]`).
+    /// Blocking.
+    pub fn grant(&self, acl: &[&str]) {
+        let principal = format!("User:{}", self.user);
+        let args = [&["--add", "--allow-principal", &principal], acl].concat();
+        kafka_tool("org.apache.kafka.tools.AclCommand", &self.brokers(), &args)
+            .unwrap_or_else(|e| panic!("kafka-acls {args:?} failed: {e}"));
     }
 
     /// The plaintext listener (checkers, topic set-up).

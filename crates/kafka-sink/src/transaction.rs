@@ -276,13 +276,16 @@ impl KafkaSink {
         };
         let spare_index = spare.is_some().then_some(producers.len());
         producers.extend(spare.clone());
+        // The first producer has the first id, the second (or the spare) the second.
+        let ids = self.transactional_ids();
         let calls: Vec<_> = producers
             .into_iter()
+            .zip(ids)
             .enumerate()
-            .map(|(index, producer)| {
+            .map(|(index, (producer, id))| {
                 let f = f.clone();
                 let is_spare = spare_index == Some(index);
-                run_blocking(call, move || match f(&producer) {
+                let answer = run_blocking(call, move || match f(&producer) {
                     Err(KafkaError::Transaction(e))
                         if is_spare
                             && e.code() == RDKafkaErrorCode::TransactionalIdAuthorizationFailed =>
@@ -290,7 +293,8 @@ impl KafkaSink {
                         Ok(None)
                     }
                     answer => answer.map(Some),
-                })
+                });
+                async move { answer.await.map_err(|e| naming_transactional_id(e, &id)) }
             })
             .collect();
         let mut answers = Vec::with_capacity(calls.len());
@@ -403,7 +407,14 @@ fn register(
 
 /// Sorts a failed transaction call into what the caller must do next.
 fn transaction_error(call: &'static str, error: KafkaError) -> SinkError {
-    let reason = error.to_string();
+    let mut reason = error.to_string();
+    if matches!(&error, KafkaError::Transaction(e) if e.code() == RDKafkaErrorCode::TransactionalIdAuthorizationFailed)
+    {
+        reason.push_str(
+            ": grant the relay's principal Write and Describe on this TransactionalId \
+             (docs/operations.md, \"The exactly-once producer cannot register\")",
+        );
+    }
     let kind = match &error {
         KafkaError::Transaction(e) if fenced(e.code()) => TransactionError::Fenced,
         KafkaError::Transaction(e) if e.is_fatal() => TransactionError::Fatal,
@@ -412,6 +423,18 @@ fn transaction_error(call: &'static str, error: KafkaError) -> SinkError {
         _ => TransactionError::Fatal,
     };
     SinkError::Transaction { call, kind, reason }
+}
+
+/// With two transactional ids, which one a call failed for.
+fn naming_transactional_id(error: SinkError, id: &str) -> SinkError {
+    match error {
+        SinkError::Transaction { call, kind, reason } => SinkError::Transaction {
+            call,
+            kind,
+            reason: format!("transactional id {id}: {reason}"),
+        },
+        other => other,
+    }
 }
 
 /// Another producer with the same transactional id took over.

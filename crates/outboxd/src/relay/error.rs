@@ -107,9 +107,54 @@ impl RelayError {
         }
     }
 
+    /// The error and its causes on one line, for a log line: the outermost alone
+    /// hides why (which transactional id the broker refused, which record failed).
+    /// A cause whose text is already there is left out.
+    pub(crate) fn with_causes(&self) -> String {
+        let mut line = self.to_string();
+        let mut cause = std::error::Error::source(self);
+        while let Some(c) = cause {
+            let text = c.to_string();
+            if !line.contains(&text) {
+                line.push_str(": ");
+                line.push_str(&text);
+            }
+            cause = c.source();
+        }
+        line
+    }
+
     /// Whether the producer must be replaced before the next session: records
     /// after a timed-out one must not reach Kafka before its replay.
     pub(crate) fn needs_new_producer(&self) -> bool {
         matches!(self, RelayError::KafkaUnavailable(_))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_log_line_carries_the_cause_once() {
+        let refused = SinkError::Transaction {
+            call: "init",
+            kind: TransactionError::Abortable,
+            reason: "transactional id relay.2: authorization failed".to_owned(),
+        };
+        let line = RelayError::TransactionFailed(refused).with_causes();
+        assert_eq!(
+            line,
+            "a Kafka transaction failed; resending from the last committed checkpoint: \
+             Kafka transaction init failed (the transaction must be aborted): \
+             transactional id relay.2: \
+             authorization failed"
+        );
+        let refused = rdkafka::error::KafkaError::ClientCreation("bad config".to_owned());
+        let line = RelayError::Producer(SinkError::Kafka(refused)).with_causes();
+        assert_eq!(
+            line,
+            "the Kafka producer failed: Kafka: Client creation error: bad config"
+        );
     }
 }

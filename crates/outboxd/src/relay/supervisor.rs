@@ -107,7 +107,7 @@ impl<C: Connector, F: SinkFactory, W: Checkpoints> Supervisor<C, F, W> {
                     self.stand_by(&mut backoff).await;
                 }
                 Err(e @ RelayError::Fenced(_)) => {
-                    tracing::warn!(error = %e, "another relay took over this slot; this one writes nothing more with its producer and stands by");
+                    tracing::warn!(error = %e.with_causes(), "another relay took over this slot; this one writes nothing more with its producer and stands by");
                     self.sink = None;
                     self.set_role(Role::Standby);
                 }
@@ -121,7 +121,7 @@ impl<C: Connector, F: SinkFactory, W: Checkpoints> Supervisor<C, F, W> {
                     self.set_role(Role::Starting);
                     let delay = backoff.next_delay();
                     self.state.metrics.reconnects.inc();
-                    tracing::warn!(error = %e, attempt = backoff.attempt, retry_in_ms = delay.as_millis() as u64, "replication session ended; reconnecting");
+                    tracing::warn!(error = %e.with_causes(), attempt = backoff.attempt, retry_in_ms = delay.as_millis() as u64, "replication session ended; reconnecting");
                     self.prepare_next_session(&e).await;
                     tokio::select! {
                         () = tokio::time::sleep(delay) => {}
