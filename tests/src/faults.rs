@@ -14,7 +14,9 @@ use rand::Rng;
 use tokio::task::block_in_place;
 
 use crate::proxy::{FaultProxy, Mode};
-use crate::{unique_name, DedicatedKafka, DedicatedPg, Endpoints, Outbox, Process, AGGREGATE_TYPE};
+use crate::{
+    unique_name, DedicatedKafka, DedicatedPg, Endpoints, Outbox, Process, TestDb, AGGREGATE_TYPE,
+};
 
 pub use schedule::{Applied, Gaps, Length, Order, Schedule};
 
@@ -24,6 +26,27 @@ const SHORT_DELIVERY_TIMEOUT: &[(&str, &str)] = &[
     ("OUTBOXD_KAFKA__PRODUCER__MESSAGE_TIMEOUT_MS", "8000"),
     ("OUTBOXD_SERVER__SHUTDOWN_TIMEOUT_SECS", "10"),
 ];
+
+/// A broker of the test's own, a fresh database on the shared cluster, and an
+/// outbox on both ([`outbox_on_kafka`]) named after `name`.
+pub async fn outbox_on_dedicated_kafka(
+    binary: impl AsRef<Path>,
+    name: &str,
+) -> (DedicatedKafka, TestDb, Outbox) {
+    let kafka = tokio::task::spawn_blocking(DedicatedKafka::start)
+        .await
+        .expect("dedicated Kafka starts");
+    let db = TestDb::create().await;
+    let outbox = outbox_on_kafka(
+        binary,
+        &kafka,
+        db.url.clone(),
+        (db.host.clone(), db.port),
+        name,
+    )
+    .await;
+    (kafka, db, outbox)
+}
 
 /// An outbox for Kafka faults, routed to a fresh topic of `kafka`, which outboxd
 /// (`binary`) reaches through the broker's proxy with [`SHORT_DELIVERY_TIMEOUT`].

@@ -8,6 +8,7 @@ use std::path::PathBuf;
 
 use crate::dedicated::{kafka_script, kafka_tool};
 use crate::env::{free_port, unique_name};
+use crate::{Endpoints, Outbox, TestDb};
 
 /// Stopped and wiped when dropped.
 #[derive(Debug)]
@@ -116,6 +117,33 @@ impl SecureKafka {
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))
         .collect()
+    }
+
+    /// An outbox on `db` whose relay (`binary`) reaches the SASL_SSL listener as the
+    /// user ([`relay_env`](Self::relay_env) with `mechanism`, then `extra`), read
+    /// back by an independent consumer on the plaintext listener. `outboxd init
+    /// --apply` reaches the broker with the same settings.
+    pub async fn outbox(
+        &self,
+        binary: &str,
+        db: &TestDb,
+        prefix: &str,
+        mechanism: &str,
+        extra: &[(String, String)],
+    ) -> Outbox {
+        let env: Vec<(String, String)> = self
+            .relay_env(mechanism)
+            .into_iter()
+            .chain(extra.iter().cloned())
+            .collect();
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let endpoints = Endpoints {
+            pg_url: db.url.clone(),
+            relay_pg: (db.host.clone(), db.port),
+            relay_brokers: self.sasl_ssl_brokers(),
+            checker_brokers: self.brokers(),
+        };
+        Outbox::on(binary, endpoints, prefix, &env).await
     }
 }
 

@@ -10,7 +10,7 @@
 use std::time::{Duration, Instant};
 
 use outboxd_tests::secure_kafka::SecureKafka;
-use outboxd_tests::{seed, tail, unique_name, Endpoints, Load, LoadSpec, Outbox, TestDb};
+use outboxd_tests::{seed, tail, unique_name, Load, LoadSpec, Outbox, TestDb};
 
 const OUTBOXD: &str = env!("CARGO_BIN_EXE_outboxd");
 
@@ -52,32 +52,15 @@ async fn a_literal_transactional_id_acl_is_enough_unless_commits_overlap() {
         kafka.grant(&["--operation", "All", "--group", "*"]);
         kafka.grant(&[&literal_id[..], &["--transactional-id", &id]].concat());
     });
-    let mut relay_env = kafka.relay_env("SCRAM-SHA-512");
-    relay_env.extend([
-        (
-            "OUTBOXD_KAFKA__DELIVERY".to_owned(),
-            "exactly-once".to_owned(),
-        ),
-        ("OUTBOXD_KAFKA__TRANSACTIONAL_ID".to_owned(), id.clone()),
-    ]);
-    let relay_env: Vec<(&str, &str)> = relay_env
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.as_str()))
-        .collect();
     let db = TestDb::create().await;
-    let mut outbox = Outbox::on(
-        OUTBOXD,
-        Endpoints {
-            pg_url: db.url.clone(),
-            relay_pg: (db.host.clone(), db.port),
-            relay_brokers: kafka.sasl_ssl_brokers(),
-            // An independent reader on the unrestricted plaintext listener.
-            checker_brokers: kafka.brokers(),
-        },
-        &prefix,
-        &relay_env,
-    )
-    .await;
+    let exactly_once = [
+        ("OUTBOXD_KAFKA__DELIVERY", "exactly-once"),
+        ("OUTBOXD_KAFKA__TRANSACTIONAL_ID", &id),
+    ]
+    .map(|(k, v)| (k.to_owned(), v.to_owned()));
+    let mut outbox = kafka
+        .outbox(OUTBOXD, &db, &prefix, "SCRAM-SHA-512", &exactly_once)
+        .await;
 
     // Overlapping commits off (the default): the literal ACL is enough.
     write_events(&outbox, "acl_literal", 250).await;

@@ -13,13 +13,15 @@
 
 use std::time::{Duration, Instant};
 
-use outboxd_tests::faults::{outbox_on_kafka, Fault, Gaps, Length, Order, Schedule, Targets};
+use outboxd_tests::faults::{
+    outbox_on_dedicated_kafka, Fault, Gaps, Length, Order, Schedule, Targets,
+};
 use outboxd_tests::hanging::HangingTransactionOperator;
 use outboxd_tests::proxy::{FaultProxy, Mode};
 use outboxd_tests::{
     consume_until, env_or, free_port, http_get, metric, pg_connect, seed, services, tail,
-    unique_name, wait_ready, DedicatedKafka, DedicatedPg, Endpoints, Load, LoadSpec, Outbox,
-    Process, ScenarioResult, TestDb, TestTopics,
+    unique_name, wait_ready, DedicatedPg, Endpoints, Load, LoadSpec, Outbox, Process,
+    ScenarioResult, TestTopics,
 };
 
 const OUTBOXD: &str = env!("CARGO_BIN_EXE_outboxd");
@@ -310,18 +312,7 @@ async fn kafka_restarts_kills_and_partitions_lose_nothing_and_duplicate_nothing_
 /// `kafka.delivery` (the default when `None`).
 async fn kafka_faults(delivery: Option<&str>) {
     let seed = seed("kafka_faults");
-    let kafka = tokio::task::spawn_blocking(DedicatedKafka::start)
-        .await
-        .unwrap();
-    let db = TestDb::create().await;
-    let mut outbox = outbox_on_kafka(
-        OUTBOXD,
-        &kafka,
-        db.url.clone(),
-        (db.host.clone(), db.port),
-        "kfaults",
-    )
-    .await;
+    let (kafka, _db, mut outbox) = outbox_on_dedicated_kafka(OUTBOXD, "kfaults").await;
     if let Some(delivery) = delivery {
         outbox.set_env("OUTBOXD_KAFKA__DELIVERY", delivery);
         // Two producers taking turns: the hanging transactions may be either's.

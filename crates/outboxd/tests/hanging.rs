@@ -14,11 +14,11 @@
 
 use std::time::{Duration, Instant};
 
-use outboxd_tests::faults::outbox_on_kafka;
+use outboxd_tests::faults::outbox_on_dedicated_kafka;
 use outboxd_tests::hanging::{
     find_hanging_transactions, hang_reports, hanging_rows, HangingTransactionOperator,
 };
-use outboxd_tests::{env_or, seed, tail, DedicatedKafka, Load, LoadSpec, Process, TestDb};
+use outboxd_tests::{env_or, seed, tail, DedicatedKafka, Load, LoadSpec, Process};
 use tokio::task::block_in_place;
 
 const OUTBOXD: &str = env!("CARGO_BIN_EXE_outboxd");
@@ -28,18 +28,7 @@ const OUTBOXD: &str = env!("CARGO_BIN_EXE_outboxd");
 async fn a_hanging_commit_aborted_checkpoint_last_loses_and_doubles_nothing() {
     let seed = seed("hanging_commit");
     let max_restarts = env_or("OUTBOXD_HANG_RESTARTS", 12);
-    let kafka = tokio::task::spawn_blocking(DedicatedKafka::start)
-        .await
-        .unwrap();
-    let db = TestDb::create().await;
-    let mut outbox = outbox_on_kafka(
-        OUTBOXD,
-        &kafka,
-        db.url.clone(),
-        (db.host.clone(), db.port),
-        "hanging",
-    )
-    .await;
+    let (kafka, _db, mut outbox) = outbox_on_dedicated_kafka(OUTBOXD, "hanging").await;
     outbox.set_env("OUTBOXD_KAFKA__DELIVERY", "exactly-once");
     // Commits back to back, so that more of them meet a broker's stop.
     outbox.set_env("OUTBOXD_KAFKA__TRANSACTION_OVERLAP", "true");

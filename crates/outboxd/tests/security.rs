@@ -11,8 +11,7 @@ use std::time::Duration;
 
 use outboxd_tests::secure_kafka::SecureKafka;
 use outboxd_tests::{
-    pg_connect, seed, services, unique_name, DeliveryReport, Endpoints, Load, LoadSpec, Outbox,
-    TestDb,
+    pg_connect, seed, services, unique_name, DeliveryReport, Load, LoadSpec, Outbox, TestDb,
 };
 
 const OUTBOXD: &str = env!("CARGO_BIN_EXE_outboxd");
@@ -113,25 +112,9 @@ async fn kafka_over_sasl_ssl_with_scram_relays_in_order_and_refuses_wrong_creden
         .unwrap();
     let db = TestDb::create().await;
     let prefix = unique_name("sasl");
-    // Given to `on`, which runs `outboxd init --apply`: init reaches the broker too.
-    let relay_env = kafka.relay_env("SCRAM-SHA-512");
-    let relay_env: Vec<(&str, &str)> = relay_env
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.as_str()))
-        .collect();
-    let outbox = Outbox::on(
-        OUTBOXD,
-        Endpoints {
-            pg_url: db.url.clone(),
-            relay_pg: (db.host.clone(), db.port),
-            relay_brokers: kafka.sasl_ssl_brokers(),
-            // An independent reader on the same broker's plaintext listener.
-            checker_brokers: kafka.brokers(),
-        },
-        &prefix,
-        &relay_env,
-    )
-    .await;
+    let outbox = kafka
+        .outbox(OUTBOXD, &db, &prefix, "SCRAM-SHA-512", &[])
+        .await;
     write_events(&db.url, "sasl_ssl", 500).await;
     let mut relay = outbox.start("sasl-ssl");
     // The topic is auto-created by the relay's first produce.
