@@ -68,6 +68,20 @@ impl Load {
         }
     }
 
+    /// Commits `per_writer` events from each of 2 writers over 20 aggregates (5 per
+    /// transaction, as fast as they go) and waits for them: a fixed set of events.
+    pub async fn write(pg_url: &str, seed: u64, per_writer: usize) -> Self {
+        let spec = LoadSpec {
+            writers: 2,
+            aggregates: 20,
+            per_txn: 5,
+            seed,
+            events_per_writer: Some(per_writer),
+            txn_rate: None,
+        };
+        Load::start(pg_url, spec).finish().await
+    }
+
     /// Waits for writers with a quota to finish.
     pub async fn finish(self) -> Self {
         let Load {

@@ -10,26 +10,9 @@
 use std::time::{Duration, Instant};
 
 use outboxd_tests::secure_kafka::SecureKafka;
-use outboxd_tests::{seed, tail, unique_name, Load, LoadSpec, Outbox, TestDb};
+use outboxd_tests::{seed, tail, unique_name, Load, Outbox, TestDb};
 
 const OUTBOXD: &str = env!("CARGO_BIN_EXE_outboxd");
-
-/// Commits 2 × `per_writer` events over 20 aggregates and waits for the writers.
-async fn write_events(outbox: &Outbox, name: &str, per_writer: usize) {
-    Load::start(
-        &outbox.endpoints.pg_url,
-        LoadSpec {
-            writers: 2,
-            aggregates: 20,
-            per_txn: 5,
-            seed: seed(name),
-            events_per_writer: Some(per_writer),
-            txn_rate: None,
-        },
-    )
-    .finish()
-    .await;
-}
 
 /// Every committed event exactly once, in per-key order.
 async fn assert_exactly_once(outbox: &Outbox, expected: usize, log: &str) {
@@ -63,7 +46,7 @@ async fn a_literal_transactional_id_acl_is_enough_unless_commits_overlap() {
         .await;
 
     // Overlapping commits off (the default): the literal ACL is enough.
-    write_events(&outbox, "acl_literal", 250).await;
+    Load::write(&outbox.endpoints.pg_url, seed("acl_literal"), 250).await;
     let mut relay = outbox.start("acl-literal");
     assert_exactly_once(&outbox, 500, &relay.log_text()).await;
     relay.stop_cleanly();
@@ -76,7 +59,7 @@ async fn a_literal_transactional_id_acl_is_enough_unless_commits_overlap() {
 
     // Overlapping commits on: the second id must be granted, and the relay says so.
     outbox.set_env("OUTBOXD_KAFKA__TRANSACTION_OVERLAP", "true");
-    write_events(&outbox, "acl_overlap", 250).await;
+    Load::write(&outbox.endpoints.pg_url, seed("acl_overlap"), 250).await;
     let relay = outbox.start("acl-overlap");
     let refusal = format!("transactional id {id}.2");
     let deadline = Instant::now() + Duration::from_secs(60);

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use outboxd_tests::secure_kafka::SecureKafka;
 use outboxd_tests::{
-    pg_connect, seed, services, unique_name, DeliveryReport, Load, LoadSpec, Outbox, TestDb,
+    pg_connect, seed, services, unique_name, DeliveryReport, Load, Outbox, TestDb,
 };
 
 const OUTBOXD: &str = env!("CARGO_BIN_EXE_outboxd");
@@ -88,23 +88,6 @@ fn assert_secret_absent(secret: &str, text: &str, what: &str) {
     );
 }
 
-/// Writes 2 × `per_writer` events over 20 aggregates and waits for the writers.
-async fn write_events(pg_url: &str, name: &str, per_writer: usize) {
-    Load::start(
-        pg_url,
-        LoadSpec {
-            writers: 2,
-            aggregates: 20,
-            per_txn: 5,
-            seed: seed(name),
-            events_per_writer: Some(per_writer),
-            txn_rate: None,
-        },
-    )
-    .finish()
-    .await;
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kafka_over_sasl_ssl_with_scram_relays_in_order_and_refuses_wrong_credentials() {
     let kafka = tokio::task::spawn_blocking(|| SecureKafka::start("outboxd"))
@@ -115,7 +98,7 @@ async fn kafka_over_sasl_ssl_with_scram_relays_in_order_and_refuses_wrong_creden
     let outbox = kafka
         .outbox(OUTBOXD, &db, &prefix, "SCRAM-SHA-512", &[])
         .await;
-    write_events(&db.url, "sasl_ssl", 500).await;
+    Load::write(&db.url, seed("sasl_ssl"), 500).await;
     let mut relay = outbox.start("sasl-ssl");
     // The topic is auto-created by the relay's first produce.
     let (report, expected) = outbox.check(Duration::from_secs(90)).await;
@@ -253,7 +236,7 @@ async fn postgres_over_verify_full_tls_with_a_scram_password_relays_in_order() {
         &tls_url(&outbox, "localhost", port, "verify-full", &pg_ca()),
     );
     outbox.set_env("OUTBOXD_POSTGRES__PASSWORD", TLS_PASSWORD);
-    write_events(&outbox.endpoints.pg_url, "pg_verify_full", 250).await;
+    Load::write(&outbox.endpoints.pg_url, seed("pg_verify_full"), 250).await;
     let mut relay = outbox.start("pg-verify-full");
     let (report, expected) = outbox.check(Duration::from_secs(60)).await;
     assert_eq!(expected, 500);
