@@ -134,6 +134,7 @@ impl Reader {
         let (low, end) = self.settled(deadline)?;
         let mut latest = HashMap::new();
         if end <= low {
+            tracing::debug!(topic = %self.topic, partition = self.partition, low, end, "the checkpoint partition is empty");
             return Ok(latest);
         }
         let mut assignment = TopicPartitionList::new();

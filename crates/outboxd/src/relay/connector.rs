@@ -109,6 +109,15 @@ fn compare(
         (None, Some(c)) => Stored::Foreign(c),
         (None, None) => Stored::Nothing,
     };
+    // This run wrote checkpoints (a first start writes one before streaming), so
+    // finding none, or no topic, means the broker answered wrongly, as one did
+    // while restarting. Not a first start: wait for the real answer.
+    if let (Stored::Nothing | Stored::TopicMissing, Some(confirmed)) = (&stored, request.this_run) {
+        return Err(RelayError::CheckpointVanished {
+            slot: slot_name.to_owned(),
+            confirmed,
+        });
+    }
     let situation = Situation {
         slot_name,
         server,
@@ -334,5 +343,46 @@ impl Connector for PgConnector {
             self.watcher = Some(admin);
             tokio::time::sleep(STANDBY_POLL).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_later_session_that_finds_no_checkpoint_tries_again() {
+        let server = SystemIdentity {
+            system_id: "7301".to_owned(),
+            timeline: 1,
+            xlog_pos: Lsn(0x9000),
+            dbname: Some("shop".to_owned()),
+        };
+        let request = |this_run| OpenRequest {
+            this_run,
+            accept_gap: false,
+        };
+        let nothing = Loaded::default();
+        let no_topic = Loaded {
+            topic_missing: true,
+            ..Loaded::default()
+        };
+        for loaded in [&nothing, &no_topic] {
+            let later = compare("s", &server, &[], None, loaded, request(Some(Lsn(0x100))));
+            assert!(
+                matches!(&later, Err(e @ RelayError::CheckpointVanished { confirmed: Lsn(0x100), .. }) if e.is_retryable()),
+                "{:?}",
+                later.err()
+            );
+        }
+        // A first start with no slot and no checkpoint creates the slot.
+        let first = compare("s", &server, &[], None, &nothing, request(None));
+        assert!(matches!(
+            first,
+            Ok(Compared {
+                plan: Plan::CreateSlot,
+                ..
+            })
+        ));
     }
 }

@@ -57,6 +57,18 @@ pub enum RelayError {
          transaction\")"
     )]
     CommitSettledLate { committed: Lsn, waited_secs: u64 },
+    /// A later session of a run that has written checkpoints found none for its
+    /// slot, or no checkpoint topic: the broker answered wrongly, as one did while
+    /// restarting (docs/architecture.md, "The checkpoint store"). Resuming from the
+    /// slot alone could send again what Kafka holds already.
+    #[error(
+        "Kafka answered that there is no checkpoint for slot {slot} (or no checkpoint \
+         topic), though this run wrote checkpoints (confirmed up to {confirmed}): Kafka \
+         may be starting; trying again. If this lasts, the checkpoints were deleted: \
+         restart outboxd, which then decides from the slot (docs/operations.md, \
+         \"Refusal: the checkpoint topic is missing\")"
+    )]
+    CheckpointVanished { slot: String, confirmed: Lsn },
     /// A session opened without a producer to relay to (a bug).
     #[error("a session opened without a Kafka producer")]
     NoProducer,
@@ -91,7 +103,8 @@ impl RelayError {
             RelayError::KafkaUnavailable(_)
             | RelayError::Fenced(_)
             | RelayError::TransactionFailed(_)
-            | RelayError::CommitSettledLate { .. } => true,
+            | RelayError::CommitSettledLate { .. }
+            | RelayError::CheckpointVanished { .. } => true,
             RelayError::Topic(e) => e.is_retryable(),
             RelayError::Checkpoint(e) => matches!(
                 e,
