@@ -17,18 +17,19 @@ fn repo_root() -> PathBuf {
     PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
 }
 
+/// Runs `scripts/<script>`: its standard output, or what it printed if it failed.
 pub(crate) fn run_script(
     script: &str,
     args: &[&str],
     env: &[(&str, String)],
-) -> Result<(), String> {
+) -> Result<String, String> {
     let out = std::process::Command::new(repo_root().join("scripts").join(script))
         .args(args)
         .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
         .output()
         .map_err(|e| format!("{script}: {e}"))?;
     if out.status.success() {
-        Ok(())
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     } else {
         Err(format!(
             "scripts/{script} {args:?} failed: {}\n{}",
@@ -50,23 +51,15 @@ pub(crate) fn kafka_script(
         ("KAFKA_CONTROLLER_PORT", controller_port.to_string()),
         ("KAFKA_STATE_DIR", state.display().to_string()),
     ]);
-    run_script("kafka.sh", &[cmd], &env)
+    run_script("kafka.sh", &[cmd], &env).map(drop)
 }
 
 /// Runs one of Kafka's command-line tools (`scripts/kafka.sh tool <class>`, what
 /// `kafka-transactions.sh`, `kafka-acls.sh` and friends run) against `brokers`: its
-/// standard output, or its standard error if it failed. Blocking.
+/// standard output, or what it printed if it failed. Blocking.
 pub fn kafka_tool(class: &str, brokers: &str, args: &[&str]) -> Result<String, String> {
-    let out = std::process::Command::new(repo_root().join("scripts").join("kafka.sh"))
-        .args(["tool", class, "--bootstrap-server", brokers])
-        .args(args)
-        .output()
-        .map_err(|e| format!("scripts/kafka.sh tool {class}: {e}"))?;
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    } else {
-        Err(String::from_utf8_lossy(&out.stderr).into_owned())
-    }
+    let tool = [&["tool", class, "--bootstrap-server", brokers], args].concat();
+    run_script("kafka.sh", &tool, &[])
 }
 
 /// A Kafka broker of the test's own (scripts/kafka.sh with KAFKA_STATE_DIR and

@@ -54,7 +54,7 @@ impl DedicatedPg {
     }
 
     fn script(&self, args: &[&str]) -> Result<(), String> {
-        run_script("pg.sh", args, &self.env())
+        run_script("pg.sh", args, &self.env()).map(drop)
     }
 
     /// Superuser URL of database `postgres`.
